@@ -1,0 +1,212 @@
+"""The network: a pretrained EfficientNet backbone, a small fully connected head, a 2-way softmax.
+
+Two backbones, chosen by name:
+- ``efficientnet_lite0``: defined here (EfficientNet-B0 without squeeze-and-excitation and with
+  ReLU6, Google's EfficientNet-Lite), loading layer-name keyed ``.npz`` weights such as
+  ``../shared/weights/efficientnet_lite0_imagenet_notop.npz``.
+- ``efficientnet_b0``: ``keras.applications.EfficientNetB0``; ``weights="imagenet"`` downloads
+  Keras' own ImageNet weights where the internet is reachable.
+
+Both take raw RGB in [0, 255]; normalisation is the first layer of the network.
+The model is flat (one functional graph), so the last convolutional feature map
+(``top_activation``) is reachable for Grad-CAM.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+BACKBONES = ("efficientnet_lite0", "efficientnet_b0")
+LAST_CONV_LAYER = "top_activation"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MELANOMA_WEIGHTS_DIR", REPO_ROOT.parent / "shared" / "weights"))
+
+# EfficientNet-B0's stages: (repeats, kernel, stride, expand ratio, filters in, filters out).
+_B0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+_BN_EPSILON = 1e-3
+
+
+def _correct_pad(x, kernel_size: int):
+    """TensorFlow's 'same' padding for a stride-2 convolution, as Keras' EfficientNet does it."""
+    height, width = x.shape[1], x.shape[2]
+    adjust = (1 - height % 2, 1 - width % 2)
+    half = kernel_size // 2
+    return ((half - adjust[0], half), (half - adjust[1], half))
+
+
+def _conv_bn(x, filters, name, activation=True):
+    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    if activation:
+        x = layers.Activation("relu6", name=f"{name}_activation")(x)
+    return x
+
+
+def _mbconv(x, name, kernel, stride, expand, filters_in, filters_out, drop_rate):
+    inputs = x
+    if expand != 1:
+        x = _conv_bn(x, filters_in * expand, f"{name}expand")
+    if stride == 2:
+        x = layers.ZeroPadding2D(_correct_pad(x, kernel), name=f"{name}dwconv_pad")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="valid" if stride == 2 else "same", use_bias=False, name=f"{name}dwconv"
+    )(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}bn")(x)
+    x = layers.Activation("relu6", name=f"{name}activation")(x)
+    x = _conv_bn(x, filters_out, f"{name}project", activation=False)
+    if stride == 1 and filters_in == filters_out:
+        if drop_rate > 0:
+            x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}drop")(x)
+        x = layers.Add(name=f"{name}add")([x, inputs])
+    return x
+
+
+def lite0_features(inputs, drop_connect_rate: float = 0.2):
+    """EfficientNet-Lite0 up to its last feature map; layer names follow keras.applications.EfficientNetB0."""
+    # (x - 127) / 128, the normalisation the Lite0 ImageNet weights were trained with.
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
+    x = layers.ZeroPadding2D(_correct_pad(x, 3), name="stem_conv_pad")(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="valid", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="stem_bn")(x)
+    x = layers.Activation("relu6", name="stem_activation")(x)
+    total = sum(stage[0] for stage in _B0_STAGES)
+    index = 0
+    for stage, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(_B0_STAGES, start=1):
+        for r in range(repeats):
+            name = f"block{stage}{chr(97 + r)}_"
+            x = _mbconv(
+                x, name, kernel, stride if r == 0 else 1, expand, f_in if r == 0 else f_out, f_out,
+                drop_connect_rate * index / total,
+            )
+            index += 1
+    x = layers.Conv2D(1280, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="top_bn")(x)
+    return layers.Activation("relu6", name=LAST_CONV_LAYER)(x)
+
+
+def load_npz_weights(model: keras.Model, path: str | os.PathLike) -> int:
+    """Set every layer whose name appears in a `<layer>/<variable>` keyed .npz file; return how many."""
+    arrays = np.load(path)
+    names = {key.split("/")[0] for key in arrays.files}
+    loaded = 0
+    for layer in model.layers:
+        if layer.name in names and layer.weights:
+            try:
+                layer.set_weights([arrays[f"{layer.name}/{v.name}"] for v in layer.weights])
+            except KeyError as exc:
+                raise ValueError(f"{path} has layer {layer.name!r} but not variable {exc}") from None
+            loaded += 1
+    if loaded == 0:
+        raise ValueError(f"No layer of the model matched the weights in {path}.")
+    return loaded
+
+
+def _resolve_weights(backbone: str, weights: str | None) -> str | None:
+    """Map 'imagenet' / 'none' / a path to what the builder needs (None, 'imagenet' or a file)."""
+    if weights in (None, "none", "None"):
+        return None
+    if weights == "imagenet" and backbone == "efficientnet_lite0":
+        path = DEFAULT_WEIGHTS_DIR / "efficientnet_lite0_imagenet_notop.npz"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"ImageNet weights for EfficientNet-Lite0 were not found at {path}. "
+                "Pass --weights PATH to an .npz keyed by Keras layer names, or set MELANOMA_WEIGHTS_DIR."
+            )
+        return str(path)
+    if weights != "imagenet" and not Path(weights).exists():
+        raise FileNotFoundError(f"Weights file not found. Received: weights={weights!r}")
+    return weights
+
+
+def build_model(
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = "imagenet",
+    image_size: int = 256,
+    dropout: float = 0.3,
+    dense_units: int = 256,
+    class_prior: tuple[float, float] | None = None,
+    drop_connect_rate: float = 0.2,
+) -> keras.Model:
+    """Backbone + head (dropout, dense, dropout, 2-way softmax) as one flat functional model.
+
+    `class_prior` (benign, malignant) initialises the output bias to the log prior, so the
+    untrained head already predicts the base rate (the imbalance is handled there, not by
+    reweighting, which would distort calibration).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone; choose one of {BACKBONES}. Received: backbone={backbone!r}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32. Received: image_size={image_size}")
+    resolved = _resolve_weights(backbone, weights)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    if backbone == "efficientnet_lite0":
+        features = lite0_features(inputs, drop_connect_rate)
+    else:
+        base = keras.applications.EfficientNetB0(
+            include_top=False,
+            weights="imagenet" if resolved == "imagenet" else None,
+            input_tensor=inputs,
+            drop_connect_rate=drop_connect_rate,
+        )
+        features = base.output
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout_2")(x)
+    bias = "zeros"
+    if class_prior is not None:
+        bias = keras.initializers.Constant(np.log(np.asarray(class_prior, dtype="float64")).tolist())
+    outputs = layers.Dense(2, activation="softmax", bias_initializer=bias, name="predictions")(x)
+    model = keras.Model(inputs, outputs, name=f"melanoma_{backbone}")
+    if resolved not in (None, "imagenet"):
+        if str(resolved).endswith(".npz"):
+            load_npz_weights(model, resolved)
+        else:
+            backbone_model = keras.Model(inputs, features)
+            backbone_model.load_weights(resolved)
+    return model
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """Every layer of the backbone: everything before the pooling that starts the head."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[1 : names.index("avg_pool")]
+
+
+def _block_index(layer_name: str) -> float:
+    if layer_name.startswith("block"):
+        return int(layer_name[5])
+    if layer_name.startswith("top"):
+        return math.inf
+    return 0  # stem and normalisation
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    for layer in backbone_layers(model):
+        layer.trainable = False
+
+
+def unfreeze_top_blocks(model: keras.Model, from_block: int = 1) -> int:
+    """Make blocks `from_block`..7 and the top convolution trainable, keeping every BatchNormalization
+    frozen (in inference mode). Returns the number of layers made trainable. Recompile afterwards."""
+    if not 0 <= from_block <= 7:
+        raise ValueError(f"from_block must be between 0 (stem) and 7. Received: from_block={from_block}")
+    count = 0
+    for layer in backbone_layers(model):
+        trainable = _block_index(layer.name) >= from_block and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = trainable
+        count += bool(trainable and layer.weights)
+    return count

@@ -1,0 +1,65 @@
+"""The model bundle: `<name>.keras` plus `<name>.json`, the model card the server reads everything from."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+CLASS_NAMES = ("benign", "malignant")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "model" / "shipped" / "melanoma_efficientnet.keras"
+
+
+@dataclass
+class Bundle:
+    model: keras.Model
+    card: dict
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name", self.path.stem)
+
+    @property
+    def version(self) -> str:
+        return self.card.get("version", "unversioned")
+
+
+def card_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"A bundle is saved as a .keras file. Received: path={str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_card(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*.keras"))), path / "missing.keras")
+    return json.loads(card_path(path).read_text())
+
+
+def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
+    """Load a bundle from its .keras file (or a folder holding one); the card must sit beside it."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.keras"))
+        if not found:
+            raise FileNotFoundError(f"No .keras file in {path}")
+        path = found[0]
+    if not path.exists():
+        raise FileNotFoundError(f"Model bundle not found: {path}")
+    card = load_card(path)
+    if tuple(card.get("class_names", ())) != CLASS_NAMES:
+        raise ValueError(f"The model card must list class_names {list(CLASS_NAMES)}. Received: {card.get('class_names')}")
+    model = keras.models.load_model(path, compile=False)
+    return Bundle(model, card, path)

@@ -1,0 +1,156 @@
+"""The one preprocessing path: bytes or a file in, the network's uint8 input array out.
+
+Training, evaluation and serving all call :func:`preprocess`, so the model sees the same
+pixels whichever way an image reaches it. EfficientNet normalises inside the network, so the
+array returned here is raw RGB in [0, 255]: never normalise it again outside the model.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats Pillow decodes safely and that a camera, a dermatoscope or an export can produce.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO")
+# Upper limit on decoded pixels (a 50-megapixel dermatoscope frame fits; decompression bombs do not).
+MAX_PIXELS = 64_000_000
+MIN_SIDE = 32
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+class ImageError(ValueError):
+    """An input that cannot become a model input. `code` is stable, the message is for a person."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that decides the model's input; stored in the model card."""
+
+    image_size: int = 256
+    colour_constancy: str = "shades_of_gray"  # or "none"
+    shades_of_gray_p: int = 6
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "colour_constancy": self.colour_constancy,
+            "shades_of_gray_p": self.shades_of_gray_p,
+            "resample": "bilinear",
+            "aspect": "squash",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(
+            image_size=int(d["image_size"]),
+            colour_constancy=d.get("colour_constancy", "none"),
+            shades_of_gray_p=int(d.get("shades_of_gray_p", 6)),
+        )
+
+
+def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """Decode an image safely and return it as an upright RGB PIL image.
+
+    Raises ImageError with a stable code for anything that is not a single, sane image.
+    `draft_size` lets large JPEGs decode at a reduced scale that is still at least that size.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        if len(data) == 0:
+            raise ImageError("empty_file", "The file is empty.")
+        source = io.BytesIO(data)
+    else:
+        source = data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            if img.format not in ALLOWED_FORMATS:
+                raise ImageError(
+                    "unsupported_format",
+                    f"{img.format} images are not supported. Upload a JPEG, PNG, BMP, TIFF or WebP file.",
+                )
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    "too_many_pixels",
+                    f"The image is {width}x{height} pixels, more than the {MAX_PIXELS // 1_000_000} megapixels "
+                    "accepted. Upload a smaller image.",
+                )
+            if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
+                raise ImageError(
+                    "multi_frame",
+                    "The file holds several frames (an animation or a stack). Upload a single still image.",
+                )
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("too_many_pixels", "The image has too many pixels to be processed safely.") from None
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", "The file is not an image that can be read.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("corrupt_image", "The image file is damaged or truncated and cannot be read.") from exc
+    if min(img.size) < MIN_SIDE:
+        raise ImageError(
+            "too_small",
+            f"The image is only {img.size[0]}x{img.size[1]} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed.",
+        )
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: greyscale, 16-bit, CMYK, palette and alpha included."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = Image.fromarray(((arr - lo) * scale).round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def shades_of_gray(arr: np.ndarray, p: int = 6) -> np.ndarray:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) on a float RGB array in [0, 255].
+
+    Estimates the illuminant as the Minkowski p-norm mean of each channel and rescales the
+    channels so that it becomes neutral grey, keeping the overall brightness.
+    """
+    illuminant = np.power(np.mean(np.power(arr, p), axis=(0, 1)), 1.0 / p)
+    illuminant = np.maximum(illuminant, 1e-6)
+    gains = illuminant.mean() / illuminant
+    return np.clip(arr * gains, 0.0, 255.0)
+
+
+def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
+    """Bytes, a path or a PIL image in; the model's (size, size, 3) uint8 input out.
+
+    The image is squashed to a square (the training images were squashed from 4:3), resized
+    with Pillow's antialiased bilinear filter and colour-normalised as the spec says.
+    """
+    img = data if isinstance(data, Image.Image) else decode(data, draft_size=spec.image_size)
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    size = spec.image_size
+    if img.size != (size, size):
+        img = img.resize((size, size), RESAMPLE)
+    arr = np.asarray(img, dtype=np.float32)
+    if spec.colour_constancy == "shades_of_gray":
+        arr = shades_of_gray(arr, spec.shades_of_gray_p)
+    elif spec.colour_constancy != "none":
+        raise ValueError(f"Unknown colour_constancy. Received: colour_constancy={spec.colour_constancy!r}")
+    return np.round(arr).astype(np.uint8)

@@ -1,0 +1,295 @@
+"""Finding the data: folders or a label CSV in, three labelled splits out, duplicates found.
+
+Accepted layouts (see README):
+1. ``DIR/{train,val,test}/{benign,malignant}/*.jpg`` (the official ISIC 2017 split);
+2. ``DIR/{benign,malignant}/*.jpg`` (split here, stratified and seeded);
+3. a CSV of labels: the ISIC 2017 ground truth (``image_id,melanoma,...``) or HAM10000-style
+   metadata (``image_id,dx,lesion_id``), images found by id under ``--images`` (split here; with
+   ``lesion_id`` the images of one lesion never straddle two splits; a ``split`` column is honoured).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from model.bundle import CLASS_NAMES
+from model.preprocessing import ImageError, decode
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SPLITS = ("train", "val", "test")
+LABEL_ALIASES = {
+    "benign": "benign", "nevus": "benign", "naevus": "benign", "0": "benign",
+    "malignant": "malignant", "melanoma": "malignant", "1": "malignant",
+}
+# HAM10000 diagnoses: melanoma, basal cell carcinoma and actinic keratosis / intraepithelial
+# carcinoma need a dermatologist; naevi, benign keratoses, dermatofibromas and vascular lesions do not.
+HAM_MALIGNANT = {"mel", "bcc", "akiec", "scc"}
+HAM_BENIGN = {"nv", "bkl", "df", "vasc"}
+
+
+class DataError(ValueError):
+    """A problem with the data a person has to fix; the message says what and where."""
+
+
+@dataclass
+class Split:
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(sum(1 for y in self.labels if y == i)) for i, name in enumerate(CLASS_NAMES)}
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str
+    splits: dict[str, Split]
+    duplicates: list[dict] = field(default_factory=list)
+
+    def split(self, name: str, drop_duplicates: bool = True) -> Split:
+        """A split; for `test`, without the images that have a duplicate in train or val."""
+        s = self.splits[name]
+        if not drop_duplicates or name != "test":
+            return s
+        drop = {d["test_path"] for d in self.duplicates if d.get("test_path")}
+        keep = [i for i, p in enumerate(s.paths) if str(p) not in drop]
+        return Split([s.paths[i] for i in keep], [s.labels[i] for i in keep], [s.groups[i] for i in keep])
+
+    def data_hash(self) -> str:
+        """sha256 over every (split, relative path, label, file sha256): names exactly the data used."""
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            s = self.splits[name]
+            for path, label in sorted(zip(s.paths, s.labels)):
+                digest.update(f"{name}\t{_relative(path, self.root)}\t{label}\t{file_sha256(path)}\n".encode())
+        return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def normalise_label(raw: str, where: str) -> int:
+    label = LABEL_ALIASES.get(str(raw).strip().lower())
+    if label is None:
+        raise DataError(
+            f"Unknown label {raw!r} in {where}. Use one of: benign, malignant (or melanoma, nevus, 0, 1)."
+        )
+    return CLASS_NAMES.index(label)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_folders(folder: Path) -> Split:
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not subdirs:
+        raise DataError(f"{folder} has no class subfolders (expected benign/ and malignant/).")
+    split = Split()
+    for sub in subdirs:
+        label = normalise_label(sub.name, f"folder name {sub}")
+        for path in _images_in(sub):
+            split.paths.append(path)
+            split.labels.append(label)
+            split.groups.append(path.stem)
+    if not split.paths:
+        raise DataError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) were found under {folder}.")
+    return split
+
+
+def discover(source: str | Path, images: str | Path | None = None, seed: int = 42,
+             val_fraction: float = 0.1, test_fraction: float = 0.2) -> Dataset:
+    """Find the images and labels under `source` (a folder or a CSV) and return three splits."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"The data path does not exist: {source}")
+    if source.is_file():
+        return _from_csv(source, Path(images) if images else source.parent, seed, val_fraction, test_fraction)
+    if all((source / s).is_dir() for s in SPLITS):
+        splits = {s: _class_folders(source / s) for s in SPLITS}
+        for name, s in splits.items():
+            if len(set(s.labels)) < 2:
+                raise DataError(f"The {name} split under {source} needs images of both classes; it has {s.counts()}.")
+        return Dataset(source, "split_folders", splits)
+    if not any(source.iterdir()):
+        raise DataError(f"The data folder is empty: {source}")
+    pooled = _class_folders(source)
+    return Dataset(source, "class_folders", _split(pooled, seed, val_fraction, test_fraction))
+
+
+def _split(pooled: Split, seed: int, val_fraction: float, test_fraction: float) -> dict[str, Split]:
+    """Stratified, seeded split that keeps every group (lesion) inside one split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(pooled.labels)
+    groups = np.asarray(pooled.groups)
+    if len(set(labels.tolist())) < 2:
+        raise DataError(f"Both classes are needed to train; found only {pooled.counts()}.")
+    n_test = max(2, round(1 / test_fraction))
+    test_fold = next(StratifiedGroupKFold(n_test, shuffle=True, random_state=seed).split(labels, labels, groups))
+    rest, test = test_fold
+    n_val = max(2, round((1 - test_fraction) / val_fraction))
+    tr, va = next(
+        StratifiedGroupKFold(n_val, shuffle=True, random_state=seed).split(labels[rest], labels[rest], groups[rest])
+    )
+    index = {"train": rest[tr], "val": rest[va], "test": test}
+    return {
+        name: Split([pooled.paths[i] for i in idx], [pooled.labels[i] for i in idx], [pooled.groups[i] for i in idx])
+        for name, idx in index.items()
+    }
+
+
+def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test_fraction: float) -> Dataset:
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"The label file has no rows: {csv_path}")
+    columns = set(rows[0])
+    if "image_id" not in columns and "image" not in columns:
+        raise DataError(f"{csv_path} needs an image_id column. Received columns: {sorted(columns)}")
+    index = {p.stem: p for p in _images_in(images)}
+    if not index:
+        raise DataError(f"No images were found under {images} for the labels in {csv_path}.")
+    pooled, fixed = Split(), []
+    for n, row in enumerate(rows, start=2):
+        image_id = (row.get("image_id") or row.get("image") or "").strip()
+        where = f"{csv_path} line {n}"
+        if "dx" in columns:
+            dx = row["dx"].strip().lower()
+            if dx not in HAM_MALIGNANT | HAM_BENIGN:
+                raise DataError(f"Unknown label dx={dx!r} in {where}.")
+            label = int(dx in HAM_MALIGNANT)
+        elif "melanoma" in columns:
+            label = normalise_label(str(int(float(row["melanoma"]))), where)
+        elif "label" in columns:
+            label = normalise_label(row["label"], where)
+        else:
+            raise DataError(f"{csv_path} needs a dx, melanoma or label column. Received columns: {sorted(columns)}")
+        if image_id not in index:
+            raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
+        pooled.paths.append(index[image_id])
+        pooled.labels.append(label)
+        pooled.groups.append((row.get("lesion_id") or image_id).strip())
+        fixed.append((row.get("split") or "").strip().lower())
+    if all(s in SPLITS for s in fixed):
+        splits = {s: Split() for s in SPLITS}
+        for path, label, group, s in zip(pooled.paths, pooled.labels, pooled.groups, fixed):
+            splits[s].paths.append(path)
+            splits[s].labels.append(label)
+            splits[s].groups.append(group)
+        return Dataset(images, "csv_split", splits)
+    return Dataset(images, "csv", _split(pooled, seed, val_fraction, test_fraction))
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+THUMB = 32
+# Correlation of equalised greyscale thumbnails at or above which two images count as the same
+# picture (re-processed, recoloured or flipped copies); ISIC 2017's own duplicate list used 0.93.
+NEAR_DUPLICATE_CORR = 0.93
+
+
+def thumbnail_signature(path: Path) -> np.ndarray:
+    """(8, THUMB*THUMB) unit vectors, one per flip/rotation of a small equalised greyscale thumbnail.
+
+    Equalisation makes the signature blind to the colour and contrast shifts of re-processed
+    copies; the dot product of two signatures is their correlation.
+    """
+    img = decode(Path(path).read_bytes(), draft_size=THUMB * 4).convert("L")
+    thumb = np.asarray(ImageOps.equalize(img.resize((THUMB, THUMB), Image.Resampling.BILINEAR)), dtype=np.float32)
+    views = []
+    for k in range(4):
+        r = np.rot90(thumb, k)
+        views.extend([r, r[:, ::-1]])
+    flat = np.stack([v.ravel() for v in views])
+    flat -= flat.mean(axis=1, keepdims=True)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)
+
+
+def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, known: Path | None = None) -> list[dict]:
+    """Exact (same bytes) and near (thumbnail correlation) duplicates between splits.
+
+    Each entry names both files; `test_path` is set where one side is a test image (it is dropped
+    from the test split). `known` is an optional CSV of confirmed pairs (path_a, path_b, verdict),
+    such as ISIC 2017's NEAR_DUPLICATES.csv, added to what the hashes find.
+    """
+    entries = [(name, p) for name in SPLITS for p in dataset.splits[name].paths]
+    split_of = {str(p): name for name, p in entries}
+    sha = {}
+    signatures = []
+    for _, p in entries:
+        sha[str(p)] = file_sha256(p)
+        try:
+            signatures.append(thumbnail_signature(p))
+        except ImageError as exc:
+            raise DataError(f"Unreadable image {p}: {exc.message}") from None
+    signatures = np.stack(signatures)  # (n, 8, THUMB*THUMB)
+    pairs: dict[tuple[str, str], dict] = {}
+
+    def add(a: str, b: str, kind: str, corr: float | None):
+        if split_of.get(a) == split_of.get(b) or a not in split_of or b not in split_of:
+            return
+        key = tuple(sorted((a, b)))
+        if key in pairs:
+            return
+        entry = {"path_a": key[0], "path_b": key[1], "split_a": split_of[key[0]], "split_b": split_of[key[1]],
+                 "kind": kind, "correlation": corr}
+        tests = [k for k in key if split_of[k] == "test"]
+        entry["test_path"] = tests[0] if tests else None
+        pairs[key] = entry
+
+    by_sha: dict[str, list[str]] = {}
+    for path, digest in sha.items():
+        by_sha.setdefault(digest, []).append(path)
+    for group in by_sha.values():
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                add(group[i], group[j], "exact", 1.0)
+    canonical = signatures[:, 0, :]  # (n, d)
+    for i, (_, p_i) in enumerate(entries):
+        corr = (signatures[i] @ canonical.T).max(axis=0)  # best of image i's 8 views against each image
+        for j in np.nonzero(corr >= min_corr)[0]:
+            if j != i:
+                add(str(p_i), str(entries[j][1]), "near", round(float(corr[j]), 4))
+    if known is not None and Path(known).exists():
+        root = dataset.root
+        with open(known, newline="") as f:
+            for row in csv.DictReader(f):
+                verdict = row.get("verdict", "")
+                if "exact" in verdict or "confirmed" in verdict:
+                    add(str(root / row["path_a"]), str(root / row["path_b"]), f"listed:{verdict}", None)
+    return sorted(pairs.values(), key=lambda e: (e["path_a"], e["path_b"]))
+
+
+def load_images(paths: list[Path], spec) -> np.ndarray:
+    """Every image through the one preprocessing path: (N, size, size, 3) uint8."""
+    from model.preprocessing import preprocess
+
+    out = np.empty((len(paths), spec.image_size, spec.image_size, 3), np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            out[i] = preprocess(Path(path).read_bytes(), spec)
+        except ImageError as exc:
+            raise DataError(f"Unreadable image {path}: {exc.message}") from None
+    return out

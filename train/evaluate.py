@@ -1,0 +1,89 @@
+"""Evaluate a model bundle on a data split.
+
+    python -m train.evaluate --model model/shipped/melanoma_efficientnet.keras \
+        --data ../shared/data/isic2017 --split test
+
+Prints a table, writes metrics.json and ROC / PR / confusion / reliability PNGs. The test split is
+evaluated without the images that have an exact or near duplicate in train or val.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.bundle import load_bundle
+from model.inference import Predictor
+from train import data as data_mod
+from train.metrics import classification_metrics, format_table
+from train.plots import evaluation_figures
+
+log = logging.getLogger("train.evaluate")
+
+
+def predict_split(predictor: Predictor, paths, tta_views: int | None = None, batch_size: int = 32) -> np.ndarray:
+    """Calibrated probability of malignancy for every file, through the serving path."""
+    arrays = data_mod.load_images(paths, predictor.spec)
+    out = [predictor.probability(arrays[i : i + batch_size], tta_views) for i in range(0, len(arrays), batch_size)]
+    return np.concatenate(out)
+
+
+def evaluate_split(predictor: Predictor, dataset: data_mod.Dataset, split: str, tta_views: int | None = None,
+                   drop_duplicates: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    s = dataset.split(split, drop_duplicates=drop_duplicates)
+    y = np.asarray(s.labels)
+    start = time.perf_counter()
+    p = predict_split(predictor, s.paths, tta_views)
+    seconds = time.perf_counter() - start
+    metrics = classification_metrics(p, y, predictor.threshold)
+    metrics.update({
+        "split": split,
+        "duplicates_dropped": len(dataset.splits[split]) - len(s),
+        "tta_views": int(tta_views or predictor.tta_views),
+        "seconds_per_image": seconds / max(len(y), 1),
+    })
+    return metrics, p, y
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[1])
+    parser.add_argument("--model", required=True, help="bundle .keras file (its .json card beside it)")
+    parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--split", default="test", choices=data_mod.SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
+                        help="test-time augmentation views (default: the bundle's tta_views)")
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="keep test images that duplicate train/val images (default: drop them)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/eval_<bundle>_<split>)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    bundle = load_bundle(args.model)
+    predictor = Predictor(bundle)
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    metrics, p, y = evaluate_split(predictor, dataset, args.split, args.tta, not args.keep_duplicates)
+    metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
+                    "data_hash": dataset.data_hash()})
+    out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    np.savez(out / "predictions.npz", probability_malignant=p, label=y)
+    evaluation_figures(p, y, metrics, out)
+    print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
+                                f"TTA {metrics['tta_views']} views)"))
+    print(f"\nwritten: {out}/metrics.json and PNGs")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Metrics shared by training (the model card) and `python -m train.evaluate`."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn import metrics as skm
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(log(p) / T) (Guo et al. 2017)."""
+    logp = np.log(np.clip(probs, 1e-7, 1.0))
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        logsm = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -float(logsm[np.arange(len(y)), y].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def threshold_for_sensitivity(p: np.ndarray, y: np.ndarray, target: float) -> float:
+    """The highest threshold at which at least `target` of the positives score at or above it."""
+    positives = np.sort(p[y == 1])
+    if len(positives) == 0:
+        raise ValueError("No malignant images to choose a threshold on.")
+    allowed_misses = int(np.floor((1.0 - target) * len(positives) + 1e-9))
+    return float(positives[allowed_misses])
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> tuple[float, list[dict]]:
+    """ECE of the probability of malignancy, in equal-width bins; also the bins for a reliability diagram."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    ece, bins = 0.0, []
+    for b in range(n_bins):
+        mask = index == b
+        if not mask.any():
+            continue
+        conf, freq = float(p[mask].mean()), float(y[mask].mean())
+        ece += mask.mean() * abs(conf - freq)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
+                     "mean_probability": conf, "fraction_malignant": freq})
+    return float(ece), bins
+
+
+def bootstrap_auc(p: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap 95% interval of the ROC AUC."""
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        aucs.append(skm.roc_auc_score(y[idx], p[idx]))
+    return float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))
+
+
+def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float, bootstrap: int = 2000) -> dict:
+    """Everything the README and the model card report, for probabilities `p` of malignancy."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    pred = (p >= threshold).astype(int)
+    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    prec, rec, f1, support = skm.precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
+    ece, bins = expected_calibration_error(p, y)
+    low, high = bootstrap_auc(p, y, n=bootstrap)
+    per_class = {
+        name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(("benign", "malignant"))
+    }
+    return {
+        "n": int(len(y)),
+        "n_malignant": int(y.sum()),
+        "threshold": float(threshold),
+        "roc_auc": float(skm.roc_auc_score(y, p)),
+        "roc_auc_ci95": [low, high],
+        "average_precision": float(skm.average_precision_score(y, p)),
+        "accuracy": float((pred == y).mean()),
+        "sensitivity": tp / max(tp + fn, 1),
+        "specificity": tn / max(tn + fp, 1),
+        "per_class": per_class,
+        "macro": {k: float(np.mean([per_class[c][k] for c in per_class])) for k in ("precision", "recall", "f1")},
+        "confusion_matrix": {"labels": ["benign", "malignant"], "rows_true_cols_predicted": cm.tolist()},
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": ece,
+        "reliability_bins": bins,
+    }
+
+
+def format_table(m: dict, title: str) -> str:
+    """A short table for a person."""
+    lines = [title, "-" * len(title)]
+    rows = [
+        ("images (malignant)", f"{m['n']} ({m['n_malignant']})"),
+        ("ROC AUC [95% CI]", f"{m['roc_auc']:.3f} [{m['roc_auc_ci95'][0]:.3f}, {m['roc_auc_ci95'][1]:.3f}]"),
+        ("threshold", f"{m['threshold']:.3f}"),
+        ("sensitivity", f"{m['sensitivity']:.3f}"),
+        ("specificity", f"{m['specificity']:.3f}"),
+        ("accuracy", f"{m['accuracy']:.3f}"),
+        ("precision / recall / F1 malignant",
+         "{precision:.3f} / {recall:.3f} / {f1:.3f}".format(**m["per_class"]["malignant"])),
+        ("precision / recall / F1 benign",
+         "{precision:.3f} / {recall:.3f} / {f1:.3f}".format(**m["per_class"]["benign"])),
+        ("macro precision / recall / F1", "{precision:.3f} / {recall:.3f} / {f1:.3f}".format(**m["macro"])),
+        ("Brier score", f"{m['brier']:.4f}"),
+        ("expected calibration error", f"{m['ece']:.4f}"),
+        ("confusion [[TN, FP], [FN, TP]]", str(m["confusion_matrix"]["rows_true_cols_predicted"])),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""PNG figures for a person: training curves, ROC, precision-recall, confusion matrix, reliability."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+
+def training_curves(history_csv: Path, out: Path) -> Path:
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    x = np.arange(1, len(rows) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", axes[0]), ("auc", axes[1])):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [float(r[prefix + key]) for r in rows if r.get(prefix + key) not in (None, "")]
+            if len(values) == len(rows):
+                ax.plot(x, values, style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch (head stage, then fine-tuning)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    head_epochs = sum(1 for r in rows if r.get("stage") == "head")
+    for ax in axes:
+        ax.axvline(head_epochs + 0.5, color="grey", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def evaluation_figures(p: np.ndarray, y: np.ndarray, metrics: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    lo, hi = metrics["roc_auc_ci95"]
+    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f} [{lo:.3f}, {hi:.3f}]")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.scatter([1 - metrics["specificity"]], [metrics["sensitivity"]], color="red", zorder=3,
+               label=f"threshold {metrics['threshold']:.2f}")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, melanoma")
+    ax.legend(loc="lower right")
+    paths.append(_save(fig, out_dir / "roc.png"))
+
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(recall, precision, label=f"AP {metrics['average_precision']:.3f}")
+    ax.axhline(y.mean(), ls=":", color="grey", label="prevalence")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, melanoma")
+    ax.legend()
+    paths.append(_save(fig, out_dir / "pr.png"))
+
+    cm = np.asarray(metrics["confusion_matrix"]["rows_true_cols_predicted"])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["benign", "malignant"], yticklabels=["benign", "malignant"],
+           xlabel="predicted", ylabel="true", title="Confusion matrix")
+    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+
+    bins = metrics["reliability_bins"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.plot([b["mean_probability"] for b in bins], [b["fraction_malignant"] for b in bins], "o-")
+    ax.set(xlabel="predicted probability of malignancy", ylabel="observed fraction malignant",
+           title=f"Reliability (ECE {metrics['ece']:.3f})", xlim=(0, 1), ylim=(0, 1))
+    paths.append(_save(fig, out_dir / "reliability.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

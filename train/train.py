@@ -1,0 +1,287 @@
+"""Fine-tune EfficientNet on dermoscopic images and write a model bundle with its card.
+
+    python -m train --data ../shared/data/isic2017 --output model/shipped/melanoma_efficientnet.keras
+
+Stage 1 trains the head with the backbone frozen; stage 2 fine-tunes the backbone from
+`--unfreeze-from` upwards with every BatchNormalization frozen, at a lower learning rate with
+warm-up and cosine decay. The best epoch on validation ROC AUC is kept; temperature scaling and
+the decision threshold (for `--target-sensitivity`) are fitted on the validation split; the test
+split (without duplicates of train/val images) is evaluated once, at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from model.architecture import BACKBONES, build_model, freeze_backbone, unfreeze_top_blocks
+from model.bundle import CLASS_NAMES, Bundle, save_bundle
+from model.inference import Predictor
+from model.preprocessing import PreprocessSpec
+from train import data as data_mod
+from train.augment import build_augmenter
+from train.evaluate import evaluate_split
+from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
+from train.plots import evaluation_figures, training_curves
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[1])
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="folder (train/val/test or class subfolders) or label CSV")
+    g.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    g.add_argument("--max-train-images", type=int, default=None, help="use a seeded random subset of N training "
+                   "images, for smoke tests (default: all)")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES, help="(default: efficientnet_lite0)")
+    g.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file (default: imagenet)")
+    g.add_argument("--image-size", type=int, default=256, help="square input size in pixels (default: 256)")
+    g.add_argument("--colour-constancy", default="shades_of_gray", choices=("shades_of_gray", "none"),
+                   help="colour normalisation in the shared preprocessing (default: shades_of_gray)")
+    g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
+    g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    g.add_argument("--head-epochs", type=int, default=2, help="stage 1 epochs, backbone frozen (default: 2)")
+    g.add_argument("--head-lr", type=float, default=1e-3, help="stage 1 learning rate (default: 1e-3)")
+    g.add_argument("--epochs", type=int, default=30, help="stage 2 (fine-tuning) epochs (default: 30)")
+    g.add_argument("--lr", type=float, default=3e-4, help="stage 2 peak learning rate (default: 3e-4)")
+    g.add_argument("--warmup-epochs", type=int, default=2, help="stage 2 linear warm-up epochs (default: 2)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay, Adam(W) (default: 1e-4)")
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
+    g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
+    g.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (default: 10)")
+    g.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    g = p.add_argument_group("calibration and output")
+    g.add_argument("--target-sensitivity", type=float, default=0.90,
+                   help="sensitivity for malignant at which the threshold is fixed on val (default: 0.90)")
+    g.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
+    g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
+    g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
+    return p.parse_args(argv)
+
+
+class ValidationAUC(keras.callbacks.Callback):
+    """Adds val_auc (malignant ROC AUC on the validation split) to each epoch's logs; appends to history.csv."""
+
+    def __init__(self, x_val: np.ndarray, y_val: np.ndarray, stage: str, history_csv: Path, batch_size: int = 64):
+        super().__init__()
+        self.x_val, self.y_val, self.stage, self.batch_size = x_val, y_val, stage, batch_size
+        self.history_csv = Path(history_csv)
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        probs = predict_probs(self.model, self.x_val, self.batch_size)
+        logs["val_auc"] = float(roc_auc_score(self.y_val, probs[:, 1]))
+        seconds = time.perf_counter() - self._started
+        row = {"epoch": epoch + 1, "stage": self.stage, "loss": logs.get("loss"), "auc": logs.get("auc"),
+               "val_auc": logs["val_auc"], "learning_rate": logs.get("learning_rate"), "seconds": round(seconds, 1)}
+        new = not self.history_csv.exists()
+        with open(self.history_csv, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        log.info("%s epoch %d: loss %.4f, val_auc %.4f (%.0f s)", self.stage, epoch + 1, logs.get("loss", 0.0),
+                 logs["val_auc"], seconds)
+
+
+def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([
+        model(x[i : i + batch_size].astype(np.float32), training=False).numpy() for i in range(0, len(x), batch_size)
+    ])
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter) -> tf.data.Dataset:
+    onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, onehot))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda a, b: (augmenter(tf.cast(a, tf.float32), training=True), b),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0):
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                  metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
+    checkpoint = run_dir / "best.weights.h5"
+    callbacks = [
+        ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True,
+                                        save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
+                                      restore_best_weights=True),
+    ]
+    verbose = 1 if sys.stdout.isatty() else 2
+    return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                     verbose=verbose)
+
+
+def library_versions() -> dict:
+    import PIL
+    import sklearn
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "pillow": PIL.__version__, "scikit-learn": sklearn.__version__}
+
+
+def train(args: argparse.Namespace) -> Bundle:
+    started = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    run_dir = Path(args.run_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}_{args.backbone}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    if (run_dir / "history.csv").exists():
+        (run_dir / "history.csv").unlink()
+    command = "python -m train " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith(("train", "__main__.py")) \
+        else "python -m train " + shlex.join(_args_to_argv(args))
+
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
+    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
+    (run_dir / "duplicates.json").write_text(json.dumps(dataset.duplicates, indent=2) + "\n")
+    log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
+    log.info("%d duplicate pairs across splits; %d test images dropped from evaluation",
+             len(dataset.duplicates), len(dataset.splits["test"]) - len(dataset.split("test")))
+
+    spec = PreprocessSpec(args.image_size, args.colour_constancy)
+    train_split = dataset.splits["train"]
+    chosen = np.arange(len(train_split))
+    if args.max_train_images and args.max_train_images < len(chosen):
+        chosen = np.sort(np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images])
+    n_train = len(chosen)
+    x_train = data_mod.load_images([train_split.paths[i] for i in chosen], spec)
+    y_train = np.asarray(train_split.labels)[chosen]
+    x_val = data_mod.load_images(dataset.splits["val"].paths, spec)
+    y_val = np.asarray(dataset.splits["val"].labels)
+    log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
+
+    prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
+    model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
+                        class_prior=tuple(prior.tolist()))
+    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed))
+    steps = max(1, len(x_train) // args.batch_size)
+
+    freeze_backbone(model)
+    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, keras.optimizers.Adam(args.head_lr), args, run_dir)
+    if args.epochs > 0:
+        n = unfreeze_top_blocks(model, args.unfreeze_from)
+        log.info("fine-tuning %d layers from block %d, BatchNormalization frozen", n, args.unfreeze_from)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
+            warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+        fit_stage(model, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
+                  initial_epoch=args.head_epochs)
+    model.load_weights(run_dir / "best.weights.h5")
+    training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
+
+    # Calibration and operating point on validation, with the views the bundle will be served with.
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    card = {
+        "name": "melanoma_efficientnet",
+        "version": f"{args.backbone}-{dt.date.today():%Y%m%d}-{dataset.data_hash()[:8]}",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "class_names": list(CLASS_NAMES),
+        "positive_class": "malignant",
+        "backbone": args.backbone,
+        "initial_weights": args.weights,
+        "input_size": args.image_size,
+        "preprocessing": spec.to_dict(),
+        "tta_views": args.tta_views,
+        "temperature": 1.0,
+        "threshold": 0.5,
+    }
+    bundle = Bundle(clean, card, run_dir / "melanoma_efficientnet.keras")
+    predictor = Predictor(bundle)
+    raw_val = predictor.raw_probabilities(x_val) if args.tta_views == 1 else np.concatenate(
+        [predictor.raw_probabilities(x_val[i : i + 16]) for i in range(0, len(x_val), 16)])
+    temperature = fit_temperature(raw_val, y_val)
+    predictor.temperature = card["temperature"] = temperature
+    p_val = predictor.probability(x_val)
+    threshold = threshold_for_sensitivity(p_val, y_val, args.target_sensitivity)
+    predictor.threshold = card["threshold"] = threshold
+    card["target_sensitivity"] = args.target_sensitivity
+    card["validation"] = _summary(classification_metrics(p_val, y_val, threshold, bootstrap=500))
+    log.info("temperature %.3f, threshold %.4f for sensitivity %.2f on val", temperature, threshold,
+             args.target_sensitivity)
+
+    test_metrics, p_test, y_test = evaluate_split(predictor, dataset, "test")
+    evaluation_figures(p_test, y_test, test_metrics, run_dir / "test")
+    (run_dir / "test" / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n")
+    print(format_table(test_metrics, f"test split ({test_metrics['duplicates_dropped']} duplicates dropped)"))
+    history = (run_dir / "history.csv").read_text().splitlines()
+    card.update({
+        "test": _summary(test_metrics),
+        "data": {
+            "source": str(args.data),
+            "layout": dataset.layout,
+            "hash": dataset.data_hash(),
+            "counts": {k: v.counts() for k, v in dataset.splits.items()},
+            "train_images_used": int(n_train),
+            "duplicate_pairs_across_splits": len(dataset.duplicates),
+            "test_images_dropped_as_duplicates": test_metrics["duplicates_dropped"],
+        },
+        "training": {
+            "command": command,
+            "arguments": vars(args),
+            "epochs_run": len(history) - 1,
+            "best_val_auc": float(max(float(r.split(",")[history[0].split(",").index("val_auc")])
+                                      for r in history[1:])),
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_count": os.cpu_count(),
+        },
+        "libraries": library_versions(),
+        "intended_use": "A decision aid for clinicians screening dermoscopic images of single skin lesions for "
+                        "melanoma. Not a diagnosis; every suspicious or uncertain result needs a dermatologist.",
+    })
+    save_bundle(clean, card, bundle.path)
+    if args.output:
+        save_bundle(clean, card, Path(args.output))
+        log.info("bundle written to %s", args.output)
+    log.info("run folder %s; %.1f minutes", run_dir, (time.perf_counter() - started) / 60)
+    return bundle
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "reliability_bins"}
+
+
+def _args_to_argv(args: argparse.Namespace) -> list[str]:
+    out = []
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        train(args)
+    except data_mod.DataError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
