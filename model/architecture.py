@@ -159,7 +159,6 @@ def build_model(
             include_top=False,
             weights="imagenet" if resolved == "imagenet" else None,
             input_tensor=inputs,
-            drop_connect_rate=drop_connect_rate,
         )
         features = base.output
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)

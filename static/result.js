@@ -1,0 +1,6 @@
+// Draws the probability bar and the threshold mark (set here because the CSP forbids inline styles).
+document.querySelectorAll(".scale").forEach((scale) => {
+  const pct = (v) => Math.max(0, Math.min(100, parseFloat(v) * 100)) + "%";
+  scale.querySelector(".bar").style.width = pct(scale.dataset.probability);
+  scale.querySelector(".mark").style.left = pct(scale.dataset.threshold);
+});

@@ -1,0 +1,98 @@
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from model.bundle import DEFAULT_BUNDLE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ISIC_FIXTURES = FIXTURES / "isic"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "isic2017"
+SHARED_WEIGHTS = ROOT.parent / "shared" / "weights"
+
+requires_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/isic2017")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+def lesion_fixtures(label: str) -> list[Path]:
+    return sorted((ISIC_FIXTURES / label).glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def malignant_jpeg() -> bytes:
+    return lesion_fixtures("malignant")[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def benign_jpeg() -> bytes:
+    return lesion_fixtures("benign")[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def app():
+    from app import create_app
+
+    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MODEL_PATH": str(DEFAULT_BUNDLE)})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def synthetic_lesion(size: int = 96, seed: int = 0, dark: float = 0.5) -> Image.Image:
+    """A skin-coloured square with a dark, irregular blob: enough for plumbing tests."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    r = np.hypot(yy - 0.5 - rng.uniform(-0.1, 0.1), xx - 0.5 - rng.uniform(-0.1, 0.1))
+    blob = (r < 0.25 + 0.05 * np.sin(8 * np.arctan2(yy - 0.5, xx - 0.5) + seed)).astype(np.float32)
+    skin = np.array([225, 180, 160], np.float32)
+    lesion = np.array([110, 70, 50], np.float32) * (1.0 - dark) + 20 * dark
+    arr = skin * (1 - blob[..., None]) + lesion * blob[..., None] + rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """DIR/{train,val,test}/{benign,malignant}/*.png with synthetic images; malignant blobs are darker."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    seed = 0
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        for label, dark in (("benign", 0.1), ("malignant", 0.9)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for _ in range(n):
+                synthetic_lesion(64, seed, dark).save(folder / f"img_{seed:03d}.png")
+                seed += 1
+    return root
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 40000 x 40000 pixels."""
+    import struct
+    import zlib
+
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 40000, 40000)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)

@@ -1,0 +1,220 @@
+"""The web app on the real shipped model: pages, API, and every bad input with its status and sentence."""
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import create_app
+from model.bundle import DEFAULT_BUNDLE
+from tests.conftest import encode, lesion_fixtures, synthetic_lesion
+
+
+def upload(client, url, files, **kwargs):
+    data = {"image": [(io.BytesIO(content), name) for name, content in files]}
+    return client.post(url, data=data, content_type="multipart/form-data", **kwargs)
+
+
+def lesion_in_mode(jpeg: bytes, mode: str, fmt: str) -> bytes:
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    if mode == "I;16":
+        return encode(Image.fromarray(np.asarray(img.convert("L"), np.uint16) * 257), fmt)
+    return encode(img.convert(mode), fmt)
+
+
+def test_upload_page(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'type="file"' in html and "JPEG, PNG" in html and "not a diagnosis" in html
+
+
+def test_about_page_shows_the_model_card(client, app):
+    html = client.get("/about").get_data(as_text=True)
+    card = app.extensions["melanoma_model"].card
+    assert f"{card['test']['roc_auc']:.3f}" in html
+    assert "Intended use" in html and "Known limits" in html
+
+
+def test_healthz(client, app):
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok" and body["version"] == app.extensions["melanoma_model"].bundle.version
+
+
+def test_api_predicts_real_lesions(client, app):
+    files = [(p.name, p.read_bytes()) for p in lesion_fixtures("benign") + lesion_fixtures("malignant")]
+    res = upload(client, "/api/v1/predict", files)
+    assert res.status_code == 200
+    body = res.get_json()
+    assert body["model"]["version"] == app.extensions["melanoma_model"].bundle.version
+    preds = body["predictions"]
+    assert [p["filename"] for p in preds] == [name for name, _ in files]
+    threshold = app.extensions["melanoma_model"].predictor.threshold
+    for p in preds:
+        assert set(p) == {"filename", "label", "probability_malignant", "confidence", "threshold"}
+        assert p["label"] == ("malignant" if p["probability_malignant"] >= threshold else "benign")
+        assert 0.5 <= p["confidence"] <= 1.0 or p["label"] == "malignant"
+    by_name = {p["filename"]: p for p in preds}
+    benign = [by_name[f.name]["probability_malignant"] for f in lesion_fixtures("benign")]
+    malignant = [by_name[f.name]["probability_malignant"] for f in lesion_fixtures("malignant")]
+    assert min(malignant) > max(benign), "the fixture melanomas should score above the fixture naevi"
+    assert all(by_name[f.name]["label"] == "malignant" for f in lesion_fixtures("malignant"))
+
+
+def test_same_image_same_answer_in_one_batch_and_alone(client, malignant_jpeg, benign_jpeg):
+    alone = upload(client, "/api/v1/predict", [("m.jpg", malignant_jpeg)]).get_json()["predictions"][0]
+    batch = upload(client, "/api/v1/predict", [("b.jpg", benign_jpeg), ("m.jpg", malignant_jpeg)]).get_json()
+    assert abs(batch["predictions"][1]["probability_malignant"] - alone["probability_malignant"]) < 1e-4
+
+
+def test_result_page(client, malignant_jpeg):
+    res = upload(client, "/predict", [("lesion.jpg", malignant_jpeg)])
+    assert res.status_code == 200
+    html = res.get_data(as_text=True)
+    assert "Malignant — suspicious" in html and "dermatologist" in html
+    assert re.search(r"\d+\.\d%", html) and "data:image/jpeg;base64," in html
+    assert "not a diagnosis" in html
+
+
+def test_one_bad_file_among_good_ones_is_rejected_alone(client, benign_jpeg):
+    res = upload(client, "/api/v1/predict", [("ok.jpg", benign_jpeg), ("notes.txt", b"hello")])
+    assert res.status_code == 200
+    ok, bad = res.get_json()["predictions"]
+    assert ok["label"] in ("benign", "malignant")
+    assert bad == {"filename": "notes.txt", "rejected": True, "reason": bad["reason"], "code": "not_an_image"}
+
+
+BAD_INPUTS = [
+    # (id, payload builder, status, code, words in the message)
+    ("empty file", lambda j, b: b"", 400, "empty_file", "empty"),
+    ("text file", lambda j, b: b"patient notes\n" * 20, 400, "not_an_image", "not an image"),
+    ("pdf", lambda j, b: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj<<>>endobj\n", 400, "not_an_image", "not an image"),
+    ("truncated jpeg", lambda j, b: j[: len(j) // 2], 400, "corrupt_image", "damaged or truncated"),
+    ("garbage after jpeg header", lambda j, b: j[:200] + bytes(range(256)) * 4, 400, "corrupt_image", "damaged"),
+    ("ico format", lambda j, b: encode(synthetic_lesion(64), "ICO"), 415, "unsupported_format", "not supported"),
+    ("ppm format", lambda j, b: encode(synthetic_lesion(64), "PPM"), 415, "unsupported_format", "not supported"),
+    ("decompression bomb", lambda j, b: b, 400, "too_many_pixels", "megapixels"),
+    ("tiny image", lambda j, b: encode(Image.new("RGB", (12, 12), (200, 150, 120)), "PNG"), 400, "too_small", "pixels"),
+    ("animated gif", lambda j, b: encode(synthetic_lesion(64), "GIF", save_all=True,
+                                         append_images=[synthetic_lesion(64, seed=1)]), 400, "multi_frame", "single"),
+]
+
+
+@pytest.mark.parametrize("name, build, status, code, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize("url", ["/api/v1/predict", "/predict"])
+def test_bad_inputs(client, url, name, build, status, code, words, malignant_jpeg, bomb_png):
+    res = upload(client, url, [("upload.bin", build(malignant_jpeg, bomb_png))])
+    assert res.status_code == status
+    if url.startswith("/api"):
+        body = res.get_json()
+        assert body["code"] == code and words in body["error"] and body["error"].endswith(".")
+    else:
+        html = res.get_data(as_text=True)
+        assert words in html and "Traceback" not in html and 'id="error-message"' in html
+
+
+@pytest.mark.parametrize("url", ["/api/v1/predict", "/predict"])
+def test_no_file(client, url):
+    res = client.post(url, data={}, content_type="multipart/form-data")
+    assert res.status_code == 400
+    assert "No image was uploaded" in res.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("I;16", "PNG"), ("L", "PNG"), ("RGBA", "PNG"),
+                                       ("P", "PNG"), ("RGB", "WEBP"), ("RGB", "TIFF"), ("RGB", "BMP")])
+def test_valid_but_unusual_images_are_converted(client, malignant_jpeg, mode, fmt):
+    res = upload(client, "/api/v1/predict", [(f"lesion.{fmt.lower()}", lesion_in_mode(malignant_jpeg, mode, fmt))])
+    assert res.status_code == 200, res.get_json()
+    assert res.get_json()["predictions"][0]["label"] in ("benign", "malignant")
+
+
+def test_file_over_the_size_limit_is_413(malignant_jpeg):
+    app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MAX_CONTENT_LENGTH": 64 * 1024})
+    client = app.test_client()
+    big = malignant_jpeg + b"\0" * (100 * 1024)
+    for url in ("/api/v1/predict", "/predict"):
+        res = upload(client, url, [("big.jpg", big)])
+        assert res.status_code == 413
+        assert "larger than the 0 MB limit" not in res.get_data(as_text=True)
+    assert res.status_code == 413 and "limit" in res.get_data(as_text=True)
+
+
+def test_too_many_files(client, benign_jpeg):
+    res = upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(17)])
+    assert res.status_code == 400 and res.get_json()["code"] == "too_many_files"
+
+
+def test_unknown_route_is_a_404_page_and_json_under_api(client):
+    page = client.get("/no/such/page")
+    assert page.status_code == 404 and "Page not found" in page.get_data(as_text=True)
+    api = client.get("/api/v1/nothing")
+    assert api.status_code == 404 and api.get_json()["code"] == "not_found"
+    assert client.get("/api/v1/predict").status_code == 405
+
+
+def test_security_headers(client):
+    headers = client.get("/").headers
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in headers["Content-Security-Policy"]
+
+
+def test_form_needs_a_csrf_token(malignant_jpeg):
+    app = create_app({"TESTING": True})
+    client = app.test_client()
+    res = upload(client, "/predict", [("lesion.jpg", malignant_jpeg)])
+    assert res.status_code == 400 and "Reload the page" in res.get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    res = client.post("/predict", data={"csrf_token": token, "image": (io.BytesIO(malignant_jpeg), "l.jpg")},
+                      content_type="multipart/form-data")
+    assert res.status_code == 200
+    # the API is for programs, not forms: no token needed
+    assert upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)]).status_code == 200
+
+
+def test_uploads_are_not_kept_by_default(client, malignant_jpeg, tmp_path, app):
+    assert app.config["KEEP_UPLOADS"] is False
+    before = set((app.config["UPLOAD_FOLDER"] and __import__("os").listdir(app.config["UPLOAD_FOLDER"])) or [])
+    upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)])
+    after = set(__import__("os").listdir(app.config["UPLOAD_FOLDER"]))
+    assert after == before
+
+
+def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
+    import os
+    import time
+
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    old = folder / ("0" * 32 + ".png")
+    Image.new("RGB", (40, 40)).save(old)
+    os.utime(old, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "KEEP_UPLOADS": True,
+                      "UPLOAD_FOLDER": str(folder), "UPLOAD_RETENTION_HOURS": 1})
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"  # camera maker
+    exif[0x0112] = 1
+    tagged = encode(Image.open(io.BytesIO(malignant_jpeg)), "JPEG", exif=exif.tobytes())
+    assert upload(app.test_client(), "/api/v1/predict", [("patient-smith.jpg", tagged)]).status_code == 200
+    kept = list(folder.iterdir())
+    assert len(kept) == 1 and not old.exists(), "expired upload purged, new one kept"
+    assert "smith" not in kept[0].name and re.fullmatch(r"[0-9a-f]{32}\.png", kept[0].name)
+    assert b"SecretCam" not in kept[0].read_bytes() and not Image.open(kept[0]).getexif()
+
+
+def test_model_is_loaded_once_at_startup(app, client, malignant_jpeg, monkeypatch):
+    import keras
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a request loaded a model")
+
+    monkeypatch.setattr(keras.models, "load_model", fail)
+    assert upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)]).status_code == 200
+
+
+def test_config_from_environment(monkeypatch):
+    monkeypatch.setenv("MELANOMA_MAX_FILES", "3")
+    app = create_app({"TESTING": True})
+    assert app.config["MAX_FILES"] == 3 and app.config["MODEL_PATH"] == str(DEFAULT_BUNDLE)

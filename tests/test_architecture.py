@@ -1,0 +1,65 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.architecture import LAST_CONV_LAYER, build_model, freeze_backbone, load_npz_weights, unfreeze_top_blocks
+from tests.conftest import SHARED_WEIGHTS
+
+
+def test_classifier_shape_and_softmax():
+    model = build_model("efficientnet_lite0", weights="none", image_size=64)
+    out = model(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")).numpy()
+    assert out.shape == (2, 2)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.get_layer(LAST_CONV_LAYER).output.shape[-1] == 1280
+
+
+def test_output_bias_starts_at_the_class_prior():
+    model = build_model("efficientnet_lite0", weights="none", image_size=64, class_prior=(0.8, 0.2))
+    bias = model.get_layer("predictions").get_weights()[1]
+    np.testing.assert_allclose(np.exp(bias) / np.exp(bias).sum(), [0.8, 0.2], rtol=1e-5)
+
+
+def test_unfreeze_keeps_batchnorm_frozen_and_lower_blocks_fixed():
+    model = build_model("efficientnet_lite0", weights="none", image_size=64)
+    freeze_backbone(model)
+    assert not model.get_layer("block6a_expand_conv").trainable
+    assert model.get_layer("predictions").trainable
+    unfreeze_top_blocks(model, from_block=5)
+    assert model.get_layer("block6a_expand_conv").trainable
+    assert model.get_layer("top_conv").trainable
+    assert not model.get_layer("block4a_expand_conv").trainable
+    assert not any(l.trainable for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+
+
+def test_bad_arguments_say_what_was_received():
+    with pytest.raises(ValueError, match="Received: backbone='resnet'"):
+        build_model("resnet", weights="none")
+    with pytest.raises(FileNotFoundError, match="Received: weights="):
+        build_model("efficientnet_lite0", weights="/nonexistent/weights.npz", image_size=64)
+
+
+def test_b0_backbone_builds_without_download():
+    model = build_model("efficientnet_b0", weights="none", image_size=64)
+    assert model.get_layer("block7a_project_conv") is not None
+    assert model(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 2)
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "efficientnet_lite0_imagenet.npz").exists(), reason="needs ../shared/weights")
+def test_lite0_imagenet_weights_recognise_a_cat():
+    """The in-project Lite0 definition with the shared weights is a real ImageNet classifier."""
+    import skimage.data
+
+    from model.architecture import lite0_features
+
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.GlobalAveragePooling2D()(lite0_features(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1000, name="predictions")(x))
+    assert load_npz_weights(model, SHARED_WEIGHTS / "efficientnet_lite0_imagenet.npz") == 99
+    cat = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((224, 224), Image.Resampling.BILINEAR), "float32")
+    top3 = np.argsort(-model(cat[None]).numpy()[0])[:3]
+    names = json.loads((SHARED_WEIGHTS / "imagenet_class_index.json").read_text())
+    assert {names[str(i)][1] for i in top3} & {"tiger_cat", "Egyptian_cat", "tabby"}

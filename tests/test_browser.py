@@ -1,0 +1,84 @@
+"""A real browser (headless Chromium driven by Playwright) against the app on a loopback port."""
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, lesion_fixtures
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package 'chromium'; .ci/run installs it)"),
+]
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    from werkzeug.serving import make_server
+
+    from app import create_app
+
+    server = make_server("127.0.0.1", 0, create_app({"TESTING": False}), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        pg = context.new_page()
+        errors = []
+        pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        pg.console_errors = errors
+        yield pg
+        browser.close()
+
+
+def test_upload_a_lesion_and_see_the_verdict(live_server, page):
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+    assert page.locator("#preview").is_visible()  # drag-and-drop script shows a preview
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    assert page.inner_text("#verdict") in ("Benign", "Malignant — suspicious")
+    assert page.inner_text("#probability").endswith("%")
+    bar_width = page.eval_on_selector(".scale .bar", "el => el.style.width")
+    assert bar_width.endswith("%")  # drawn by result.js under the content security policy
+    assert not [e for e in page.console_errors if "Content Security Policy" in e]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "result_page.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.screenshot(path=str(ARTIFACTS / "result_page_phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1100, "height": 900})
+
+
+def test_upload_a_text_file_and_see_the_error(live_server, page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n" * 10)
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(notes))
+    page.click("#submit")
+    page.wait_for_selector("#error-message")
+    assert "not an image" in page.inner_text("#error-message")
+    page.screenshot(path=str(ARTIFACTS / "error_page.png"))
+
+
+def test_about_page_renders(live_server, page):
+    page.goto(live_server + "/about")
+    assert "ROC AUC" in page.inner_text("main")

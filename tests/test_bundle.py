@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from model.architecture import build_model
+from model.bundle import load_bundle, save_bundle
+from model.inference import Predictor, calibrated_malignant_probability, dihedral_views
+from model.preprocessing import PreprocessSpec
+
+
+def tiny_card(**overrides):
+    card = {"name": "tiny", "version": "test", "class_names": ["benign", "malignant"], "backbone": "efficientnet_lite0",
+            "preprocessing": PreprocessSpec(64).to_dict(), "threshold": 0.4, "temperature": 1.5, "tta_views": 1}
+    card.update(overrides)
+    return card
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    model = build_model("efficientnet_lite0", weights="none", image_size=64)
+    path = save_bundle(model, tiny_card(), tmp_path_factory.mktemp("bundle") / "tiny.keras")
+    return model, path
+
+
+def test_saved_then_loaded_bundle_gives_the_same_outputs(tiny_bundle):
+    """Golden output: the reloaded .keras model matches the one in memory."""
+    model, path = tiny_bundle
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    expected = model(x, training=False).numpy()
+    bundle = load_bundle(path)
+    np.testing.assert_allclose(bundle.model(x, training=False).numpy(), expected, atol=1e-6)
+    assert bundle.card["threshold"] == 0.4 and json.loads(path.with_suffix(".json").read_text())["name"] == "tiny"
+
+
+def test_predictor_uses_the_card(tiny_bundle):
+    _, path = tiny_bundle
+    predictor = Predictor(load_bundle(path))
+    batch = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    results = predictor.predict(batch)
+    assert len(results) == 3
+    for r in results:
+        assert r["threshold"] == 0.4 and 0.0 <= r["probability_malignant"] <= 1.0
+        assert r["label"] == ("malignant" if r["probability_malignant"] >= 0.4 else "benign")
+        assert r["confidence"] >= 0.4 if r["label"] == "malignant" else r["confidence"] > 0.6
+
+
+def test_temperature_softens_without_reordering():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    hot = calibrated_malignant_probability(probs, 2.0)
+    np.testing.assert_allclose(calibrated_malignant_probability(probs, 1.0), probs[:, 1], rtol=1e-6)
+    assert hot[0] > 0.1 and hot[1] < 0.7 and abs(hot[2] - 0.5) < 1e-9
+    assert list(np.argsort(hot)) == list(np.argsort(probs[:, 1]))
+
+
+def test_dihedral_views_are_distinct_flips_and_turns():
+    x = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
+    views = dihedral_views(x, 8)
+    assert views.shape == (16, 4, 4, 3)
+    flat = {views[i * 2].tobytes() for i in range(8)}
+    assert len(flat) == 8
+
+
+def test_missing_bundle_and_wrong_classes(tmp_path, tiny_bundle):
+    with pytest.raises(FileNotFoundError):
+        load_bundle(tmp_path / "nothing.keras")
+    model, _ = tiny_bundle
+    path = save_bundle(model, tiny_card(class_names=["cat", "dog"]), tmp_path / "wrong.keras")
+    with pytest.raises(ValueError, match="class_names"):
+        load_bundle(path)

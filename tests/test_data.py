@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from train.data import DataError, discover, find_duplicates
+from tests.conftest import synthetic_lesion
+
+
+def make_class_folders(root, n=10, suffix=".png"):
+    for label, dark in (("benign", 0.1), ("malignant", 0.9)):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            synthetic_lesion(48, seed=i + (100 if dark > 0.5 else 0), dark=dark).save(root / label / f"{label}_{i}{suffix}")
+
+
+def test_split_folders(tiny_data):
+    ds = discover(tiny_data)
+    assert ds.layout == "split_folders"
+    assert ds.splits["train"].counts() == {"benign": 12, "malignant": 12}
+    assert len(ds.splits["test"]) == 12
+
+
+def test_class_folders_are_split_stratified_and_seeded(tmp_path):
+    make_class_folders(tmp_path, n=20)
+    a, b = discover(tmp_path, seed=3), discover(tmp_path, seed=3)
+    assert a.layout == "class_folders"
+    assert [str(p) for p in a.splits["test"].paths] == [str(p) for p in b.splits["test"].paths]
+    all_paths = [str(p) for s in a.splits.values() for p in s.paths]
+    assert len(all_paths) == len(set(all_paths)) == 40
+    for s in a.splits.values():
+        assert min(s.counts().values()) >= 1
+
+
+def test_isic_ground_truth_csv(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["image_id,melanoma,seborrheic_keratosis"]
+    for i in range(30):
+        synthetic_lesion(40, seed=i).save(images / f"ISIC_{i:07d}.jpg")
+        lines.append(f"ISIC_{i:07d},{float(i % 3 == 0)},0.0")
+    csv_path = tmp_path / "gt.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    ds = discover(csv_path, images=images)
+    total = sum(len(s) for s in ds.splits.values())
+    assert total == 30 and sum(s.counts()["malignant"] for s in ds.splits.values()) == 10
+
+
+def test_ham10000_lesions_never_straddle_splits(tmp_path):
+    lines = ["lesion_id,image_id,dx"]
+    for lesion in range(40):
+        dx = ["mel", "nv", "bkl", "bcc"][lesion % 4]
+        for k in range(1 + lesion % 3):  # one to three images of each lesion
+            name = f"ISIC_{lesion:04d}{k}"
+            synthetic_lesion(40, seed=lesion * 10 + k).save(tmp_path / f"{name}.jpg")
+            lines.append(f"HAM_{lesion:04d},{name},{dx}")
+    (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
+    ds = discover(tmp_path / "meta.csv")
+    owner = {}
+    for name, split in ds.splits.items():
+        for group in split.groups:
+            assert owner.setdefault(group, name) == name, f"lesion {group} is in two splits"
+    assert len(owner) == 40
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        discover(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        discover(empty)
+    odd = tmp_path / "odd"
+    (odd / "dysplastic").mkdir(parents=True)
+    synthetic_lesion(40).save(odd / "dysplastic" / "a.png")
+    with pytest.raises(DataError, match="Unknown label 'dysplastic'"):
+        discover(odd)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    make_class_folders(tmp_path, n=10)
+    (tmp_path / "benign" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    ds = discover(tmp_path)
+    with pytest.raises(DataError, match="broken.jpg"):
+        find_duplicates(ds)
+
+
+def test_exact_and_recoloured_flipped_duplicates_are_found(tmp_path):
+    make_class_folders(tmp_path, n=12)
+    ds = discover(tmp_path, seed=0)
+    test_img = ds.splits["test"].paths[0]
+    train_dir = ds.splits["train"].paths[0].parent
+    # an exact copy and a recoloured, mirrored copy of a test image, both added to train
+    exact = train_dir / "copy_exact.png"
+    exact.write_bytes(test_img.read_bytes())
+    img = Image.open(test_img).convert("RGB")
+    arr = np.asarray(ImageOps.mirror(img), dtype=np.float32) * np.array([0.8, 1.0, 1.15])
+    near = train_dir / "copy_recoloured.png"
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(near)
+    for p in (exact, near):
+        ds.splits["train"].paths.append(p)
+        ds.splits["train"].labels.append(ds.splits["test"].labels[0])
+        ds.splits["train"].groups.append(p.stem)
+    ds.duplicates = find_duplicates(ds)
+    kinds = {(e["kind"], e["test_path"]) for e in ds.duplicates if str(test_img) in (e["path_a"], e["path_b"])}
+    assert ("exact", str(test_img)) in kinds and ("near", str(test_img)) in kinds
+    assert str(test_img) not in {str(p) for p in ds.split("test").paths}
+    assert len(ds.split("test")) < len(ds.splits["test"])

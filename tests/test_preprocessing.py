@@ -1,0 +1,139 @@
+"""The one preprocessing path: every mode and format becomes the same kind of RGB array, and
+training, evaluation and serving produce the same array for the same file."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess, shades_of_gray
+from tests.conftest import encode, lesion_fixtures, synthetic_lesion
+
+SPEC = PreprocessSpec(image_size=64)
+
+
+def test_output_is_square_uint8_rgb(benign_jpeg):
+    arr = preprocess(benign_jpeg, SPEC)
+    assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8
+    assert arr.std() > 5  # a real image, not a blank
+
+
+def test_non_square_images_are_squashed_not_cropped():
+    img = Image.new("RGB", (400, 100), (200, 150, 120))
+    img.paste((20, 20, 20), (0, 0, 100, 100))  # a dark block in the left quarter
+    arr = preprocess(img, PreprocessSpec(64, colour_constancy="none"))
+    assert arr.shape == (64, 64, 3)
+    assert arr[:, :14].mean() < 40 and arr[:, 20:].mean() > 120  # the block keeps its left-quarter place
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode):
+    base = synthetic_lesion(80)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257))
+        assert img.mode.startswith("I;16")
+        data = encode(img, "PNG")
+    else:
+        img = base.convert(mode)
+        data = encode(img, "TIFF" if mode == "CMYK" else "PNG")
+    out = decode(data)
+    assert out.mode == "RGB" and out.size == (80, 80)
+    arr = np.asarray(out)
+    assert arr.max() > 150 and arr.min() < 100  # contrast survived (16-bit is rescaled, not clipped)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (120, 60), (255, 255, 255))
+    img.paste((0, 0, 0), (0, 0, 60, 60))  # black on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    out = decode(encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (60, 120)
+    arr = np.asarray(out.convert("L"), dtype=float)
+    assert arr[:60].mean() < 60 and arr[60:].mean() > 200  # black is now on top
+
+
+def test_shades_of_gray_removes_a_colour_cast():
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(40, 200, (32, 32, 3))
+    cast = scene * np.array([1.0, 0.8, 0.6])
+    a, b = shades_of_gray(scene), shades_of_gray(cast)
+
+    def chromaticity(x):
+        return x / x.mean()
+
+    # the cast changed the colour balance; after normalisation the two images have (nearly) the same one
+    before = np.abs(chromaticity(scene) - chromaticity(cast)).mean()
+    after = np.abs(chromaticity(a) - chromaticity(b)).mean()
+    assert after < 0.05 * before
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", "empty_file"),
+        (b"just some text, not an image\n" * 10, "not_an_image"),
+        (b"%PDF-1.4\n1 0 obj<<>>endobj\n", "not_an_image"),
+    ],
+)
+def test_bad_bytes_raise_image_error(data, code):
+    with pytest.raises(ImageError) as info:
+        decode(data)
+    assert info.value.code == code and info.value.message.endswith(".")
+
+
+def test_truncated_jpeg_is_corrupt(benign_jpeg):
+    with pytest.raises(ImageError) as info:
+        decode(benign_jpeg[: len(benign_jpeg) // 2])
+    assert info.value.code == "corrupt_image"
+
+
+def test_unsupported_format_is_named():
+    with pytest.raises(ImageError) as info:
+        decode(encode(synthetic_lesion(64), "ICO"))
+    assert info.value.code == "unsupported_format" and "ICO" in info.value.message
+
+
+def test_animation_is_refused():
+    frames = [synthetic_lesion(64, seed=i) for i in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError) as info:
+        decode(data)
+    assert info.value.code == "multi_frame"
+
+
+def test_tiny_image_is_refused():
+    with pytest.raises(ImageError) as info:
+        decode(encode(Image.new("RGB", (10, 10)), "PNG"))
+    assert info.value.code == "too_small"
+
+
+def test_decompression_bomb_is_refused_before_decoding(bomb_png):
+    with pytest.raises(ImageError) as info:
+        decode(bomb_png)
+    assert info.value.code == "too_many_pixels"
+
+
+def test_training_evaluation_and_serving_see_the_same_array(tmp_path, app):
+    """One file through the three consumers: train.data.load_images (training and evaluation) and the
+    web service's decode + Predictor.preprocess (serving)."""
+    from train.data import load_images
+    from web.service import EXTENSION_KEY
+
+    service = app.extensions[EXTENSION_KEY]
+    spec = service.predictor.spec
+    for path in lesion_fixtures("benign")[:1] + lesion_fixtures("malignant")[:1]:
+        training = load_images([path], spec)[0]
+        served = service.predictor.preprocess(decode(path.read_bytes(), draft_size=spec.image_size * 2))
+        from_bytes = preprocess(path.read_bytes(), spec)
+        np.testing.assert_array_equal(training, served)
+        np.testing.assert_array_equal(training, from_bytes)
+
+
+def test_large_jpeg_draft_decoding_stays_close_to_full_decoding(malignant_jpeg):
+    big = Image.open(io.BytesIO(malignant_jpeg)).resize((1024, 768), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=95)
+    spec = PreprocessSpec(256)
+    fast = preprocess(data, spec).astype(float)
+    full = preprocess(Image.open(io.BytesIO(data)).convert("RGB"), spec).astype(float)
+    assert np.abs(fast - full).mean() < 3.0

@@ -1,0 +1,59 @@
+"""Errors for people: JSON `{"error", "code"}` for API clients, a page for browsers; never a stack trace."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+MESSAGES = {
+    400: ("bad_request", "The request could not be understood."),
+    404: ("not_found", "There is no page at this address."),
+    405: ("method_not_allowed", "This address does not accept that kind of request."),
+    413: ("file_too_large", "The upload is larger than the {limit} MB limit. Upload a smaller image."),
+    500: ("internal_error", "Something went wrong on our side. The image was not kept; please try again."),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz" or (
+        request.accept_mimetypes.best == "application/json")
+
+
+def respond(code: str, message: str, status: int):
+    if wants_json():
+        return jsonify({"error": message, "code": code}), status
+    return render_template("error.html", message=message, code=code, status=status), status
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return respond(exc.code, exc.message, exc.status)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError):
+        return respond("csrf_failed", "The form expired or did not come from this site. Reload the page and "
+                                      "upload the image again.", 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code, message = MESSAGES.get(exc.code, ("http_error", exc.description or exc.name))
+        if exc.code == 413:
+            message = message.format(limit=app.config["MAX_CONTENT_LENGTH"] >> 20)
+        return respond(code, message, exc.code)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        code, message = MESSAGES[500]
+        return respond(code, message, 500)

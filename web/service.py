@@ -1,0 +1,110 @@
+"""The model as a Flask extension: loaded once per process, warmed up, shared by every request.
+
+`ModelService.judge` turns uploaded files into one result per file: a verdict, or a rejection
+with a stable code and a sentence for a person. Decoding and inference errors of one file never
+affect another.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from flask import Flask
+from PIL import Image
+
+from model.bundle import load_bundle
+from model.inference import Predictor
+from model.preprocessing import ImageError, decode
+
+log = logging.getLogger(__name__)
+EXTENSION_KEY = "melanoma_model"
+
+NEXT_STEP = {
+    "malignant": "Refer the patient for dermatologist review; a biopsy may be needed.",
+    "benign": "No sign of melanoma was found by the model. Keep routine follow-up, and refer anyway if the "
+              "lesion changes, bleeds or worries you or the patient.",
+}
+
+
+@dataclass
+class Judgement:
+    filename: str
+    label: str | None = None
+    probability_malignant: float | None = None
+    confidence: float | None = None
+    threshold: float | None = None
+    rejected: bool = False
+    reason: str | None = None
+    code: str | None = None
+    preview: str | None = None  # data: URL of the upright image, for the result page
+    image: Image.Image | None = field(default=None, repr=False)  # decoded upload, for optional keeping
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        if self.rejected:
+            return {"filename": self.filename, "rejected": True, "reason": self.reason, "code": self.code}
+        return {"filename": self.filename, "label": self.label, "probability_malignant": self.probability_malignant,
+                "confidence": self.confidence, "threshold": self.threshold, **self.extra}
+
+
+class ModelService:
+    def __init__(self, app: Flask | None = None):
+        self.bundle = None
+        self.predictor: Predictor | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        path = app.config["MODEL_PATH"]
+        self.bundle = load_bundle(path)
+        self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None)
+        self.predictor.warm_up()
+        card = self.bundle.card
+        app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, TTA %d)",
+                        path, self.bundle.version, card["backbone"], self.predictor.threshold,
+                        self.predictor.temperature, self.predictor.tta_views)
+        app.extensions[EXTENSION_KEY] = self
+
+    @property
+    def card(self) -> dict:
+        return self.bundle.card
+
+    def describe(self) -> dict:
+        card = self.card
+        return {"name": self.bundle.name, "version": self.bundle.version, "backbone": card["backbone"],
+                "threshold": self.predictor.threshold, "tta_views": self.predictor.tta_views}
+
+    def judge(self, files: list[tuple[str, bytes]], want_preview: bool = False) -> list[Judgement]:
+        """One Judgement per (filename, bytes), in order; all decodable images go through one forward pass."""
+        results: list[Judgement] = []
+        arrays, slots = [], []
+        for filename, data in files:
+            result = Judgement(filename=filename)
+            try:
+                image = decode(data, draft_size=self.predictor.spec.image_size * 2)
+                arrays.append(self.predictor.preprocess(image))
+                slots.append(len(results))
+                if want_preview:
+                    result.preview = data_url(image)
+                result.image = image
+            except ImageError as exc:
+                result.rejected, result.reason, result.code = True, exc.message, exc.code
+            results.append(result)
+        if arrays:
+            for slot, verdict in zip(slots, self.predictor.predict(np.stack(arrays))):
+                r = results[slot]
+                r.label, r.probability_malignant = verdict["label"], verdict["probability_malignant"]
+                r.confidence, r.threshold = verdict["confidence"], verdict["threshold"]
+        return results
+
+
+def data_url(image: Image.Image, max_side: int = 640) -> str:
+    """A JPEG data: URL of the image (downscaled), so the result page needs no stored file."""
+    preview = image.copy()
+    preview.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    preview.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

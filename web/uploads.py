@@ -1,0 +1,36 @@
+"""Optional keeping of uploads (off by default): random names, EXIF removed, purged after a retention period."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def purge_expired(folder: Path, retention_hours: float) -> int:
+    """Delete kept uploads older than the retention period; return how many were deleted."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - retention_hours * 3600
+    removed = 0
+    for path in folder.glob("*.png"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another worker removed it first
+            pass
+    return removed
+
+
+def keep(image: Image.Image, folder: Path, retention_hours: float) -> Path:
+    """Store a decoded upload as PNG under a random name. Re-encoding from pixels drops EXIF and all metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    purge_expired(folder, retention_hours)
+    path = folder / f"{secrets.token_hex(16)}.png"
+    Image.frombytes(image.mode, image.size, image.tobytes()).save(path, format="PNG")
+    return path

@@ -1,0 +1,73 @@
+"""Pages (upload, result, about) and the JSON API (/api/v1/predict, /healthz)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from web import uploads
+from web.errors import ApiError
+from web.service import EXTENSION_KEY, NEXT_STEP, ModelService
+
+pages = Blueprint("pages", __name__)
+api = Blueprint("api", __name__)
+
+ACCEPTED = "JPEG, PNG, BMP, TIFF or WebP"
+
+
+def service() -> ModelService:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
+    """The files of the `image` field, read into memory; ApiError if there are none or too many."""
+    files = [f for f in request.files.getlist("image") if f and (f.filename or f.content_length)]
+    if not files:
+        raise ApiError("no_file", f"No image was uploaded. Choose a {ACCEPTED} file in the 'image' field.", 400)
+    if len(files) > max_files:
+        raise ApiError("too_many_files", f"At most {max_files} images can be sent at once; received {len(files)}.", 400)
+    return [(f.filename or "upload", f.read()) for f in files]
+
+
+def judge_request(want_preview: bool):
+    results = service().judge(uploaded_files(current_app.config["MAX_FILES"]), want_preview=want_preview)
+    if current_app.config["KEEP_UPLOADS"]:
+        folder = Path(current_app.config["UPLOAD_FOLDER"])
+        for r in results:
+            if r.image is not None:
+                uploads.keep(r.image, folder, current_app.config["UPLOAD_RETENTION_HOURS"])
+    return results
+
+
+@pages.get("/")
+def index():
+    return render_template("index.html", accepted=ACCEPTED, max_mb=current_app.config["MAX_CONTENT_LENGTH"] >> 20)
+
+
+@pages.post("/predict")
+def predict_page():
+    result = judge_request(want_preview=True)[0]
+    if result.rejected:
+        raise ApiError(result.code, result.reason, 415 if result.code == "unsupported_format" else 400)
+    return render_template("result.html", r=result, next_step=NEXT_STEP[result.label], model=service().describe(),
+                           target=service().card.get("target_sensitivity", 0.9))
+
+
+@pages.get("/about")
+def about():
+    return render_template("about.html", card=service().card, model=service().describe())
+
+
+@api.post("/api/v1/predict")
+def predict_api():
+    results = judge_request(want_preview=False)
+    if len(results) == 1 and results[0].rejected:
+        r = results[0]
+        raise ApiError(r.code, r.reason, 415 if r.code == "unsupported_format" else 400)
+    return jsonify({"model": service().describe(), "predictions": [r.to_json() for r in results]})
+
+
+@api.get("/healthz")
+def healthz():
+    model = service().describe()
+    return jsonify({"status": "ok", "model": model["name"], "version": model["version"]})
