@@ -41,6 +41,22 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
     return path
 
 
+def copy_bundle(src: str | Path, dst: str | Path) -> Path:
+    """Copy a bundle (.keras, card, gate features) to a new path, keeping the card's references right."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    card = load_card(src)
+    gate = card.get("gate") or {}
+    if gate.get("features_file"):
+        shutil.copyfile(src.parent / gate["features_file"], dst.with_suffix(".gate.npz"))
+        gate["features_file"] = dst.with_suffix(".gate.npz").name
+    card_path(dst).write_text(json.dumps(card, indent=2) + "\n")
+    return dst
+
+
 def load_card(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():

@@ -5,13 +5,15 @@ shape family), not `model.predict`, whose per-call overhead dominates single-ima
 """
 from __future__ import annotations
 
-import threading
-
+import keras
 import numpy as np
 import tensorflow as tf
 
 from model.bundle import CLASS_NAMES, Bundle
+from model.gate import NOT_A_LESION, FeatureNeighbours, check_quality
 from model.preprocessing import PreprocessSpec, preprocess
+
+FEATURE_LAYER = "avg_pool"
 
 
 def dihedral_views(batch: np.ndarray, n_views: int) -> np.ndarray:
@@ -50,13 +52,20 @@ class Predictor:
         self.threshold = float(card["threshold"])
         self.temperature = float(card.get("temperature", 1.0))
         self.tta_views = int(tta_views or card.get("tta_views", 1))
+        band = card.get("indeterminate_band")
+        self.band = (float(band[0]), float(band[1])) if band else None
+        gate = card.get("gate") or {}
+        self.quality_limits = gate.get("quality")
+        self.neighbours = None
+        if gate.get("features_file"):
+            self.neighbours = FeatureNeighbours.load(bundle.path.parent / gate["features_file"])
         size = self.spec.image_size
         model = bundle.model
+        both = keras.Model(model.inputs, [model.output, model.get_layer(FEATURE_LAYER).output])
         self._forward = tf.function(
-            lambda x: model(x, training=False),
+            lambda x: both(x, training=False),
             input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
         )
-        self._lock = threading.Lock()
 
     def warm_up(self) -> None:
         self.raw_probabilities(np.zeros((1, self.spec.image_size, self.spec.image_size, 3), np.uint8))
@@ -64,27 +73,56 @@ class Predictor:
     def preprocess(self, data) -> np.ndarray:
         return preprocess(data, self.spec)
 
-    def raw_probabilities(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
-        """The network's softmax for a uint8 batch (B, H, W, 3), averaged over TTA views: (B, 2)."""
+    def raw_outputs(self, batch: np.ndarray, tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's softmax averaged over TTA views (B, 2), and the pooled features of the plain view."""
         views = int(tta_views or self.tta_views)
         x = dihedral_views(np.asarray(batch), views).astype(np.float32)
-        probs = self._forward(tf.constant(x)).numpy()
-        return average_views(probs, views)
+        probs, features = self._forward(tf.constant(x))
+        return average_views(probs.numpy(), views), features.numpy()[: len(batch)]
+
+    def raw_probabilities(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
+        """The network's softmax for a uint8 batch (B, H, W, 3), averaged over TTA views: (B, 2)."""
+        return self.raw_outputs(batch, tta_views)[0]
 
     def probability(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
         """Calibrated probability of malignancy for each image of a uint8 batch."""
         return calibrated_malignant_probability(self.raw_probabilities(batch, tta_views), self.temperature)
 
+    def verdict(self, pm: float) -> dict:
+        malignant = pm >= self.threshold
+        return {
+            "label": "malignant" if malignant else "benign",
+            "probability_malignant": pm,
+            "confidence": pm if malignant else 1.0 - pm,
+            "threshold": self.threshold,
+            "indeterminate": bool(self.band and self.band[0] <= pm < self.band[1]),
+        }
+
     def predict(self, batch: np.ndarray) -> list[dict]:
         """Per image: label, calibrated probability of malignancy, confidence in that label, threshold."""
-        p = self.probability(batch)
-        results = []
-        for pm in p.tolist():
-            malignant = pm >= self.threshold
-            results.append({
-                "label": "malignant" if malignant else "benign",
-                "probability_malignant": pm,
-                "confidence": pm if malignant else 1.0 - pm,
-                "threshold": self.threshold,
-            })
-        return results
+        return [self.verdict(pm) for pm in self.probability(batch).tolist()]
+
+    def assess(self, images: list) -> list[dict]:
+        """Decoded PIL images in; per image either a verdict or {"rejected": True, "code", "reason"}.
+
+        The quality gate runs before the network; the not-a-lesion gate uses the same forward pass
+        that gives the verdict (its pooled features), so a refused image costs no extra inference.
+        """
+        out: list[dict | None] = [None] * len(images)
+        arrays, slots = [], []
+        for i, image in enumerate(images):
+            refusal = check_quality(image, self.quality_limits) if self.quality_limits else None
+            if refusal:
+                out[i] = {"rejected": True, "code": refusal.code, "reason": refusal.message}
+            else:
+                arrays.append(self.preprocess(image))
+                slots.append(i)
+        if arrays:
+            batch = np.stack(arrays)
+            probs, features = self.raw_outputs(batch)
+            p = calibrated_malignant_probability(probs, self.temperature)
+            refused = self.neighbours.refuse(features) if self.neighbours else np.zeros(len(slots), bool)
+            for slot, pm, no in zip(slots, p.tolist(), refused.tolist()):
+                out[slot] = ({"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}
+                             if no else self.verdict(pm))
+        return out

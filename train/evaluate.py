@@ -20,7 +20,7 @@ from model.bundle import load_bundle
 from model.inference import Predictor
 from train import data as data_mod
 from train.metrics import classification_metrics, format_table
-from train.plots import evaluation_figures
+from train.plots import evaluation_figures, sample_grid
 
 log = logging.getLogger("train.evaluate")
 
@@ -79,6 +79,8 @@ def main(argv=None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     np.savez(out / "predictions.npz", probability_malignant=p, label=y)
     evaluation_figures(p, y, metrics, out)
+    paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
+    sample_grid(paths, p, y, predictor.threshold, out / "samples.png")
     print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
                                 f"TTA {metrics['tta_views']} views)"))
     print(f"\nwritten: {out}/metrics.json and PNGs")

@@ -80,3 +80,33 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sample_grid(paths, p: np.ndarray, y: np.ndarray, threshold: float, out: Path, per_group: int = 4) -> Path:
+    """Test images with true label, predicted label and probability: confident correct calls of each
+    class, and the most confident mistakes in both directions (missed melanomas, false alarms)."""
+    from PIL import Image
+
+    pred = (p >= threshold).astype(int)
+    groups = [
+        ("correct: melanoma", np.where((y == 1) & (pred == 1))[0], -p),
+        ("correct: benign", np.where((y == 0) & (pred == 0))[0], p),
+        ("missed melanoma (most confident)", np.where((y == 1) & (pred == 0))[0], p),
+        ("false alarm (most confident)", np.where((y == 0) & (pred == 1))[0], -p),
+    ]
+    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.3 * per_group, 2.6 * len(groups)))
+    for row, (title, idx, key) in enumerate(groups):
+        chosen = idx[np.argsort(key[idx])][:per_group]
+        for col in range(per_group):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(chosen):
+                i = chosen[col]
+                ax.imshow(Image.open(paths[i]).convert("RGB"))
+                ok = pred[i] == y[i]
+                ax.set_title(f"true {'mel' if y[i] else 'ben'} · pred {'mel' if pred[i] else 'ben'}\np = {p[i]:.2f}",
+                             fontsize=8, color="green" if ok else "red")
+        axes[row, 0].text(-0.08, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=9)
+    fig.suptitle(f"Sample test predictions (threshold {threshold:.2f})", fontsize=10)
+    return _save(fig, out)

@@ -28,12 +28,13 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from model.architecture import BACKBONES, build_model, freeze_backbone, unfreeze_top_blocks
-from model.bundle import CLASS_NAMES, Bundle, save_bundle
+from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.augment import build_augmenter
 from train.evaluate import evaluate_split
+from train.gate import fit as fit_gate
 from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
 from train.plots import evaluation_figures, training_curves
 
@@ -67,6 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
     g.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (default: 10)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    g = p.add_argument_group("distribution")
+    g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multi-worker"),
+                   help="tf.distribute strategy: mirrored = all GPUs (or CPU devices) of this host, multi-worker = "
+                        "several hosts configured by TF_CONFIG (default: none)")
+    g.add_argument("--cpu-devices", type=int, default=0,
+                   help="split the CPU into N logical devices for --distribute mirrored without GPUs (default: 0)")
     g = p.add_argument_group("calibration and output")
     g.add_argument("--target-sensitivity", type=float, default=0.90,
                    help="sensitivity for malignant at which the threshold is fixed on val (default: 0.90)")
@@ -117,13 +124,17 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda a, b: (augmenter(tf.cast(a, tf.float32), training=True), b),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0):
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                  metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
+def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
+              strategy=None):
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                      metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
     checkpoint = run_dir / "best.weights.h5"
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
@@ -137,6 +148,34 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
                      verbose=verbose)
 
 
+def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
+    """The distribution strategy; --batch-size and the learning rates are per replica and scaled by the count."""
+    if args.distribute == "multi-worker":
+        # Keras 3's fit() does not yet run under MultiWorkerMirroredStrategy (keras-team/keras#20585:
+        # batches arrive as PerReplica values it cannot convert). Fail clearly instead of half-working.
+        raise SystemExit("--distribute multi-worker is not supported by Keras 3's Model.fit yet "
+                         "(keras-team/keras#20585); use --distribute mirrored on one host with several devices.")
+    if args.distribute == "mirrored":
+        if args.cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(args.cpu_devices)])
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.cpu_devices)])
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process as a worker other than the first (or as a non-chief)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def library_versions() -> dict:
     import PIL
     import sklearn
@@ -147,8 +186,19 @@ def library_versions() -> dict:
 
 def train(args: argparse.Namespace) -> Bundle:
     started = time.perf_counter()
+    strategy = make_strategy(args)
+    replicas = strategy.num_replicas_in_sync
+    if replicas > 1:
+        args.batch_size *= replicas
+        args.lr *= replicas
+        args.head_lr *= replicas
+        log.info("%s on %d replicas: global batch %d, peak learning rate %g", args.distribute, replicas,
+                 args.batch_size, args.lr)
     keras.utils.set_random_seed(args.seed)
     run_dir = Path(args.run_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}_{args.backbone}")
+    if not is_chief():  # every worker trains; only the chief writes the bundle
+        run_dir = run_dir / f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
+        args.output = None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     if (run_dir / "history.csv").exists():
@@ -177,22 +227,26 @@ def train(args: argparse.Namespace) -> Bundle:
     log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
 
     prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
-    model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
-                        class_prior=tuple(prior.tolist()))
+    with strategy.scope():
+        model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
+                            class_prior=tuple(prior.tolist()))
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed))
     steps = max(1, len(x_train) // args.batch_size)
 
     freeze_backbone(model)
-    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, keras.optimizers.Adam(args.head_lr), args, run_dir)
+    with strategy.scope():
+        head_optimizer = keras.optimizers.Adam(args.head_lr)
+    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy)
     if args.epochs > 0:
         n = unfreeze_top_blocks(model, args.unfreeze_from)
         log.info("fine-tuning %d layers from block %d, BatchNormalization frozen", n, args.unfreeze_from)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
-            warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+        with strategy.scope():
+            schedule = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
+                warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
         fit_stage(model, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
-                  initial_epoch=args.head_epochs)
+                  initial_epoch=args.head_epochs, strategy=strategy)
     model.load_weights(run_dir / "best.weights.h5")
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
 
@@ -257,8 +311,9 @@ def train(args: argparse.Namespace) -> Bundle:
                         "melanoma. Not a diagnosis; every suspicious or uncertain result needs a dermatologist.",
     })
     save_bundle(clean, card, bundle.path)
+    fit_gate(bundle.path, dataset, k=10, percentile=99.5, band_fraction=0.15)
     if args.output:
-        save_bundle(clean, card, Path(args.output))
+        copy_bundle(bundle.path, args.output)
         log.info("bundle written to %s", args.output)
     log.info("run folder %s; %.1f minutes", run_dir, (time.perf_counter() - started) / 60)
     return bundle

@@ -7,6 +7,8 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from web.batching import Overloaded
+
 log = logging.getLogger(__name__)
 
 MESSAGES = {
@@ -44,6 +46,10 @@ def register(app: Flask) -> None:
     def csrf_error(exc: CSRFError):
         return respond("csrf_failed", "The form expired or did not come from this site. Reload the page and "
                                       "upload the image again.", 400)
+
+    @app.errorhandler(Overloaded)
+    def overloaded(exc: Overloaded):
+        return respond("busy", str(exc), 503)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -16,14 +16,18 @@ from flask import Flask
 from PIL import Image
 
 from model.bundle import load_bundle
+from model.explain import GradCAM, overlay, png_base64
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
+from web.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "melanoma_model"
 
 NEXT_STEP = {
     "malignant": "Refer the patient for dermatologist review; a biopsy may be needed.",
+    "indeterminate": "The model is unsure: the probability is close to the decision threshold. A dermatologist "
+                     "review is advised.",
     "benign": "No sign of melanoma was found by the model. Keep routine follow-up, and refer anyway if the "
               "lesion changes, bleeds or worries you or the patient.",
 }
@@ -36,7 +40,9 @@ class Judgement:
     probability_malignant: float | None = None
     confidence: float | None = None
     threshold: float | None = None
+    indeterminate: bool = False
     rejected: bool = False
+    bad_input: bool = False
     reason: str | None = None
     code: str | None = None
     preview: str | None = None  # data: URL of the upright image, for the result page
@@ -47,7 +53,8 @@ class Judgement:
         if self.rejected:
             return {"filename": self.filename, "rejected": True, "reason": self.reason, "code": self.code}
         return {"filename": self.filename, "label": self.label, "probability_malignant": self.probability_malignant,
-                "confidence": self.confidence, "threshold": self.threshold, **self.extra}
+                "confidence": self.confidence, "threshold": self.threshold, "indeterminate": self.indeterminate,
+                **self.extra}
 
 
 class ModelService:
@@ -62,6 +69,9 @@ class ModelService:
         self.bundle = load_bundle(path)
         self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None)
         self.predictor.warm_up()
+        self.batcher = MicroBatcher(self.predictor.assess) if app.config.get("MICRO_BATCHING", True) else None
+        self.cam = GradCAM(self.bundle.model)
+        self.cam.heatmaps(np.zeros((1, *self.bundle.model.input_shape[1:]), np.uint8))  # trace once now
         card = self.bundle.card
         app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, TTA %d)",
                         path, self.bundle.version, card["backbone"], self.predictor.threshold,
@@ -77,27 +87,45 @@ class ModelService:
         return {"name": self.bundle.name, "version": self.bundle.version, "backbone": card["backbone"],
                 "threshold": self.predictor.threshold, "tta_views": self.predictor.tta_views}
 
-    def judge(self, files: list[tuple[str, bytes]], want_preview: bool = False) -> list[Judgement]:
-        """One Judgement per (filename, bytes), in order; all decodable images go through one forward pass."""
+    def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
+        """Grad-CAM for the malignant class over the upright image, as a base64 PNG."""
+        heat = self.cam.heatmaps(self.predictor.preprocess(image)[None])[0]
+        shown = image.copy()
+        shown.thumbnail((max_side, max_side))
+        return png_base64(overlay(np.asarray(shown), heat))
+
+    def judge(self, files: list[tuple[str, bytes]], want_preview: bool = False,
+              explain: bool = False) -> list[Judgement]:
+        """One Judgement per (filename, bytes), in order; all judgeable images go through one forward pass.
+
+        A file that does not decode is `bad_input` (the request's fault); an image the gate refuses is
+        a normal answer: `rejected` with the reason.
+        """
         results: list[Judgement] = []
-        arrays, slots = [], []
+        images, slots = [], []
         for filename, data in files:
             result = Judgement(filename=filename)
             try:
-                image = decode(data, draft_size=self.predictor.spec.image_size * 2)
-                arrays.append(self.predictor.preprocess(image))
+                result.image = decode(data, draft_size=self.predictor.spec.image_size * 2)
+                images.append(result.image)
                 slots.append(len(results))
                 if want_preview:
-                    result.preview = data_url(image)
-                result.image = image
+                    result.preview = data_url(result.image)
             except ImageError as exc:
-                result.rejected, result.reason, result.code = True, exc.message, exc.code
+                result.rejected, result.bad_input, result.reason, result.code = True, True, exc.message, exc.code
             results.append(result)
-        if arrays:
-            for slot, verdict in zip(slots, self.predictor.predict(np.stack(arrays))):
+        if images:
+            assess = self.batcher.submit if self.batcher else self.predictor.assess
+            for slot, verdict in zip(slots, assess(images)):
                 r = results[slot]
-                r.label, r.probability_malignant = verdict["label"], verdict["probability_malignant"]
-                r.confidence, r.threshold = verdict["confidence"], verdict["threshold"]
+                if verdict.get("rejected"):
+                    r.rejected, r.reason, r.code = True, verdict["reason"], verdict["code"]
+                else:
+                    r.label, r.probability_malignant = verdict["label"], verdict["probability_malignant"]
+                    r.confidence, r.threshold = verdict["confidence"], verdict["threshold"]
+                    r.indeterminate = verdict["indeterminate"]
+                    if explain:
+                        r.extra["heatmap"] = self.heatmap(r.image)
         return results
 
 

@@ -29,8 +29,12 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
     return [(f.filename or "upload", f.read()) for f in files]
 
 
-def judge_request(want_preview: bool):
-    results = service().judge(uploaded_files(current_app.config["MAX_FILES"]), want_preview=want_preview)
+def bad_input(r) -> ApiError:
+    return ApiError(r.code, r.reason, 415 if r.code == "unsupported_format" else 400)
+
+
+def judge_request(want_preview: bool, explain: bool):
+    results = service().judge(uploaded_files(current_app.config["MAX_FILES"]), want_preview, explain)
     if current_app.config["KEEP_UPLOADS"]:
         folder = Path(current_app.config["UPLOAD_FOLDER"])
         for r in results:
@@ -46,10 +50,13 @@ def index():
 
 @pages.post("/predict")
 def predict_page():
-    result = judge_request(want_preview=True)[0]
+    result = judge_request(want_preview=True, explain=True)[0]
+    if result.bad_input:
+        raise bad_input(result)
     if result.rejected:
-        raise ApiError(result.code, result.reason, 415 if result.code == "unsupported_format" else 400)
-    return render_template("result.html", r=result, next_step=NEXT_STEP[result.label], model=service().describe(),
+        return render_template("refused.html", r=result, model=service().describe())
+    advice = NEXT_STEP["indeterminate" if result.indeterminate else result.label]
+    return render_template("result.html", r=result, next_step=advice, model=service().describe(),
                            target=service().card.get("target_sensitivity", 0.9))
 
 
@@ -60,10 +67,10 @@ def about():
 
 @api.post("/api/v1/predict")
 def predict_api():
-    results = judge_request(want_preview=False)
-    if len(results) == 1 and results[0].rejected:
-        r = results[0]
-        raise ApiError(r.code, r.reason, 415 if r.code == "unsupported_format" else 400)
+    explain = request.args.get("explain", "0").lower() in ("1", "true", "yes")
+    results = judge_request(want_preview=False, explain=explain)
+    if all(r.bad_input for r in results):
+        raise bad_input(results[0])
     return jsonify({"model": service().describe(), "predictions": [r.to_json() for r in results]})
 
 

@@ -1,0 +1,61 @@
+"""Grad-CAM (Selvaraju et al. 2017) for the malignant class, on the full classifier.
+
+The map is computed from the last convolutional feature map (`top_activation`) of the same
+network that gives the verdict, for the malignant logit (log p_malignant - log p_benign),
+upsampled to the input and overlaid on the image with a colour scale.
+"""
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib import colormaps
+from PIL import Image
+
+from model.architecture import LAST_CONV_LAYER
+from model.bundle import CLASS_NAMES
+
+
+class GradCAM:
+    def __init__(self, model: keras.Model, layer_name: str = LAST_CONV_LAYER):
+        self.model = model
+        self._grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+        size = model.input_shape[1]
+        self._heatmaps = tf.function(self._compute,
+                                     input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+    def _compute(self, x):
+        malignant = CLASS_NAMES.index("malignant")
+        with tf.GradientTape() as tape:
+            features, probs = self._grad_model(x, training=False)
+            logp = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+            score = logp[:, malignant] - logp[:, 1 - malignant]
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+        return cam
+
+    def heatmaps(self, batch: np.ndarray) -> np.ndarray:
+        """(B, h, w) maps in [0, 1] at the feature map's resolution (each map scaled by its own maximum)."""
+        cam = self._heatmaps(tf.constant(np.asarray(batch, np.float32))).numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "inferno") -> Image.Image:
+    """The heatmap upsampled to the image (bilinear), coloured, and blended over it."""
+    h, w = image.shape[:2]
+    up = Image.fromarray((heatmap * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+    colour = colormaps[colormap](np.asarray(up, np.float32) / 255.0)[..., :3] * 255.0
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colour
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def png_base64(img: Image.Image) -> str:
+    import base64
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,114 @@
+"""The gate: refuse images the model cannot judge, before any verdict.
+
+Two stages:
+1. Image quality, from the decoded image: too small, extreme aspect ratio, nearly uniform,
+   too dark or too bright, strongly blurred. Thresholds are fitted on the training images
+   (well outside what real dermoscopic images show) and stored in the model card.
+2. Is it a dermoscopic lesion image at all? The classifier's own pooled features are compared with
+   those of the training images: the cosine distance to the k-th nearest training image
+   (deep nearest neighbours, Sun et al. 2022). Past a threshold fitted on the training split, the
+   image is refused. The training features travel with the bundle (`<name>.gate.npz`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ADVICE = "Upload a sharp, well-lit dermoscopic image of a single skin lesion."
+
+
+@dataclass
+class Refusal:
+    code: str
+    message: str
+
+
+def quality_measures(image: Image.Image) -> dict:
+    """Cheap measures on a 256-pixel greyscale version of the image."""
+    w, h = image.size
+    grey = np.asarray(image.convert("L").resize((256, 256), Image.Resampling.BILINEAR), np.float32)
+    lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    return {
+        "min_side": float(min(w, h)),
+        "aspect": float(max(w, h) / max(min(w, h), 1)),
+        "contrast": float(grey.std()),
+        "brightness": float(grey.mean()),
+        "sharpness": float(lap.var()),
+    }
+
+
+def check_quality(image: Image.Image, limits: dict) -> Refusal | None:
+    m = quality_measures(image)
+    if m["min_side"] < limits["min_side"]:
+        return Refusal("too_small", f"The image is too small ({image.size[0]}x{image.size[1]} pixels) to judge; "
+                                    f"at least {int(limits['min_side'])} pixels on each side are needed. {ADVICE}")
+    if m["aspect"] > limits["max_aspect"]:
+        return Refusal("extreme_aspect_ratio", f"The image is {m['aspect']:.1f} times wider than high (or the "
+                                               f"reverse), which is not a lesion photograph. {ADVICE}")
+    if m["brightness"] < limits["min_brightness"]:
+        return Refusal("too_dark", f"The image is too dark to judge. {ADVICE}")
+    if m["brightness"] > limits["max_brightness"]:
+        return Refusal("too_bright", f"The image is too bright (overexposed) to judge. {ADVICE}")
+    if m["contrast"] < limits["min_contrast"]:
+        return Refusal("blank_image", f"The image is nearly uniform: there is no lesion to judge. {ADVICE}")
+    if m["sharpness"] < limits["min_sharpness"]:
+        return Refusal("too_blurred", f"The image is too blurred to judge. {ADVICE}")
+    return None
+
+
+def fit_quality_limits(measures: list[dict]) -> dict:
+    """Limits well outside the range of real training images: half (or twice) their 0.5th percentile."""
+    arr = {k: np.array([m[k] for m in measures]) for k in measures[0]}
+    return {
+        "min_side": 64.0,
+        "max_aspect": 3.0,
+        "min_contrast": float(min(8.0, 0.5 * np.percentile(arr["contrast"], 0.5))),
+        "min_brightness": float(min(30.0, 0.5 * np.percentile(arr["brightness"], 0.5))),
+        "max_brightness": float(max(235.0, min(250.0, 255 - 0.5 * (255 - np.percentile(arr["brightness"], 99.5))))),
+        "min_sharpness": float(0.25 * np.percentile(arr["sharpness"], 0.5)),
+    }
+
+
+class FeatureNeighbours:
+    """Cosine distance to the k-th nearest training image in the classifier's pooled-feature space."""
+
+    def __init__(self, train_features: np.ndarray, k: int, threshold: float):
+        self.bank = _normalise(np.asarray(train_features, np.float32))
+        self.k = int(k)
+        self.threshold = float(threshold)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        sims = _normalise(np.asarray(features, np.float32)) @ self.bank.T
+        kth = np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+        return 1.0 + kth  # 1 - similarity of the k-th neighbour
+
+    def refuse(self, features: np.ndarray) -> np.ndarray:
+        return self.scores(features) > self.threshold
+
+    @staticmethod
+    def leave_one_out_scores(train_features: np.ndarray, k: int) -> np.ndarray:
+        bank = _normalise(np.asarray(train_features, np.float32))
+        sims = bank @ bank.T
+        np.fill_diagonal(sims, -np.inf)
+        return 1.0 + np.partition(-sims, k - 1, axis=1)[:, k - 1]
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, features=self.bank.astype(np.float16), k=self.k, threshold=self.threshold)
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureNeighbours":
+        z = np.load(path)
+        return cls(z["features"].astype(np.float32), int(z["k"]), float(z["threshold"]))
+
+
+NOT_A_LESION = Refusal(
+    "not_a_lesion",
+    "This does not look like a dermoscopic image of a skin lesion, so the model cannot judge it. " + ADVICE,
+)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,86 @@
+"""Grad-CAM sanity checks on the shipped model (Adebayo et al. 2018)."""
+import base64
+import io
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.bundle import DEFAULT_BUNDLE, load_bundle
+from model.explain import GradCAM, overlay
+from model.preprocessing import PreprocessSpec, preprocess
+from tests.conftest import lesion_fixtures
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
+    images = np.stack([preprocess(p.read_bytes(), spec) for p in lesion_fixtures("malignant") + lesion_fixtures("benign")])
+    return bundle, images
+
+
+def correlation(a, b):
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_heatmap_is_not_constant_and_in_range(shipped):
+    bundle, images = shipped
+    maps = GradCAM(bundle.model).heatmaps(images)
+    assert maps.shape[0] == len(images) and maps.shape[1] == maps.shape[2] == 8  # 256 px / 32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    for m in maps:
+        assert m.std() > 0.05
+
+
+def test_heatmap_changes_when_the_image_changes(shipped):
+    bundle, images = shipped
+    cam = GradCAM(bundle.model)
+    a = cam.heatmaps(images[:1])[0]
+    moved = cam.heatmaps(np.roll(images[:1], 96, axis=2))[0]  # lesion shifted to the right
+    other = cam.heatmaps(images[2:3])[0]
+    assert correlation(a, moved) < 0.9
+    assert correlation(a, other) < 0.9
+
+
+def test_heatmap_collapses_when_the_head_is_randomised(shipped):
+    """Model randomisation: with the trained head replaced by random weights, the map no longer
+    resembles the trained model's map."""
+    bundle, images = shipped
+    trained = GradCAM(bundle.model).heatmaps(images)
+    random_model = keras.models.clone_model(bundle.model)
+    random_model.set_weights(bundle.model.get_weights())
+    rng = np.random.default_rng(0)
+    for name in ("head_dense", "predictions"):
+        layer = random_model.get_layer(name)
+        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
+    randomised = GradCAM(random_model).heatmaps(images)
+    similarities = [correlation(t, r) for t, r in zip(trained, randomised)]
+    assert np.mean(similarities) < 0.5, similarities
+
+
+def test_overlay_has_the_image_size():
+    img = np.full((90, 120, 3), 128, np.uint8)
+    heat = np.zeros((8, 8))
+    heat[2:4, 2:4] = 1
+    out = overlay(img, heat)
+    assert out.size == (120, 90)
+    arr = np.asarray(out, float)
+    assert arr[25:35, 35:45].mean() != pytest.approx(arr[80:, 100:].mean(), abs=5)
+
+
+def test_api_returns_heatmaps_on_request(client, malignant_jpeg):
+    data = {"image": [(io.BytesIO(malignant_jpeg), "m.jpg")]}
+    plain = client.post("/api/v1/predict", data=data, content_type="multipart/form-data").get_json()
+    assert "heatmap" not in plain["predictions"][0]
+    data = {"image": [(io.BytesIO(malignant_jpeg), "m.jpg")]}
+    res = client.post("/api/v1/predict?explain=1", data=data, content_type="multipart/form-data").get_json()
+    png = Image.open(io.BytesIO(base64.b64decode(res["predictions"][0]["heatmap"])))
+    assert png.format == "PNG" and png.size == Image.open(io.BytesIO(malignant_jpeg)).size
+
+
+def test_result_page_shows_the_heatmap(client, malignant_jpeg):
+    data = {"image": [(io.BytesIO(malignant_jpeg), "m.jpg")]}
+    html = client.post("/predict", data=data, content_type="multipart/form-data").get_data(as_text=True)
+    assert 'id="heatmap"' in html and "data:image/png;base64," in html and "Grad-CAM" in html

@@ -1,0 +1,87 @@
+"""The gate on the shipped model: quality refusals, not-a-lesion refusals, real lesions accepted,
+and the indeterminate band."""
+import io
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageDraw, ImageFilter
+
+from tests.conftest import encode, lesion_fixtures
+
+
+def lesion(path=None) -> Image.Image:
+    return Image.open(path or lesion_fixtures("malignant")[0]).convert("RGB")
+
+
+def document() -> Image.Image:
+    img = Image.new("RGB", (600, 800), "white")
+    d = ImageDraw.Draw(img)
+    for i in range(30):
+        d.text((40, 40 + 24 * i), "Referral letter: patient history, medication and follow-up plan " * 2, fill="black")
+    return img
+
+
+QUALITY = [
+    ("blank", lambda: Image.new("RGB", (400, 300), (205, 160, 140)), "blank_image"),
+    ("too dark", lambda: Image.fromarray((np.asarray(lesion(), float) * 0.06).astype(np.uint8)), "too_dark"),
+    ("too bright", lambda: Image.fromarray(np.clip(np.asarray(lesion(), float) * 0.1 + 240, 0, 255).astype(np.uint8)),
+     "too_bright"),
+    ("blurred", lambda: lesion().filter(ImageFilter.GaussianBlur(12)), "too_blurred"),
+    ("extreme aspect", lambda: lesion().resize((1000, 200)), "extreme_aspect_ratio"),
+    ("small", lambda: lesion().resize((48, 48)), "too_small"),
+]
+
+
+@pytest.mark.parametrize("name, make, code", QUALITY, ids=[q[0] for q in QUALITY])
+def test_quality_refusals(app, name, make, code):
+    verdict = app.extensions["melanoma_model"].predictor.assess([make()])[0]
+    assert verdict.get("rejected") and verdict["code"] == code, verdict
+    assert "dermoscopic image of a single skin lesion" in verdict["reason"]
+
+
+@pytest.mark.parametrize("name, make", [
+    ("cat photo", lambda: Image.fromarray(skimage.data.chelsea())),
+    ("coffee photo", lambda: Image.fromarray(skimage.data.coffee())),
+    ("document", document),
+    ("noise", lambda: Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))),
+])
+def test_non_lesions_are_refused(app, name, make):
+    verdict = app.extensions["melanoma_model"].predictor.assess([make()])[0]
+    assert verdict.get("rejected"), f"{name} was judged: {verdict}"
+
+
+def test_real_lesions_are_judged(app):
+    images = [lesion(p) for p in lesion_fixtures("malignant") + lesion_fixtures("benign")]
+    verdicts = app.extensions["melanoma_model"].predictor.assess(images)
+    assert all(not v.get("rejected") for v in verdicts), verdicts
+
+
+def test_refusal_in_the_api_and_the_page(client):
+    data = encode(Image.fromarray(skimage.data.chelsea()), "JPEG")
+    res = client.post("/api/v1/predict", data={"image": (io.BytesIO(data), "cat.jpg")},
+                      content_type="multipart/form-data")
+    assert res.status_code == 200
+    pred = res.get_json()["predictions"][0]
+    assert pred["rejected"] is True and pred["code"] == "not_a_lesion" and "label" not in pred
+    page = client.post("/predict", data={"image": (io.BytesIO(data), "cat.jpg")}, content_type="multipart/form-data")
+    html = page.get_data(as_text=True)
+    assert "Cannot judge this image" in html and "dermoscopic" in html and "Malignant" not in html
+
+
+def test_indeterminate_band_is_around_the_threshold(app):
+    predictor = app.extensions["melanoma_model"].predictor
+    low, high = predictor.band
+    assert low < predictor.threshold < high
+    assert predictor.verdict((low + predictor.threshold) / 2)["indeterminate"]
+    assert predictor.verdict((high + predictor.threshold) / 2)["indeterminate"]
+    assert not predictor.verdict(high + (1 - high) / 2)["indeterminate"]
+    assert not predictor.verdict(low / 2)["indeterminate"]
+
+
+def test_page_says_when_the_model_is_unsure(client, app, malignant_jpeg, monkeypatch):
+    predictor = app.extensions["melanoma_model"].predictor
+    monkeypatch.setattr(predictor, "band", (0.0, 1.0))  # everything inside the band
+    page = client.post("/predict", data={"image": (io.BytesIO(malignant_jpeg), "m.jpg")},
+                       content_type="multipart/form-data").get_data(as_text=True)
+    assert "The model is unsure" in page and "review is advised" in page

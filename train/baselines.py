@@ -1,0 +1,158 @@
+"""The paper's comparison: handcrafted features with SVM, k-NN and random forest, against the network.
+
+    python -m train.baselines --data ../shared/data/isic2017 \
+        --network-metrics runs/eval_melanoma_efficientnet_test/metrics.json
+
+Same data discovery, splits and duplicate handling as training; features from the same
+preprocessed input as the network (train.features); hyperparameters chosen on the validation
+split only; class imbalance handled with balanced class weights (k-NN: distance weighting);
+the threshold for each classifier fixed on validation for the same target sensitivity as the
+network; every model evaluated on the test split with the same metrics code. Writes
+baselines.json and comparison.png (accuracy, F1 and AUC with its 95% interval).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from model.preprocessing import PreprocessSpec
+from train import data as data_mod
+from train.features import handcrafted
+from train.metrics import classification_metrics, format_table, threshold_for_sensitivity
+
+log = logging.getLogger("train.baselines")
+
+GRIDS = {
+    "svm_rbf": (lambda C, gamma: make_pipeline(StandardScaler(), SVC(C=C, gamma=gamma, kernel="rbf",
+                                                                      class_weight="balanced", probability=True,
+                                                                      random_state=0)),
+                {"C": [0.3, 1, 3, 10], "gamma": ["scale", 0.003, 0.01, 0.03]}),
+    "knn": (lambda n_neighbors: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors, weights="distance")),
+            {"n_neighbors": [5, 11, 21, 41, 81]}),
+    "random_forest": (lambda max_depth, min_samples_leaf: RandomForestClassifier(
+        n_estimators=400, max_depth=max_depth, min_samples_leaf=min_samples_leaf, class_weight="balanced_subsample",
+        n_jobs=-1, random_state=0), {"max_depth": [None, 8, 16], "min_samples_leaf": [1, 3, 10]}),
+}
+
+
+def feature_matrix(paths, spec: PreprocessSpec) -> np.ndarray:
+    arrays = data_mod.load_images(paths, spec)
+    return np.stack([handcrafted(a) for a in arrays])
+
+
+def select(name: str, x_tr, y_tr, x_va, y_va):
+    """Grid search on the validation split; returns the best fitted model, its params and val AUC."""
+    make, grid = GRIDS[name]
+    best = (-1.0, None, None)
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values))
+        model = make(**params).fit(x_tr, y_tr)
+        auc = roc_auc_score(y_va, model.predict_proba(x_va)[:, 1])
+        if auc > best[0]:
+            best = (auc, model, params)
+    return best[1], best[2], best[0]
+
+
+def run(args) -> dict:
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
+    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
+    spec = PreprocessSpec(args.image_size)
+    started = time.perf_counter()
+    splits = {name: dataset.split(name) for name in data_mod.SPLITS}
+    x = {name: feature_matrix(s.paths, spec) for name, s in splits.items()}
+    y = {name: np.asarray(s.labels) for name, s in splits.items()}
+    log.info("features: %d per image, %.0f s", x["train"].shape[1], time.perf_counter() - started)
+    report = {"data": str(args.data), "data_hash": dataset.data_hash(), "test_duplicates_dropped":
+              len(dataset.splits["test"]) - len(splits["test"]), "feature_length": int(x["train"].shape[1]),
+              "target_sensitivity": args.target_sensitivity, "models": {}}
+    for name in GRIDS:
+        model, params, val_auc = select(name, x["train"], y["train"], x["val"], y["val"])
+        threshold = threshold_for_sensitivity(model.predict_proba(x["val"])[:, 1], y["val"], args.target_sensitivity)
+        p = model.predict_proba(x["test"])[:, 1]
+        metrics = classification_metrics(p, y["test"], threshold)
+        metrics.pop("reliability_bins")
+        report["models"][name] = {"params": params, "val_auc": val_auc, "test": metrics}
+        print(format_table(metrics, f"{name} {params}"))
+        print()
+    if args.network_metrics:
+        net = json.loads(Path(args.network_metrics).read_text())
+        net.pop("reliability_bins", None)
+        report["models"]["efficientnet (shipped)"] = {"params": {"model": net.get("model")}, "test": net}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baselines.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    comparison_chart(report, out / "comparison.png")
+    print_summary(report)
+    return report
+
+
+def print_summary(report: dict) -> None:
+    print(f"{'model':<24} {'accuracy':>8} {'F1 mal.':>8} {'macro F1':>8} {'AUC [95% CI]':>22} {'sens':>6} {'spec':>6}")
+    for name, m in report["models"].items():
+        t = m["test"]
+        print(f"{name:<24} {t['accuracy']:>8.3f} {t['per_class']['malignant']['f1']:>8.3f} {t['macro']['f1']:>8.3f} "
+              f"{t['roc_auc']:>7.3f} [{t['roc_auc_ci95'][0]:.3f}, {t['roc_auc_ci95'][1]:.3f}] "
+              f"{t['sensitivity']:>6.3f} {t['specificity']:>6.3f}")
+
+
+def comparison_chart(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    metrics = [("accuracy", lambda t: t["accuracy"], None), ("F1 (malignant)", lambda t: t["per_class"]["malignant"]["f1"], None),
+               ("ROC AUC", lambda t: t["roc_auc"], lambda t: t["roc_auc_ci95"])]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        t = report["models"][name]["test"]
+        values = [f(t) for _, f, _ in metrics]
+        errors = np.array([[v - ci(t)[0], ci(t)[1] - v] if ci else [0, 0] for v, (_, _, ci) in zip(values, metrics)]).T
+        xs = np.arange(len(metrics)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(xs, values, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(metrics)), [m[0] for m in metrics])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("ISIC 2017 test split (duplicates dropped)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Handcrafted features + classic ML vs. fine-tuned EfficientNet")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="data folder or label CSV, as for training")
+    p.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    p.add_argument("--image-size", type=int, default=256, help="preprocessed size (default: 256, as the network)")
+    p.add_argument("--target-sensitivity", type=float, default=0.90, help="(default: 0.90, as the network)")
+    p.add_argument("--network-metrics", default=None, help="metrics.json of python -m train.evaluate, to compare")
+    p.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    p.add_argument("--out", default="runs/baselines", help="output folder (default: runs/baselines)")
+    try:
+        return run(p.parse_args(argv))
+    except data_mod.DataError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
