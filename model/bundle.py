@@ -36,6 +36,10 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
     if path.suffix != ".keras":
         raise ValueError(f"A bundle is saved as a .keras file. Received: path={str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "optimizer", None) is not None:  # ship weights only, not the training state
+        lean = keras.Model.from_config(model.get_config())
+        lean.set_weights(model.get_weights())
+        model = lean
     model.save(path)
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path

@@ -23,7 +23,7 @@ class GradCAM:
         self.model = model
         self._grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
         size = model.input_shape[1]
-        self._heatmaps = tf.function(self._compute,
+        self._heatmaps = tf.function(self._compute, autograph=False,
                                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
     def _compute(self, x):

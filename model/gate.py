@@ -4,10 +4,12 @@ Two stages:
 1. Image quality, from the decoded image: too small, extreme aspect ratio, nearly uniform,
    too dark or too bright, strongly blurred. Thresholds are fitted on the training images
    (well outside what real dermoscopic images show) and stored in the model card.
-2. Is it a dermoscopic lesion image at all? The classifier's own pooled features are compared with
-   those of the training images: the cosine distance to the k-th nearest training image
-   (deep nearest neighbours, Sun et al. 2022). Past a threshold fitted on the training split, the
-   image is refused. The training features travel with the bundle (`<name>.gate.npz`).
+2. Is it a dermoscopic lesion image at all? The classifier's own features (the globally pooled output
+   of a middle block, `block5c_add` by default: more general than the last layer, whose features are
+   tuned to benign-vs-malignant and place many non-lesions among lesions) are compared with those of
+   the training images: the cosine distance to the k-th nearest training image (deep nearest
+   neighbours, Sun et al. 2022). Past a threshold fitted on the training split, the image is refused.
+   The training features travel with the bundle (`<name>.gate.npz`).
 """
 from __future__ import annotations
 

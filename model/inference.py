@@ -13,7 +13,7 @@ from model.bundle import CLASS_NAMES, Bundle
 from model.gate import NOT_A_LESION, FeatureNeighbours, check_quality
 from model.preprocessing import PreprocessSpec, preprocess
 
-FEATURE_LAYER = "avg_pool"
+DEFAULT_GATE_LAYER = "block5c_add"
 
 
 def dihedral_views(batch: np.ndarray, n_views: int) -> np.ndarray:
@@ -61,11 +61,15 @@ class Predictor:
             self.neighbours = FeatureNeighbours.load(bundle.path.parent / gate["features_file"])
         size = self.spec.image_size
         model = bundle.model
-        both = keras.Model(model.inputs, [model.output, model.get_layer(FEATURE_LAYER).output])
-        self._forward = tf.function(
-            lambda x: both(x, training=False),
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
-        )
+        self.gate_layer = gate.get("layer", DEFAULT_GATE_LAYER)
+        both = keras.Model(model.inputs, [model.output, model.get_layer(self.gate_layer).output])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], autograph=False)
+        def forward(x):
+            probs, feature_map = both(x, training=False)
+            return probs, tf.reduce_mean(feature_map, axis=(1, 2))  # globally pooled gate features
+
+        self._forward = forward
 
     def warm_up(self) -> None:
         self.raw_probabilities(np.zeros((1, self.spec.image_size, self.spec.image_size, 3), np.uint8))
@@ -74,7 +78,7 @@ class Predictor:
         return preprocess(data, self.spec)
 
     def raw_outputs(self, batch: np.ndarray, tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The network's softmax averaged over TTA views (B, 2), and the pooled features of the plain view."""
+        """The network's softmax averaged over TTA views (B, 2), and the gate's pooled features of the plain view."""
         views = int(tta_views or self.tta_views)
         x = dihedral_views(np.asarray(batch), views).astype(np.float32)
         probs, features = self._forward(tf.constant(x))

@@ -97,7 +97,8 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too_many_pixels", "The image has too many pixels to be processed safely.") from None
+        raise ImageError("too_many_pixels", f"The image has more than the {MAX_PIXELS // 1_000_000} megapixels "
+                                            "accepted. Upload a smaller image.") from None
     except UnidentifiedImageError:
         raise ImageError("not_an_image", "The file is not an image that can be read.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

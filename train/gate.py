@@ -22,7 +22,7 @@ from PIL import Image
 
 from model.bundle import card_path, load_bundle
 from model.gate import FeatureNeighbours, fit_quality_limits, quality_measures
-from model.inference import Predictor
+from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
 
@@ -48,8 +48,10 @@ def indeterminate_band(p_val: np.ndarray, threshold: float, fraction: float) -> 
     return [float(sigmoid(centre - width)), float(sigmoid(centre + width))]
 
 
-def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float, band_fraction: float) -> dict:
+def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float, band_fraction: float,
+        layer: str = DEFAULT_GATE_LAYER) -> dict:
     bundle = load_bundle(bundle_path)
+    bundle.card["gate"] = {"layer": layer}
     predictor = Predictor(bundle)
     train = dataset.splits["train"]
     measures = [quality_measures(decode(Path(p).read_bytes())) for p in train.paths]
@@ -64,6 +66,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
     card = bundle.card
     card["gate"] = {
         "quality": fit_quality_limits(measures),
+        "layer": layer,
         "features_file": features_file,
         "k": k,
         "distance_threshold": threshold,
@@ -105,21 +108,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour (default: 10)")
     parser.add_argument("--percentile", type=float, default=99.5,
                         help="training-image distance percentile used as threshold (default: 99.5)")
+    parser.add_argument("--layer", default=DEFAULT_GATE_LAYER,
+                        help=f"layer whose globally pooled output the gate compares (default: {DEFAULT_GATE_LAYER})")
     parser.add_argument("--band-fraction", type=float, default=0.15,
                         help="fraction of validation images inside the indeterminate band (default: 0.15)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/gate_<bundle>)")
     args = parser.parse_args(argv)
     dataset = data_mod.discover(args.data)
     if args.fit:
-        fit(Path(args.model), dataset, args.k, args.percentile, args.band_fraction)
+        fit(Path(args.model), dataset, args.k, args.percentile, args.band_fraction, args.layer)
     predictor = Predictor(load_bundle(args.model))
     report = {"model": args.model, "split": args.split}
+    val_rate, _ = refusal_rate(predictor, dataset.splits["val"].paths)
+    report["val_lesions_refusal_rate"] = val_rate
     rate, outcomes = refusal_rate(predictor, dataset.splits[args.split].paths)
     report["lesions"] = {"n": len(outcomes), "refused": int(sum(o["refused"] for o in outcomes)), "rate": rate,
                          "by_reason": _by_reason(outcomes)}
     y = np.asarray(dataset.splits[args.split].labels)
     mel = [o for o, label in zip(outcomes, y) if label == 1]
     report["melanomas_refused"] = int(sum(o["refused"] for o in mel))
+    print(f"val lesion images refused: {val_rate:.1%}")
     print(f"{args.split} lesion images refused: {report['lesions']['refused']}/{len(outcomes)} ({rate:.1%}); "
           f"melanomas refused: {report['melanomas_refused']}/{len(mel)}")
     if args.nonlesion:

@@ -15,9 +15,13 @@ MESSAGES = {
     400: ("bad_request", "The request could not be understood."),
     404: ("not_found", "There is no page at this address."),
     405: ("method_not_allowed", "This address does not accept that kind of request."),
-    413: ("file_too_large", "The upload is larger than the {limit} MB limit. Upload a smaller image."),
+    413: ("file_too_large", "The upload is larger than the {limit} limit. Upload a smaller image."),
     500: ("internal_error", "Something went wrong on our side. The image was not kept; please try again."),
 }
+
+
+def human_size(n: int) -> str:
+    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n / 2**10:g} KB"
 
 
 class ApiError(Exception):
@@ -55,7 +59,7 @@ def register(app: Flask) -> None:
     def http_error(exc: HTTPException):
         code, message = MESSAGES.get(exc.code, ("http_error", exc.description or exc.name))
         if exc.code == 413:
-            message = message.format(limit=app.config["MAX_CONTENT_LENGTH"] >> 20)
+            message = message.format(limit=human_size(app.config["MAX_CONTENT_LENGTH"]))
         return respond(code, message, exc.code)
 
     @app.errorhandler(Exception)
