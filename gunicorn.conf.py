@@ -7,6 +7,6 @@ import os
 
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("MELANOMA_WORKERS", "1"))
-threads = int(os.environ.get("MELANOMA_THREADS", "4"))
+threads = int(os.environ.get("MELANOMA_THREADS", "16"))  # waiting requests batch together
 timeout = 60
 accesslog = "-"

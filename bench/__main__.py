@@ -176,6 +176,28 @@ def model_only(model_path: str, repeats: int) -> list[dict]:
     return rows
 
 
+def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
+    """Milliseconds for one image's Grad-CAM (gradient pass) and for the overlay PNG the API returns."""
+    from model.bundle import load_bundle
+    from model.explain import GradCAM, overlay, png_base64
+
+    bundle = load_bundle(model_path)
+    cam = GradCAM(bundle.model)
+    size = bundle.model.input_shape[1]
+    x = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), dtype=np.uint8)
+    heat = cam.heatmaps(x)[0]
+    start = time.perf_counter()
+    for _ in range(repeats):
+        heat = cam.heatmaps(x)[0]
+    gradcam = (time.perf_counter() - start) / repeats
+    image = np.random.default_rng(1).integers(0, 255, (450, 600, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        png_base64(overlay(image, heat))
+    png = (time.perf_counter() - start) / repeats
+    return {"gradcam_ms": gradcam * 1000, "overlay_png_ms": png * 1000}
+
+
 def main(argv=None) -> dict:
     from model.bundle import DEFAULT_BUNDLE
 
@@ -190,6 +212,7 @@ def main(argv=None) -> dict:
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "model": args.model}
     report["model_only"] = model_only(args.model, 200)
+    report["gradcam"] = gradcam_cost(args.model)
     images = {"600x450": make_jpegs((600, 450)), "1024x768": make_jpegs((1024, 768))}
     bodies = {k: [multipart(b) for b in v] for k, v in images.items()}
     report["e2e"] = {}
@@ -228,6 +251,8 @@ def print_table(report: dict) -> None:
     print(f"{'batch':>6} {'ms/image':>10} {'images/s':>10}")
     for r in report["model_only"]:
         print(f"{r['batch']:>6} {r['ms_per_image']:>10.2f} {r['images_per_s']:>10.1f}")
+    g = report["gradcam"]
+    print(f"\nGrad-CAM: {g['gradcam_ms']:.1f} ms per image, overlay PNG (600x450) {g['overlay_png_ms']:.1f} ms")
     print("\nend to end over HTTP (POST /api/v1/predict, one image per request)")
     print(f"{'server':<7} {'image':<9} {'conc':>4} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'img/s':>8} {'errors':>6}")
     for kind, rows in report["e2e"].items():

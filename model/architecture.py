@@ -198,14 +198,16 @@ def freeze_backbone(model: keras.Model) -> None:
         layer.trainable = False
 
 
-def unfreeze_top_blocks(model: keras.Model, from_block: int = 1) -> int:
+def unfreeze_top_blocks(model: keras.Model, from_block: int = 1, freeze_batchnorm: bool = True) -> int:
     """Make blocks `from_block`..7 and the top convolution trainable, keeping every BatchNormalization
-    frozen (in inference mode). Returns the number of layers made trainable. Recompile afterwards."""
+    frozen (in inference mode) unless `freeze_batchnorm` is False (a network trained from scratch has no
+    statistics worth keeping). Returns the number of layers made trainable. Recompile afterwards."""
     if not 0 <= from_block <= 7:
         raise ValueError(f"from_block must be between 0 (stem) and 7. Received: from_block={from_block}")
     count = 0
     for layer in backbone_layers(model):
-        trainable = _block_index(layer.name) >= from_block and not isinstance(layer, layers.BatchNormalization)
+        is_bn = isinstance(layer, layers.BatchNormalization)
+        trainable = _block_index(layer.name) >= from_block and not (is_bn and freeze_batchnorm)
         layer.trainable = trainable
         count += bool(trainable and layer.weights)
     return count

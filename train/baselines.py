@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -35,9 +36,8 @@ from train.metrics import classification_metrics, format_table, threshold_for_se
 log = logging.getLogger("train.baselines")
 
 GRIDS = {
-    "svm_rbf": (lambda C, gamma: make_pipeline(StandardScaler(), SVC(C=C, gamma=gamma, kernel="rbf",
-                                                                      class_weight="balanced", probability=True,
-                                                                      random_state=0)),
+    "svm_rbf": (lambda C, gamma: make_pipeline(StandardScaler(), CalibratedClassifierCV(
+        SVC(C=C, gamma=gamma, kernel="rbf", class_weight="balanced", random_state=0), ensemble=False)),
                 {"C": [0.3, 1, 3, 10], "gamma": ["scale", 0.003, 0.01, 0.03]}),
     "knn": (lambda n_neighbors: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors, weights="distance")),
             {"n_neighbors": [5, 11, 21, 41, 81]}),
@@ -58,6 +58,8 @@ def select(name: str, x_tr, y_tr, x_va, y_va):
     best = (-1.0, None, None)
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values))
+        if params.get("n_neighbors", 0) >= len(x_tr):
+            continue
         model = make(**params).fit(x_tr, y_tr)
         auc = roc_auc_score(y_va, model.predict_proba(x_va)[:, 1])
         if auc > best[0]:
@@ -100,12 +102,17 @@ def run(args) -> dict:
 
 
 def print_summary(report: dict) -> None:
-    print(f"{'model':<24} {'accuracy':>8} {'F1 mal.':>8} {'macro F1':>8} {'AUC [95% CI]':>22} {'sens':>6} {'spec':>6}")
+    print("| model | accuracy [95% CI] | precision / recall / F1, malignant | macro F1 | ROC AUC [95% CI] "
+          "| sensitivity / specificity |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, m in report["models"].items():
         t = m["test"]
-        print(f"{name:<24} {t['accuracy']:>8.3f} {t['per_class']['malignant']['f1']:>8.3f} {t['macro']['f1']:>8.3f} "
-              f"{t['roc_auc']:>7.3f} [{t['roc_auc_ci95'][0]:.3f}, {t['roc_auc_ci95'][1]:.3f}] "
-              f"{t['sensitivity']:>6.3f} {t['specificity']:>6.3f}")
+        mal = t["per_class"]["malignant"]
+        acc_ci = t.get("accuracy_ci95") or [float("nan")] * 2
+        print(f"| {name} | {t['accuracy']:.3f} [{acc_ci[0]:.3f}, {acc_ci[1]:.3f}] | {mal['precision']:.3f} / "
+              f"{mal['recall']:.3f} / {mal['f1']:.3f} | {t['macro']['f1']:.3f} | {t['roc_auc']:.3f} "
+              f"[{t['roc_auc_ci95'][0]:.3f}, {t['roc_auc_ci95'][1]:.3f}] | {t['sensitivity']:.3f} / "
+              f"{t['specificity']:.3f} |")
 
 
 def comparison_chart(report: dict, path: Path) -> Path:
@@ -115,14 +122,15 @@ def comparison_chart(report: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(report["models"])
-    metrics = [("accuracy", lambda t: t["accuracy"], None), ("F1 (malignant)", lambda t: t["per_class"]["malignant"]["f1"], None),
+    metrics = [("accuracy", lambda t: t["accuracy"], lambda t: t.get("accuracy_ci95")),
+               ("F1 (malignant)", lambda t: t["per_class"]["malignant"]["f1"], lambda t: t.get("f1_malignant_ci95")),
                ("ROC AUC", lambda t: t["roc_auc"], lambda t: t["roc_auc_ci95"])]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         t = report["models"][name]["test"]
         values = [f(t) for _, f, _ in metrics]
-        errors = np.array([[v - ci(t)[0], ci(t)[1] - v] if ci else [0, 0] for v, (_, _, ci) in zip(values, metrics)]).T
+        errors = np.array([[v - ci(t)[0], ci(t)[1] - v] if ci(t) else [0, 0] for v, (_, _, ci) in zip(values, metrics)]).T
         xs = np.arange(len(metrics)) + (i - (len(names) - 1) / 2) * width
         ax.bar(xs, values, width, yerr=errors, capsize=3, label=name)
     ax.set_xticks(np.arange(len(metrics)), [m[0] for m in metrics])

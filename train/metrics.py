@@ -45,16 +45,20 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -
     return float(ece), bins
 
 
-def bootstrap_auc(p: np.ndarray, y: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A percentile bootstrap 95% interval of the ROC AUC."""
+def bootstrap_intervals(p: np.ndarray, y: np.ndarray, threshold: float, n: int = 2000,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap 95% intervals of ROC AUC, accuracy and F1 for malignant (resampling images)."""
     rng = np.random.default_rng(seed)
-    aucs = []
+    samples = {"roc_auc": [], "accuracy": [], "f1_malignant": []}
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
         if y[idx].min() == y[idx].max():
             continue
-        aucs.append(skm.roc_auc_score(y[idx], p[idx]))
-    return float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))
+        pred = (p[idx] >= threshold).astype(int)
+        samples["roc_auc"].append(skm.roc_auc_score(y[idx], p[idx]))
+        samples["accuracy"].append(float((pred == y[idx]).mean()))
+        samples["f1_malignant"].append(skm.f1_score(y[idx], pred, zero_division=0))
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items()}
 
 
 def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float, bootstrap: int = 2000) -> dict:
@@ -65,7 +69,7 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float, boots
     tn, fp, fn, tp = (int(v) for v in cm.ravel())
     prec, rec, f1, support = skm.precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
     ece, bins = expected_calibration_error(p, y)
-    low, high = bootstrap_auc(p, y, n=bootstrap)
+    intervals = bootstrap_intervals(p, y, threshold, n=bootstrap)
     per_class = {
         name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
         for i, name in enumerate(("benign", "malignant"))
@@ -75,9 +79,11 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float, boots
         "n_malignant": int(y.sum()),
         "threshold": float(threshold),
         "roc_auc": float(skm.roc_auc_score(y, p)),
-        "roc_auc_ci95": [low, high],
+        "roc_auc_ci95": list(intervals["roc_auc"]),
         "average_precision": float(skm.average_precision_score(y, p)),
         "accuracy": float((pred == y).mean()),
+        "accuracy_ci95": list(intervals["accuracy"]),
+        "f1_malignant_ci95": list(intervals["f1_malignant"]),
         "sensitivity": tp / max(tp + fn, 1),
         "specificity": tn / max(tn + fp, 1),
         "per_class": per_class,

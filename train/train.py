@@ -238,8 +238,10 @@ def train(args: argparse.Namespace) -> Bundle:
         head_optimizer = keras.optimizers.Adam(args.head_lr)
     fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy)
     if args.epochs > 0:
-        n = unfreeze_top_blocks(model, args.unfreeze_from)
-        log.info("fine-tuning %d layers from block %d, BatchNormalization frozen", n, args.unfreeze_from)
+        pretrained = args.weights not in ("none", "None")
+        n = unfreeze_top_blocks(model, args.unfreeze_from, freeze_batchnorm=pretrained)
+        log.info("fine-tuning %d layers from block %d, BatchNormalization %s", n, args.unfreeze_from,
+                 "frozen" if pretrained else "trained (no pretrained statistics)")
         with strategy.scope():
             schedule = keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
