@@ -39,7 +39,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_CONTENT_LENGTH=20 * 1024 * 1024,
         MAX_FILES=16,
         TTA_VIEWS=0,  # 0: the bundle's own setting
-        MICRO_BATCHING=True,  # concurrent requests share one forward pass (see web/batching.py)
+        MICRO_BATCHING=True,
+        TF_THREADS=0,  # TensorFlow intra-op threads per process; 0 = one per core  # concurrent requests share one forward pass (see web/batching.py)
         KEEP_UPLOADS=False,
         UPLOAD_FOLDER=str(ROOT / "uploads"),
         UPLOAD_RETENTION_HOURS=24.0,

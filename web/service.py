@@ -65,6 +65,7 @@ class ModelService:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        set_tf_threads(app.config.get("TF_THREADS"))
         path = app.config["MODEL_PATH"]
         self.bundle = load_bundle(path)
         self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None)
@@ -127,6 +128,22 @@ class ModelService:
                     if explain:
                         r.extra["heatmap"] = self.heatmap(r.image)
         return results
+
+
+def set_tf_threads(threads) -> None:
+    """TensorFlow's intra-op thread count per process (0 or None: TensorFlow's default, one per core).
+
+    With several worker processes on few cores, one thread each avoids oversubscription. It can only be
+    set before TensorFlow runs its first operation in the process."""
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.warning("TF_THREADS=%s ignored: TensorFlow was already initialised in this process", threads)
 
 
 def data_url(image: Image.Image, max_side: int = 640) -> str:
