@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from model.architecture import BACKBONES, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
-from model.inference import Predictor
+from model.inference import Predictor, calibrated_malignant_probability
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.augment import build_augmenter
@@ -271,11 +271,10 @@ def train(args: argparse.Namespace) -> Bundle:
     }
     bundle = Bundle(clean, card, run_dir / "melanoma_efficientnet.keras")
     predictor = Predictor(bundle)
-    raw_val = predictor.raw_probabilities(x_val) if args.tta_views == 1 else np.concatenate(
-        [predictor.raw_probabilities(x_val[i : i + 16]) for i in range(0, len(x_val), 16)])
+    raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
     temperature = fit_temperature(raw_val, y_val)
     predictor.temperature = card["temperature"] = temperature
-    p_val = predictor.probability(x_val)
+    p_val = calibrated_malignant_probability(raw_val, temperature)
     threshold = threshold_for_sensitivity(p_val, y_val, args.target_sensitivity)
     predictor.threshold = card["threshold"] = threshold
     card["target_sensitivity"] = args.target_sensitivity
