@@ -100,9 +100,11 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
         raise ImageError("too_many_pixels", f"The image has more than the {MAX_PIXELS // 1_000_000} megapixels "
                                             "accepted. Upload a smaller image.") from None
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", "The file is not an image that can be read.") from None
+        raise ImageError("not_an_image", "The file is not an image that can be read. Upload a JPEG, PNG, BMP, "
+                                         "TIFF or WebP image of the lesion.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("corrupt_image", "The image file is damaged or truncated and cannot be read.") from exc
+        raise ImageError("corrupt_image", "The image file is damaged or truncated and cannot be read. Export or "
+                                          "copy the image again and upload the new file.") from exc
     if min(img.size) < MIN_SIDE:
         raise ImageError(
             "too_small",
