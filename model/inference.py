@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from model.bundle import CLASS_NAMES, Bundle
 from model.gate import NOT_A_LESION, FeatureNeighbours, check_quality
-from model.preprocessing import PreprocessSpec, preprocess
+from model.preprocessing import PreprocessSpec, decode, preprocess
 
 DEFAULT_GATE_LAYER = "block5c_add"
 
@@ -73,6 +73,10 @@ class Predictor:
 
     def warm_up(self) -> None:
         self.raw_probabilities(np.zeros((1, self.spec.image_size, self.spec.image_size, 3), np.uint8))
+
+    def decode(self, data: bytes):
+        """Decode an upload exactly as `preprocess` does for training (same JPEG draft scale)."""
+        return decode(data, draft_size=self.spec.image_size)
 
     def preprocess(self, data) -> np.ndarray:
         return preprocess(data, self.spec)

@@ -124,7 +124,7 @@ def test_training_evaluation_and_serving_see_the_same_array(tmp_path, app):
     spec = service.predictor.spec
     for path in lesion_fixtures("benign")[:1] + lesion_fixtures("malignant")[:1]:
         training = load_images([path], spec)[0]
-        served = service.predictor.preprocess(decode(path.read_bytes(), draft_size=spec.image_size * 2))
+        served = service.predictor.preprocess(service.predictor.decode(path.read_bytes()))
         from_bytes = preprocess(path.read_bytes(), spec)
         np.testing.assert_array_equal(training, served)
         np.testing.assert_array_equal(training, from_bytes)

@@ -86,7 +86,7 @@ def refusal_rate(predictor: Predictor, paths: list[Path], batch: int = 16) -> tu
         chunk, images = paths[i : i + batch], []
         for p in chunk:
             try:
-                images.append(decode(Path(p).read_bytes(), draft_size=predictor.spec.image_size * 2))
+                images.append(predictor.decode(Path(p).read_bytes()))
             except ImageError as exc:
                 images.append(exc)
         ok = [im for im in images if isinstance(im, Image.Image)]

@@ -18,7 +18,7 @@ from PIL import Image
 from model.bundle import load_bundle
 from model.explain import GradCAM, overlay, png_base64
 from model.inference import Predictor
-from model.preprocessing import ImageError, decode
+from model.preprocessing import ImageError
 from web.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class ModelService:
         for filename, data in files:
             result = Judgement(filename=filename)
             try:
-                result.image = decode(data, draft_size=self.predictor.spec.image_size * 2)
+                result.image = self.predictor.decode(data)
                 images.append(result.image)
                 slots.append(len(results))
                 if want_preview:
