@@ -39,8 +39,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_CONTENT_LENGTH=20 * 1024 * 1024,
         MAX_FILES=16,
         TTA_VIEWS=0,  # 0: the bundle's own setting
-        MICRO_BATCHING=True,
-        TF_THREADS=0,  # TensorFlow intra-op threads per process; 0 = one per core  # concurrent requests share one forward pass (see web/batching.py)
+        RUNTIME="auto",  # forward pass: openvino when installed, else tensorflow (model/runtime.py)
+        INFERENCE_THREADS=0,  # threads per process for the forward pass; 0 = one per core
+        INFERENCE_STREAMS=0,  # OpenVINO: forward passes of concurrent requests run side by side; 0 = one per core
+        MICRO_BATCHING=None,  # concurrent requests share one forward pass (web/batching.py); None = only
+                              # with TensorFlow, where it pays (README, Speed)
         KEEP_UPLOADS=False,
         UPLOAD_FOLDER=str(ROOT / "uploads"),
         UPLOAD_RETENTION_HOURS=24.0,

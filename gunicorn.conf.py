@@ -1,17 +1,21 @@
 """Production server settings: `gunicorn -c gunicorn.conf.py "app:create_app()"`.
 
 Each worker process loads the model once (no --preload: TensorFlow must not be initialised
-before the fork). Threads share a worker's model; concurrent requests in a worker are batched
-into one forward pass (web/batching.py). Defaults measured with `python -m bench` on 2 cores:
-2 workers x 8 threads with one TensorFlow thread each beat 1 worker x 16 threads (README, Speed).
+before the fork). Threads share a worker's model. Defaults measured with `python -m bench` on
+2 cores (README, Speed): one worker x 8 threads, with OpenVINO running one forward pass per core
+side by side (INFERENCE_STREAMS, default one per core), beat two workers with one inference thread
+each and micro-batching. The app keeps no state between requests, so more machines means more
+copies of this server behind a proxy (README, Serving beyond one machine).
 """
 import os
 
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("MELANOMA_WORKERS", "2"))
+workers = int(os.environ.get("MELANOMA_WORKERS", "1"))
 threads = int(os.environ.get("MELANOMA_THREADS", "8"))
 if workers > 1:
-    # one TensorFlow thread per worker process, so that the workers do not fight over the cores
-    os.environ.setdefault("MELANOMA_TF_THREADS", "1")
+    # share the cores between the workers, so that they do not fight over them
+    per_worker = max(1, (os.cpu_count() or 1) // workers)
+    os.environ.setdefault("MELANOMA_INFERENCE_THREADS", str(per_worker))
+    os.environ.setdefault("MELANOMA_INFERENCE_STREAMS", "1")
 timeout = 60
 accesslog = "-"

@@ -2,7 +2,8 @@
 
     python -m bench [--model BUNDLE] [--requests 400] [--out runs/bench]
 
-1. Model only: images/s and ms/image of the compiled forward pass at batch sizes 1, 8, 32.
+1. Model only: images/s and ms/image of the compiled forward pass at batch sizes 1, 8, 32, in
+   TensorFlow and in the serving runtime (OpenVINO when installed).
 2. End to end: starts the production server (gunicorn, gunicorn.conf.py) and the usual-way server
    (bench/usual_server.py) on loopback ports, and sends each the same real dermoscopic JPEGs
    (600x450 and 1024x768, made from ISIC images) at concurrency 1, 4 and 16: median, p95 and
@@ -159,20 +160,25 @@ def model_only(model_path: str, repeats: int) -> list[dict]:
     from model.bundle import load_bundle
     from model.inference import Predictor
 
-    predictor = Predictor(load_bundle(model_path), tta_views=1)
-    size = predictor.spec.image_size
+    from model.runtime import resolve
+
+    bundle = load_bundle(model_path)
     rows = []
-    for batch in (1, 8, 32):
-        x = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
-        predictor.raw_outputs(x)
-        n = max(3, repeats // batch)
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
+    for runtime in dict.fromkeys(["tensorflow", resolve("auto")]):
+        predictor = Predictor(bundle, tta_views=1, runtime=runtime)
+        size = predictor.spec.image_size
+        for batch in (1, 8, 32):
+            x = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
             predictor.raw_outputs(x)
-            times.append(time.perf_counter() - start)
-        per_image = statistics.median(times) / batch
-        rows.append({"batch": batch, "ms_per_image": per_image * 1000, "images_per_s": 1 / per_image})
+            n = max(3, repeats // batch)
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                predictor.raw_outputs(x)
+                times.append(time.perf_counter() - start)
+            per_image = statistics.median(times) / batch
+            rows.append({"runtime": runtime, "batch": batch, "ms_per_image": per_image * 1000,
+                         "images_per_s": 1 / per_image})
     return rows
 
 
@@ -247,10 +253,10 @@ def main(argv=None) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print("model only (compiled forward pass)")
-    print(f"{'batch':>6} {'ms/image':>10} {'images/s':>10}")
+    print("model only (compiled forward pass, all cores)")
+    print(f"{'runtime':<11} {'batch':>6} {'ms/image':>10} {'images/s':>10}")
     for r in report["model_only"]:
-        print(f"{r['batch']:>6} {r['ms_per_image']:>10.2f} {r['images_per_s']:>10.1f}")
+        print(f"{r.get('runtime', 'tensorflow'):<11} {r['batch']:>6} {r['ms_per_image']:>10.2f} {r['images_per_s']:>10.1f}")
     g = report["gradcam"]
     print(f"\nGrad-CAM: {g['gradcam_ms']:.1f} ms per image, overlay PNG (600x450) {g['overlay_png_ms']:.1f} ms")
     print("\nend to end over HTTP (POST /api/v1/predict, one image per request)")

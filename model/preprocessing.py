@@ -128,15 +128,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def shades_of_gray(arr: np.ndarray, p: int = 6) -> np.ndarray:
-    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) on a float RGB array in [0, 255].
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) on an RGB array in [0, 255].
 
     Estimates the illuminant as the Minkowski p-norm mean of each channel and rescales the
-    channels so that it becomes neutral grey, keeping the overall brightness.
+    channels so that it becomes neutral grey, keeping the overall brightness. A float array gives
+    a float array; a uint8 array gives the rounded uint8 result by lookup tables (per-channel
+    histograms for the means, a 256-entry table for the rescaling), several times faster.
     """
+    if arr.dtype == np.uint8:
+        index = arr.reshape(-1, 3) + _CHANNEL_OFFSET  # one histogram for the three channels
+        counts = np.bincount(index.ravel(), minlength=768).reshape(3, 256)
+        powers = np.arange(256, dtype=np.float64) ** p
+        illuminant = ((counts @ powers) / index.shape[0]) ** (1.0 / p)
+        gains = _gains(illuminant).astype(np.float32)
+        tables = np.round(np.clip(np.arange(256, dtype=np.float32) * gains[:, None], 0.0, 255.0)).astype(np.uint8)
+        return tables.ravel()[index].reshape(arr.shape)
     illuminant = np.power(np.mean(np.power(arr, p), axis=(0, 1)), 1.0 / p)
+    return np.clip(arr * _gains(illuminant), 0.0, 255.0)
+
+
+_CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.intp)
+
+
+def _gains(illuminant: np.ndarray) -> np.ndarray:
     illuminant = np.maximum(illuminant, 1e-6)
-    gains = illuminant.mean() / illuminant
-    return np.clip(arr * gains, 0.0, 255.0)
+    return illuminant.mean() / illuminant
 
 
 def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
@@ -151,9 +167,9 @@ def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
     size = spec.image_size
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img, dtype=np.uint8)
     if spec.colour_constancy == "shades_of_gray":
-        arr = shades_of_gray(arr, spec.shades_of_gray_p)
-    elif spec.colour_constancy != "none":
+        return shades_of_gray(arr, spec.shades_of_gray_p)
+    if spec.colour_constancy != "none":
         raise ValueError(f"Unknown colour_constancy. Received: colour_constancy={spec.colour_constancy!r}")
-    return np.round(arr).astype(np.uint8)
+    return arr.copy()

@@ -65,18 +65,25 @@ class ModelService:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        set_tf_threads(app.config.get("TF_THREADS"))
+        threads = int(app.config.get("INFERENCE_THREADS") or 0)
+        set_tf_threads(threads)
         path = app.config["MODEL_PATH"]
         self.bundle = load_bundle(path)
-        self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None)
+        self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None,
+                                   runtime=app.config.get("RUNTIME", "auto"), threads=threads,
+                                   streams=int(app.config.get("INFERENCE_STREAMS") or 0))
         self.predictor.warm_up()
-        self.batcher = MicroBatcher(self.predictor.assess) if app.config.get("MICRO_BATCHING", True) else None
+        batching = app.config.get("MICRO_BATCHING")
+        if batching is None:  # OpenVINO's streams already run concurrent requests side by side, and batches
+            batching = self.predictor.runtime == "tensorflow"  # cost it more per image; TensorFlow gains
+        self.batcher = MicroBatcher(self.predictor.assess) if batching else None
         self.cam = GradCAM(self.bundle.model)
         self.cam.heatmaps(np.zeros((1, *self.bundle.model.input_shape[1:]), np.uint8))  # trace once now
         card = self.bundle.card
-        app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, TTA %d)",
-                        path, self.bundle.version, card["backbone"], self.predictor.threshold,
-                        self.predictor.temperature, self.predictor.tta_views)
+        app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, TTA %d, "
+                        "runtime %s, micro-batching %s)", path, self.bundle.version, card["backbone"], self.predictor.threshold,
+                        self.predictor.temperature, self.predictor.tta_views, self.predictor.runtime,
+                        "on" if self.batcher else "off")
         app.extensions[EXTENSION_KEY] = self
 
     @property
@@ -86,7 +93,8 @@ class ModelService:
     def describe(self) -> dict:
         card = self.card
         return {"name": self.bundle.name, "version": self.bundle.version, "backbone": card["backbone"],
-                "threshold": self.predictor.threshold, "tta_views": self.predictor.tta_views}
+                "threshold": self.predictor.threshold, "tta_views": self.predictor.tta_views,
+                "runtime": self.predictor.runtime}
 
     def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
         """Grad-CAM for the malignant class over the upright image, as a base64 PNG."""
@@ -132,6 +140,7 @@ class ModelService:
 
 def set_tf_threads(threads) -> None:
     """TensorFlow's intra-op thread count per process (0 or None: TensorFlow's default, one per core).
+    OpenVINO gets the same count through the Predictor.
 
     With several worker processes on few cores, one thread each avoids oversubscription. It can only be
     set before TensorFlow runs its first operation in the process."""
@@ -143,7 +152,7 @@ def set_tf_threads(threads) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
-        log.warning("TF_THREADS=%s ignored: TensorFlow was already initialised in this process", threads)
+        log.warning("INFERENCE_THREADS=%s ignored by TensorFlow: TensorFlow was already initialised in this process", threads)
 
 
 def data_url(image: Image.Image, max_side: int = 640) -> str:

@@ -1,0 +1,69 @@
+"""The OpenVINO runtime gives the TensorFlow forward pass's outputs (within 1e-4) on the shipped model."""
+import threading
+
+import numpy as np
+import pytest
+
+from model.bundle import DEFAULT_BUNDLE, load_bundle
+from model.inference import Predictor
+from model.runtime import resolve
+from tests.conftest import lesion_fixtures
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def predictors():
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    return Predictor(bundle, runtime="tensorflow"), Predictor(bundle, runtime="openvino", threads=1)
+
+
+@pytest.fixture(scope="module")
+def batch(predictors):
+    tf_pred, _ = predictors
+    paths = lesion_fixtures("malignant") + lesion_fixtures("benign") + lesion_fixtures("cam")
+    return np.stack([tf_pred.preprocess(p.read_bytes()) for p in paths])
+
+
+def test_runtimes_are_what_was_asked(predictors):
+    assert [p.runtime for p in predictors] == ["tensorflow", "openvino"]
+    assert resolve("auto") == "openvino"
+
+
+def test_unknown_runtime_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="auto, openvino, tensorflow"):
+        resolve("tflite")
+
+
+@pytest.mark.parametrize("size", [1, 8])
+def test_openvino_matches_tensorflow(predictors, batch, size):
+    tf_pred, ov_pred = predictors
+    (p_tf, f_tf), (p_ov, f_ov) = tf_pred.raw_outputs(batch[:size]), ov_pred.raw_outputs(batch[:size])
+    assert p_ov.shape == p_tf.shape == (size, 2)
+    assert f_ov.shape == f_tf.shape
+    np.testing.assert_allclose(p_ov, p_tf, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(f_ov, f_tf, atol=1e-4, rtol=0)
+    assert [v["label"] for v in ov_pred.predict(batch[:size])] == [v["label"] for v in tf_pred.predict(batch[:size])]
+
+
+def test_openvino_is_safe_across_threads(predictors, batch):
+    """Each thread gets its own infer request: concurrent calls return their own image's result."""
+    _, ov_pred = predictors
+    expected = ov_pred.raw_outputs(batch)[0]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = ov_pred.raw_outputs(batch[i:i + 1])[0][0]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batch))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(len(batch)):
+        np.testing.assert_allclose(results[i], expected[i], atol=1e-5)
