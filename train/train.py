@@ -130,11 +130,9 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
-              strategy=None):
-    with (strategy or tf.distribute.get_strategy()).scope():
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                      metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
+              strategy=None, steps=None):
+    strategy = strategy or tf.distribute.get_strategy()
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
     checkpoint = run_dir / "best.weights.h5"
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
@@ -143,18 +141,69 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
                                       restore_best_weights=True),
     ]
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
+                                args.batch_size)
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
 
 
+def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch: int, epochs: int,
+                     steps: int, global_batch: int) -> None:
+    """What `fit` does, as a custom loop under MultiWorkerMirroredStrategy.
+
+    Keras 3's `fit` cannot run under that strategy (keras-team/keras#20585: the batches arrive as
+    PerReplica values it cannot convert), but a `strategy.run` step with a gradient tape can: the
+    gradients are all-reduced across the workers by the optimizer, so every worker holds the same
+    weights after each step. The same callbacks (validation AUC, checkpoint, early stopping) run on
+    every worker, which see the same weights and so take the same decisions.
+    """
+    per_example = loss.__class__.from_config({**loss.get_config(), "reduction": None})
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+        auc = keras.metrics.AUC(name="auc", multi_label=False)
+    batches = iter(strategy.experimental_distribute_dataset(ds.repeat()))
+
+    @tf.function
+    def train_step(iterator):
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                value = tf.nn.compute_average_loss(per_example(y, probs), global_batch_size=global_batch)
+            grads = tape.gradient(value, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            auc.update_state(y, probs)
+            return value
+
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=next(iterator)), axis=None)
+
+    hooks = keras.callbacks.CallbackList(callbacks, model=model)
+    model.stop_training = False
+    hooks.on_train_begin()
+    for epoch in range(initial_epoch, initial_epoch + epochs):
+        hooks.on_epoch_begin(epoch)
+        auc.reset_state()
+        total = 0.0
+        for _ in range(steps):
+            total += float(train_step(batches))
+        logs = {"loss": total / steps, "auc": float(auc.result()),
+                "learning_rate": float(tf.convert_to_tensor(optimizer.learning_rate).numpy())}
+        hooks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+
+
 def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
     """The distribution strategy; --batch-size and the learning rates are per replica and scaled by the count."""
     if args.distribute == "multi-worker":
-        # Keras 3's fit() does not yet run under MultiWorkerMirroredStrategy (keras-team/keras#20585:
-        # batches arrive as PerReplica values it cannot convert). Fail clearly instead of half-working.
-        raise SystemExit("--distribute multi-worker is not supported by Keras 3's Model.fit yet "
-                         "(keras-team/keras#20585); use --distribute mirrored on one host with several devices.")
+        if not os.environ.get("TF_CONFIG"):
+            raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
+                             "index (README, Training beyond one machine).")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if args.distribute == "mirrored":
         if args.cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
             cpu = tf.config.list_physical_devices("CPU")[0]
@@ -184,7 +233,8 @@ def library_versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__, "scikit-learn": sklearn.__version__}
 
 
-def train(args: argparse.Namespace) -> Bundle:
+def train(args: argparse.Namespace) -> Bundle | None:
+    """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
     started = time.perf_counter()
     strategy = make_strategy(args)
     replicas = strategy.num_replicas_in_sync
@@ -236,7 +286,8 @@ def train(args: argparse.Namespace) -> Bundle:
     freeze_backbone(model)
     with strategy.scope():
         head_optimizer = keras.optimizers.Adam(args.head_lr)
-    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy)
+    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy,
+              steps=steps)
     if args.epochs > 0:
         pretrained = args.weights not in ("none", "None")
         n = unfreeze_top_blocks(model, args.unfreeze_from, freeze_batchnorm=pretrained)
@@ -248,9 +299,12 @@ def train(args: argparse.Namespace) -> Bundle:
                 warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
         fit_stage(model, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
-                  initial_epoch=args.head_epochs, strategy=strategy)
+                  initial_epoch=args.head_epochs, strategy=strategy, steps=steps)
     model.load_weights(run_dir / "best.weights.h5")
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
+    if not is_chief():
+        log.info("worker done: the chief calibrates, evaluates and writes the bundle; run folder %s", run_dir)
+        return None
 
     # Calibration and operating point on validation, with the views the bundle will be served with.
     clean = keras.models.clone_model(model)
