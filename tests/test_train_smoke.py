@@ -59,6 +59,19 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     assert tta["tta_views"] == 4
 
 
+def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_data, capsys):
+    from train import ensemble
+
+    bundle = str(trained / "bundle" / "tiny.keras")
+    metrics = ensemble.main(["--model", bundle, "--model", bundle, "--data", str(tiny_data),
+                             "--out", str(trained / "ensemble")])
+    card = load_bundle(bundle).card
+    assert abs(metrics["roc_auc"] - card["test"]["roc_auc"]) < 1e-6
+    assert abs(metrics["threshold"] - card["threshold"]) < 1e-4
+    assert [m["roc_auc"] for m in metrics["members"]] == [metrics["members"][0]["roc_auc"]] * 2
+    assert "ensemble of 2 on test" in capsys.readouterr().out
+
+
 def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as info:

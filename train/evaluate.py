@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images (default: drop them)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
+                        help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval_<bundle>_<split>)")
     return parser.parse_args(argv)
 
@@ -68,12 +70,12 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     bundle = load_bundle(args.model)
-    predictor = Predictor(bundle)
+    predictor = Predictor(bundle, runtime=args.runtime)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     metrics, p, y = evaluate_split(predictor, dataset, args.split, args.tta, not args.keep_duplicates)
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
-                    "data_hash": dataset.data_hash()})
+                    "data_hash": dataset.data_hash(), "runtime": predictor.runtime})
     out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
