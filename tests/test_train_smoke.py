@@ -72,6 +72,33 @@ def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_dat
     assert "ensemble of 2 on test" in capsys.readouterr().out
 
 
+def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(tiny_data, tmp_path):
+    rows = ["image_id,diagnosis"]
+    for i, path in enumerate(sorted((tiny_data / "train").glob("*/*.png"))):
+        rows.append(f"{path.stem},{'melanoma' if path.parent.name == 'malignant' else ('nevus', 'keratosis')[i % 2]}")
+    (tmp_path / "diagnosis.csv").write_text("\n".join(rows) + "\n")
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+        "--aux-diagnosis", str(tmp_path / "diagnosis.csv"), "--run-dir", str(tmp_path / "run"),
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    assert len(bundle.model.outputs) == 1 and bundle.model.output_shape == (None, 2)
+    assert "aux_diagnosis" not in [layer.name for layer in bundle.model.layers]
+    assert bundle.card["training"]["arguments"]["aux_diagnosis"].endswith("diagnosis.csv")
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(history) == 2 and all(r["val_auc"] and r["auc"] for r in history)
+
+
+def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_path, caplog):
+    (tmp_path / "diagnosis.csv").write_text("image_id,diagnosis\nimg_000,nevus\n")
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--head-epochs", "1",
+                    "--epochs", "0", "--aux-diagnosis", str(tmp_path / "diagnosis.csv"),
+                    "--run-dir", str(tmp_path / "run")])
+    assert "training images have no diagnosis" in caplog.text
+
+
 def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as info:

@@ -56,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="colour normalisation in the shared preprocessing (default: shades_of_gray)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
+    g.add_argument("--aux-diagnosis", default=None, metavar="CSV",
+                   help="train an auxiliary head on finer diagnoses (CSV with image_id or path, and diagnosis; "
+                        "e.g. DATA/DIAGNOSIS.csv: melanoma, nevus, seborrheic_keratosis); used in training only, "
+                        "the bundle keeps the 2-way head (default: none)")
+    g.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary loss (default: 0.5)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     g.add_argument("--head-epochs", type=int, default=2, help="stage 1 epochs, backbone frozen (default: 2)")
@@ -100,7 +105,8 @@ class ValidationAUC(keras.callbacks.Callback):
         probs = predict_probs(self.model, self.x_val, self.batch_size)
         logs["val_auc"] = float(roc_auc_score(self.y_val, probs[:, 1]))
         seconds = time.perf_counter() - self._started
-        row = {"epoch": epoch + 1, "stage": self.stage, "loss": logs.get("loss"), "auc": logs.get("auc"),
+        auc = logs.get("auc", next((v for k, v in logs.items() if k.endswith("_auc") and k != "val_auc"), None))
+        row = {"epoch": epoch + 1, "stage": self.stage, "loss": logs.get("loss"), "auc": auc,
                "val_auc": logs["val_auc"], "learning_rate": logs.get("learning_rate"), "seconds": round(seconds, 1)}
         new = not self.history_csv.exists()
         with open(self.history_csv, "a", newline="") as f:
@@ -113,14 +119,19 @@ class ValidationAUC(keras.callbacks.Callback):
 
 
 def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([
-        model(x[i : i + batch_size].astype(np.float32), training=False).numpy() for i in range(0, len(x), batch_size)
-    ])
+    """The benign/malignant softmax (the first output, for a training model with an auxiliary head)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        probs = model(x[i : i + batch_size].astype(np.float32), training=False)
+        out.append((probs[0] if isinstance(probs, (list, tuple)) else probs).numpy())
+    return np.concatenate(out)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter) -> tf.data.Dataset:
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter,
+                 y_aux: np.ndarray | None = None) -> tf.data.Dataset:
     onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, onehot))
+    targets = onehot if y_aux is None else (onehot, y_aux.astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices((x, targets))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda a, b: (augmenter(tf.cast(a, tf.float32), training=True), b),
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -145,7 +156,12 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         return fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
                                 args.batch_size)
     with strategy.scope():
-        model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
+        if len(model.outputs) == 2:  # with the auxiliary diagnosis head
+            model.compile(optimizer=optimizer, loss=[loss, keras.losses.CategoricalCrossentropy()],
+                          loss_weights=[1.0, args.aux_weight],
+                          metrics=[[keras.metrics.AUC(name="auc", multi_label=False)], []])
+        else:
+            model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
@@ -197,8 +213,28 @@ def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_ep
     hooks.on_train_end()
 
 
+def aux_targets(csv_path: str | Path, paths: list) -> tuple[list[str], np.ndarray]:
+    """One-hot finer diagnoses for the training images, from a CSV with `diagnosis` and `image_id` or `path`."""
+    by_id = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if "diagnosis" not in row:
+                raise data_mod.DataError(f"{csv_path} has no 'diagnosis' column")
+            key = row.get("image_id") or Path(row.get("path", "")).stem
+            by_id[key] = row["diagnosis"].strip()
+    missing = [Path(p).name for p in paths if Path(p).stem not in by_id]
+    if missing:
+        raise data_mod.DataError(f"{len(missing)} training images have no diagnosis in {csv_path}, "
+                                 f"for example {missing[0]}")
+    classes = sorted({by_id[Path(p).stem] for p in paths})
+    index = np.array([classes.index(by_id[Path(p).stem]) for p in paths])
+    return classes, np.eye(len(classes), dtype=np.float32)[index]
+
+
 def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
     """The distribution strategy; --batch-size and the learning rates are per replica and scaled by the count."""
+    if args.aux_diagnosis and args.distribute == "multi-worker":
+        raise SystemExit("--aux-diagnosis is not supported with --distribute multi-worker yet.")
     if args.distribute == "multi-worker":
         if not os.environ.get("TF_CONFIG"):
             raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
@@ -277,16 +313,26 @@ def train(args: argparse.Namespace) -> Bundle | None:
     log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
 
     prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
+    y_aux, aux_classes = None, None
+    if args.aux_diagnosis:
+        aux_classes, y_aux = aux_targets(args.aux_diagnosis, [train_split.paths[i] for i in chosen])
+        log.info("auxiliary head on %s: %s", args.aux_diagnosis,
+                 dict(zip(aux_classes, y_aux.sum(axis=0).astype(int).tolist())))
     with strategy.scope():
         model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
                             class_prior=tuple(prior.tolist()))
-    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed))
+        fitted = model  # what is trained: the model itself, or the model with the auxiliary head beside its own
+        if aux_classes:
+            aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
+                model.get_layer("head_dropout_2").output)
+            fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
+    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed), y_aux)
     steps = max(1, len(x_train) // args.batch_size)
 
     freeze_backbone(model)
     with strategy.scope():
         head_optimizer = keras.optimizers.Adam(args.head_lr)
-    fit_stage(model, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy,
+    fit_stage(fitted, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy,
               steps=steps)
     if args.epochs > 0:
         pretrained = args.weights not in ("none", "None")
@@ -298,9 +344,9 @@ def train(args: argparse.Namespace) -> Bundle | None:
                 initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
                 warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
-        fit_stage(model, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
+        fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
                   initial_epoch=args.head_epochs, strategy=strategy, steps=steps)
-    model.load_weights(run_dir / "best.weights.h5")
+    fitted.load_weights(run_dir / "best.weights.h5")
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
     if not is_chief():
         log.info("worker done: the chief calibrates, evaluates and writes the bundle; run folder %s", run_dir)
