@@ -15,9 +15,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import threading
 
 import numpy as np
+
+# OpenVINO's converter sends usage telemetry over the network unless the openvino_telemetry module is
+# missing (it then uses a no-op stub). Nothing leaves this machine: hide the module before openvino loads.
+sys.modules.setdefault("openvino_telemetry", None)
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino", "tensorflow")

@@ -1,4 +1,5 @@
 """The OpenVINO runtime gives the TensorFlow forward pass's outputs (within 1e-4) on the shipped model."""
+import importlib.util
 import threading
 
 import numpy as np
@@ -9,7 +10,7 @@ from model.inference import Predictor
 from model.runtime import resolve
 from tests.conftest import lesion_fixtures
 
-pytest.importorskip("openvino")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,10 @@ def test_openvino_is_safe_across_threads(predictors, batch):
     assert not errors
     for i in range(len(batch)):
         np.testing.assert_allclose(results[i], expected[i], atol=1e-5)
+
+
+def test_the_converter_sends_no_telemetry(predictors):
+    """OpenVINO's converter reports usage over the network unless its telemetry module is missing."""
+    import openvino.tools.ovc.convert_impl as convert_impl
+
+    assert convert_impl.tm.__name__ == "openvino.tools.ovc.telemetry_stub"
