@@ -56,8 +56,10 @@ class TensorFlowForward:
 class OpenVINOForward:
     """The traced tf.function converted to OpenVINO and compiled for this CPU.
 
-    A compiled model is shared by all threads; each thread keeps its own infer request (requests
-    are not thread-safe)."""
+    With several streams it is compiled twice: a lone request runs on all the threads at once (the
+    lowest latency), and requests that arrive while another runs go to the streams, one forward
+    pass per stream side by side (the highest throughput). Compiled models are shared by all
+    threads; each thread keeps its own infer requests (requests are not thread-safe)."""
 
     name = "openvino"
 
@@ -65,24 +67,40 @@ class OpenVINOForward:
         import openvino as ov
 
         core = ov.Core()
+        model = ov.convert_model(forward)
         config = {"INFERENCE_PRECISION_HINT": "f32"}
-        streams = int(streams) if streams else (os.cpu_count() or 1)
-        if streams > 1:  # concurrent requests run side by side, each stream on its share of the threads
-            config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(streams)})
-        else:  # one request at a time on all the threads
-            config["PERFORMANCE_HINT"] = "LATENCY"
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(ov.convert_model(forward), "CPU", config)
+        self.streams = int(streams) if streams else (os.cpu_count() or 1)
+        self.latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        self.throughput = None
+        if self.streams > 1:
+            self.throughput = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT",
+                                                               "NUM_STREAMS": self.streams})
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def _request(self, alone: bool):
+        key = "latency" if alone or self.throughput is None else "throughput"
+        request = getattr(self._local, key, None)
+        if request is None:
+            request = (self.latency if key == "latency" else self.throughput).create_infer_request()
+            setattr(self._local, key, request)
+        return request
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        # copies: the request reuses its output buffers on the next call
-        return request.get_output_tensor(0).data.copy(), request.get_output_tensor(1).data.copy()
+        with self._lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            request = self._request(alone)
+            request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+            # copies: the request reuses its output buffers on the next call
+            return request.get_output_tensor(0).data.copy(), request.get_output_tensor(1).data.copy()
+        finally:
+            with self._lock:
+                self._running -= 1
 
 
 def make_forward(forward, runtime: str | None = "auto", threads: int = 0, streams: int = 1):
