@@ -51,9 +51,13 @@ def page():
 
 
 def test_upload_a_lesion_and_see_the_verdict(live_server, page):
+    from playwright.sync_api import expect
+
     page.goto(live_server + "/")
     page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
-    assert page.locator("#preview").is_visible()  # drag-and-drop script shows a preview
+    # The drag-and-drop script shows a preview; the image has a size only once the blob has loaded,
+    # so wait for it (up to 5 s) instead of asking once.
+    expect(page.locator("#preview")).to_be_visible(timeout=5000)
     page.click("#submit")
     page.wait_for_selector("#verdict")
     assert page.inner_text("#verdict") in ("Benign", "Malignant — suspicious")
