@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--warmup-epochs", type=int, default=2, help="stage 2 linear warm-up epochs (default: 2)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay, Adam(W) (default: 1e-4)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
+    g.add_argument("--ink-augment", type=float, default=0.0, metavar="RATE",
+                   help="paint skin-marker ink on this share of training images, both classes (default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
     g.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (default: 10)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
@@ -326,7 +328,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
-    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed), y_aux)
+    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, build_augmenter(args.seed, args.ink_augment), y_aux)
     steps = max(1, len(x_train) // args.batch_size)
 
     freeze_backbone(model)

@@ -1,0 +1,42 @@
+"""Training-time augmentation: active only in training, shapes kept, skin-marker ink painted where asked."""
+import numpy as np
+import tensorflow as tf
+
+from train.augment import INK_RGB, RandomInk, build_augmenter, ink_masks
+
+
+def _images(n=8, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(150, 230, (n, size, size, 3)).astype(np.float32)  # pale skin-like, no purple
+
+
+def test_ink_masks_are_seeded_and_cover_a_small_part_of_the_image():
+    a, b = ink_masks(64, count=16, seed=3), ink_masks(64, count=16, seed=3)
+    assert a.shape == (16, 64, 64, 1) and np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    coverage = (a > 0.5).mean(axis=(1, 2, 3))
+    assert (coverage > 0).all() and (coverage < 0.2).all()  # every mask paints something, none hides the lesion
+
+
+def test_ink_is_painted_in_training_only():
+    x = _images()
+    layer = RandomInk(1.0, bank_size=16, seed=1)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(8).map(lambda a: layer(a, training=True)))).numpy()
+    assert out.shape == x.shape
+    changed = np.abs(out - x).max(axis=-1) > 1.0
+    assert changed.any(axis=(1, 2)).all()  # rate 1: every image gets ink
+    # where it is painted, the colour moves towards the ink's purple (blue above green)
+    painted = out[changed]
+    assert (painted[:, 2] - painted[:, 1]).mean() > (x[changed][:, 2] - x[changed][:, 1]).mean() + 10
+    assert abs(painted[:, 2].mean() - INK_RGB[2]) < abs(x[changed][:, 2].mean() - INK_RGB[2])
+
+
+def test_ink_rate_zero_leaves_images_alone_and_the_augmenter_keeps_shapes():
+    x = _images()
+    assert np.array_equal(np.asarray(RandomInk(0.0, seed=1)(x, training=True)), x)
+    augmenter = build_augmenter(seed=5, ink_rate=0.5)
+    assert augmenter.layers[0].name.startswith("random_ink")
+    out = np.asarray(augmenter(x, training=True))
+    assert out.shape == x.shape and np.isfinite(out).all()
+    assert not any(layer.name.startswith("random_ink") for layer in build_augmenter(seed=5).layers)
