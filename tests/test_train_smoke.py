@@ -59,6 +59,25 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     assert tta["tta_views"] == 4
 
 
+def test_evaluate_updates_the_card_only_for_the_bundles_own_test_split(trained, tiny_data, tmp_path, capsys):
+    from model.bundle import copy_bundle, load_card
+
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    before = load_card(bundle)
+    with pytest.raises(SystemExit) as refused:
+        evaluate_cli.main(["--model", str(bundle), "--data", str(tiny_data), "--split", "val", "--tta", "4",
+                           "--out", str(tmp_path / "val"), "--update-card"])
+    assert refused.value.code == 2
+    assert "--split is val, not test" in capsys.readouterr().err
+    assert load_card(bundle) == before  # nothing written
+    metrics = evaluate_cli.main(["--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "test"),
+                                 "--runtime", "tensorflow", "--update-card"])
+    after = load_card(bundle)
+    assert after["test"]["runtime"] == "tensorflow" and after["test"]["roc_auc"] == metrics["roc_auc"]
+    assert after["test"]["evaluated_by"].startswith("python -m train.evaluate --model")
+    assert {k: v for k, v in after.items() if k != "test"} == {k: v for k, v in before.items() if k != "test"}
+
+
 def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_data, capsys):
     from train import ensemble
 

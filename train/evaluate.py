@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_bundle
+from model.bundle import card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
 from train.metrics import classification_metrics, format_table
@@ -63,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval_<bundle>_<split>)")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write these test metrics into the bundle's model card (test split of the data the "
+                             "bundle was trained on, duplicates dropped, the bundle's TTA), e.g. after a change to "
+                             "the runtime or the preprocessing")
     return parser.parse_args(argv)
 
 
@@ -72,6 +77,8 @@ def main(argv=None) -> dict:
     bundle = load_bundle(args.model)
     predictor = Predictor(bundle, runtime=args.runtime)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    if args.update_card:
+        _check_card_update(args, bundle.card, dataset)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     metrics, p, y = evaluate_split(predictor, dataset, args.split, args.tta, not args.keep_duplicates)
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
@@ -86,7 +93,31 @@ def main(argv=None) -> dict:
     print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
                                 f"TTA {metrics['tta_views']} views)"))
     print(f"\nwritten: {out}/metrics.json and PNGs")
+    if args.update_card:
+        card = load_card(args.model)
+        card["test"] = {k: v for k, v in metrics.items() if k != "reliability_bins"}
+        card["test"]["evaluated_by"] = "python -m train.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        card_path(args.model).write_text(json.dumps(card, indent=2) + "\n")
+        print(f"model card updated: {card_path(args.model)}")
     return metrics
+
+
+def _check_card_update(args, card: dict, dataset: data_mod.Dataset) -> None:
+    """The card's test metrics describe one thing: the test split of the training data, as the server runs it."""
+    problems = []
+    if args.split != "test":
+        problems.append(f"--split is {args.split}, not test")
+    if args.keep_duplicates:
+        problems.append("--keep-duplicates is set")
+    if args.tta not in (None, card.get("tta_views", 1)):
+        problems.append(f"--tta {args.tta} differs from the bundle's {card.get('tta_views', 1)} views")
+    trained_on = (card.get("data") or {}).get("hash")
+    if trained_on != dataset.data_hash():
+        problems.append(f"{args.data} is not the data the bundle was trained on (data hash differs)")
+    if problems:
+        print("error: cannot update the model card: " + "; ".join(problems) + ". Drop --update-card, or evaluate "
+              "the bundle's own test split.", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
