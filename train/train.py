@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
     g.add_argument("--ink-augment", type=float, default=0.0, metavar="RATE",
                    help="paint skin-marker ink on this share of training images, both classes (default: 0, off)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                   help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
+                        "checkpoints and the bundle use the averaged weights (default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
     g.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (default: 10)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
@@ -154,6 +157,10 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
                                       restore_best_weights=True),
     ]
+    if getattr(optimizer, "use_ema", False):
+        # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
+        # early stopping look at it at the end of each epoch, and the raw ones are back before the next epoch.
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
                                 args.batch_size)
@@ -237,6 +244,8 @@ def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
     """The distribution strategy; --batch-size and the learning rates are per replica and scaled by the count."""
     if args.aux_diagnosis and args.distribute == "multi-worker":
         raise SystemExit("--aux-diagnosis is not supported with --distribute multi-worker yet.")
+    if args.ema and args.distribute == "multi-worker":
+        raise SystemExit("--ema is not supported with --distribute multi-worker yet.")
     if args.distribute == "multi-worker":
         if not os.environ.get("TF_CONFIG"):
             raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
@@ -345,7 +354,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
             schedule = keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
                 warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
-            optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
+                                               ema_momentum=args.ema if args.ema > 0 else 0.99)
         fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
                   initial_epoch=args.head_epochs, strategy=strategy, steps=steps)
     fitted.load_weights(run_dir / "best.weights.h5")
