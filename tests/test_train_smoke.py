@@ -1,12 +1,16 @@
 """The training and evaluation commands end to end on a tiny synthetic data set (plumbing, not accuracy)."""
+import argparse
 import csv
 import json
 
+import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
-from train.train import main as train_main
+from train.train import fit_stage, main as train_main
 
 pytestmark = pytest.mark.slow
 
@@ -128,14 +132,6 @@ def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
 
 def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
     """With --ema the checkpoint (and so the bundle) holds the moving average, not the last step's weights."""
-    import argparse
-
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from train.train import fit_stage
-
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(int)

@@ -355,7 +355,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
                 initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
                 warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
-                                               ema_momentum=args.ema if args.ema > 0 else 0.99)
+                                               ema_momentum=args.ema or 0.99)
         fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
                   initial_epoch=args.head_epochs, strategy=strategy, steps=steps)
     fitted.load_weights(run_dir / "best.weights.h5")
