@@ -162,3 +162,11 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     assert bundle.card["training"]["arguments"]["ema"] == 0.9
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
+
+
+def test_weight_averaging_momentum_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--ema", "1.5", "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "--ema is a momentum in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

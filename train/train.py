@@ -91,7 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"--ema is a momentum in [0, 1) (0 = off, e.g. 0.99), not {args.ema}")
+    return args
 
 
 class ValidationAUC(keras.callbacks.Callback):
