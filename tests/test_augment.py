@@ -1,8 +1,8 @@
-"""Training-time augmentation: active only in training, shapes kept, skin-marker ink painted where asked."""
+"""Training-time augmentation: active only in training, shapes kept, ink and dermoscope rings painted where asked."""
 import numpy as np
 import tensorflow as tf
 
-from train.augment import INK_RGB, RandomInk, build_augmenter, ink_masks
+from train.augment import INK_RGB, RandomDermoscopeRing, RandomInk, build_augmenter, ink_masks
 
 
 def _images(n=8, size=64, seed=0):
@@ -40,3 +40,24 @@ def test_ink_rate_zero_leaves_images_alone_and_the_augmenter_keeps_shapes():
     out = np.asarray(augmenter(x, training=True))
     assert out.shape == x.shape and np.isfinite(out).all()
     assert not any(layer.name.startswith("random_ink") for layer in build_augmenter(seed=5).layers)
+
+
+def test_dermoscope_ring_darkens_the_corners_and_keeps_the_centre_in_training_only():
+    x = _images()
+    layer = RandomDermoscopeRing(1.0, seed=2)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomDermoscopeRing(0.0, seed=2)(x, training=True)), x)
+    out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(8).map(lambda a: layer(a, training=True)))).numpy()
+    assert out.shape == x.shape
+    corners = out[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # (8, 4, 3): outside any radius up to 0.58 of the side
+    assert corners.max() < 0.5 * x.min() and corners.mean() < 40  # near-black, less a soft edge's bleed
+    centre = slice(24, 40)  # inside any radius from 0.40 of the side, whatever the centre shift
+    np.testing.assert_allclose(out[:, centre, centre], x[:, centre, centre], atol=0.5)
+
+
+def test_augmenter_puts_the_ring_last_only_when_asked():
+    augmenter = build_augmenter(seed=5, ring_rate=0.3)
+    assert augmenter.layers[-1].name.startswith("random_dermoscope_ring")
+    out = np.asarray(augmenter(_images(), training=True))
+    assert out.shape == (8, 64, 64, 3) and np.isfinite(out).all()
+    assert not any(layer.name.startswith("random_dermoscope_ring") for layer in build_augmenter(seed=5).layers)

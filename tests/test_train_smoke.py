@@ -170,3 +170,12 @@ def test_weight_averaging_momentum_out_of_range_exits_with_a_message(tiny_data, 
     assert info.value.code == 2
     assert "--ema is a momentum in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--ink-augment", "--ring-augment"])
+def test_augmentation_rate_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), flag, "1.5", "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert f"{flag} is a share of training images in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,10 @@ canonical orientation, so rotations cover the full circle.
 Optionally (`--ink-augment RATE`), surgical skin-marker ink: purple strokes, dots and rings around
 the lesion painted on a share of the training images of both classes, so that ink tells the network
 nothing about the label (several confidently missed melanomas on the test split carry ink).
+
+Optionally (`--ring-augment RATE`), the dark circular field of view that contact dermoscopes leave
+around the image, so that a clinic whose dermoscope shows it is not out of the training distribution
+(`python -m train.robustness` measures what the ring costs a bundle).
 """
 from __future__ import annotations
 
@@ -84,8 +88,50 @@ class RandomInk(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "bank_size": self.bank_size, "seed": self.seed}
 
 
-def build_augmenter(seed: int = 42, ink_rate: float = 0.0) -> keras.Sequential:
+class RandomDermoscopeRing(layers.Layer):
+    """Darkens everything outside a random centred circle with probability `rate` (training only).
+
+    The radius is 0.40-0.58 of the side (from a circle that cuts deep into the corners to one that only
+    clips them), the centre moves a little, the edge is soft over 1-4% of the side, and the outside is
+    near-black (0-25 per channel), as a contact dermoscope's field of view looks.
+    """
+
+    def __init__(self, rate: float = 0.3, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or self.rate <= 0:
+            return images
+        n = keras.ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        side = float(min(height, width))
+        ys = (keras.ops.arange(height, dtype="float32") + 0.5 - height / 2)[None, :, None, None]
+        xs = (keras.ops.arange(width, dtype="float32") + 0.5 - width / 2)[None, None, :, None]
+
+        def uniform(low, high):
+            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
+
+        cy, cx = uniform(-0.04, 0.04) * side, uniform(-0.04, 0.04) * side
+        radius, softness = uniform(0.40, 0.58) * side, uniform(0.01, 0.04) * side
+        distance = keras.ops.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
+        inside = keras.ops.sigmoid((radius - distance) / softness)
+        apply = keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
+        outside = (1.0 - inside) * apply
+        black = keras.random.uniform((n, 1, 1, 3), 0.0, 25.0, seed=self.seed_generator)
+        return images * (1.0 - outside) + black * outside
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
+    ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8)] if ring_rate > 0 else []
     return keras.Sequential(
         ink + [
             layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn
@@ -95,6 +141,6 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0) -> keras.Sequential:
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
             layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ],
+        ] + ring,  # last: the ring belongs to the camera's frame, not to the rotated and zoomed skin
         name="augmentation",
     )

@@ -110,3 +110,23 @@ def sample_grid(paths, p: np.ndarray, y: np.ndarray, threshold: float, out: Path
                           ha="right", fontsize=9)
     fig.suptitle(f"Sample test predictions (threshold {threshold:.2f})", fontsize=10)
     return _save(fig, out)
+
+
+def robustness_chart(results: dict[str, dict[str, dict]], out: Path) -> Path:
+    """ROC AUC per acquisition shift, one bar per bundle, with the unshifted AUC as a line."""
+    models = list(results)
+    shifts = list(next(iter(results.values())))
+    x = np.arange(len(shifts))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(shifts) + 2), 4))
+    for i, model in enumerate(models):
+        aucs = [results[model][s]["roc_auc"] for s in shifts]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, aucs, width, label=Path(model).parent.name or model)
+        ax.axhline(results[model][shifts[0]]["roc_auc"], color=bars.patches[0].get_facecolor(), lw=0.8, ls="--")
+    ax.set_xticks(x, shifts, rotation=35, ha="right")
+    ax.set_ylabel("ROC AUC")
+    lows = [results[m][s]["roc_auc"] for m in models for s in shifts]
+    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
