@@ -55,9 +55,21 @@ def test_dermoscope_ring_darkens_the_corners_and_keeps_the_centre_in_training_on
     np.testing.assert_allclose(out[:, centre, centre], x[:, centre, centre], atol=0.5)
 
 
-def test_augmenter_puts_the_ring_last_only_when_asked():
-    augmenter = build_augmenter(seed=5, ring_rate=0.3)
-    assert augmenter.layers[-1].name.startswith("random_dermoscope_ring")
+def test_augmenter_adds_blur_then_the_ring_last_only_when_asked():
+    augmenter = build_augmenter(seed=5, ring_rate=0.3, blur_rate=0.3)
+    names = [layer.name for layer in augmenter.layers]
+    assert names[-1].startswith("random_dermoscope_ring") and names[-2].startswith("random_gaussian_blur")
     out = np.asarray(augmenter(_images(), training=True))
     assert out.shape == (8, 64, 64, 3) and np.isfinite(out).all()
-    assert not any(layer.name.startswith("random_dermoscope_ring") for layer in build_augmenter(seed=5).layers)
+    plain = [layer.name for layer in build_augmenter(seed=5).layers]
+    assert not any(n.startswith(("random_dermoscope_ring", "random_gaussian_blur")) for n in plain)
+
+
+def test_blur_softens_edges_in_training_only():
+    x = np.zeros((4, 32, 32, 3), np.float32)
+    x[:, :, 16:] = 255.0  # a hard vertical edge
+    layer = build_augmenter(seed=3, blur_rate=1.0).layers[-1]
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(4).map(lambda a: layer(a, training=True)))).numpy()
+    edge = out[:, 16, 14:18, 0]
+    assert ((edge > 1.0) & (edge < 254.0)).any(axis=1).all()  # every image: grey values appear across the edge

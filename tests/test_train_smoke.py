@@ -172,7 +172,7 @@ def test_weight_averaging_momentum_out_of_range_exits_with_a_message(tiny_data, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag", ["--ink-augment", "--ring-augment"])
+@pytest.mark.parametrize("flag", ["--ink-augment", "--ring-augment", "--blur-augment"])
 def test_augmentation_rate_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as info:
         train_main(["--data", str(tiny_data), flag, "1.5", "--run-dir", str(tmp_path / "run")])

@@ -8,9 +8,10 @@ Optionally (`--ink-augment RATE`), surgical skin-marker ink: purple strokes, dot
 the lesion painted on a share of the training images of both classes, so that ink tells the network
 nothing about the label (several confidently missed melanomas on the test split carry ink).
 
-Optionally (`--ring-augment RATE`), the dark circular field of view that contact dermoscopes leave
-around the image, so that a clinic whose dermoscope shows it is not out of the training distribution
-(`python -m train.robustness` measures what the ring costs a bundle).
+Optionally, what other cameras do to an image: `--ring-augment RATE` paints the dark circular field
+of view that contact dermoscopes leave around the image, `--blur-augment RATE` blurs a little, as an
+image slightly out of focus or of lower resolution looks. `python -m train.robustness` measures what
+each costs a bundle.
 """
 from __future__ import annotations
 
@@ -129,8 +130,12 @@ class RandomDermoscopeRing(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0) -> keras.Sequential:
+def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
+                    blur_rate: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
+    # sigma 0.3-2 px at 256 px: from barely soft to the robustness check's blur and half resolution
+    blur = [layers.RandomGaussianBlur((blur_rate, blur_rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
+                                      seed=seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8)] if ring_rate > 0 else []
     return keras.Sequential(
         ink + [
@@ -141,6 +146,6 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
             layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ] + ring,  # last: the ring belongs to the camera's frame, not to the rotated and zoomed skin
+        ] + blur + ring,  # last: the ring belongs to the camera's frame, not to the rotated and zoomed skin
         name="augmentation",
     )

@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--ring-augment", type=float, default=0.0, metavar="RATE",
                    help="darken the corners outside a dermoscope's circular field of view on this share of "
                         "training images (default: 0, off)")
+    g.add_argument("--blur-augment", type=float, default=0.0, metavar="RATE",
+                   help="blur this share of training images a little (Gaussian, sigma 0.3-2 px), as a camera "
+                        "slightly out of focus or of lower resolution does (default: 0, off)")
     g.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
                    help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
                         "checkpoints and the bundle use the averaged weights (default: 0, off)")
@@ -95,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     args = p.parse_args(argv)
-    for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment)):
+    for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
+                       ("--blur-augment", args.blur_augment)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
     if not 0.0 <= args.ema < 1.0:
@@ -346,7 +350,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
-    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment)
+    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment)
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux)
     steps = max(1, len(x_train) // args.batch_size)
 
