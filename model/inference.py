@@ -115,6 +115,14 @@ class Predictor:
         """Per image: label, calibrated probability of malignancy, confidence in that label, threshold."""
         return [self.verdict(pm) for pm in self.probability(batch).tolist()]
 
+    def quality_refusal(self, image):
+        """The quality gate's refusal for a decoded image, or None when it may go to the network."""
+        return check_quality(image, self.quality_limits) if self.quality_limits else None
+
+    def not_a_lesion(self, features: np.ndarray) -> np.ndarray:
+        """Whether each image's pooled gate features are too far from the training images to judge it."""
+        return self.neighbours.refuse(features) if self.neighbours else np.zeros(len(features), bool)
+
     def assess(self, images: list) -> list[dict]:
         """Decoded PIL images in; per image either a verdict or {"rejected": True, "code", "reason"}.
 
@@ -124,7 +132,7 @@ class Predictor:
         out: list[dict | None] = [None] * len(images)
         arrays, slots = [], []
         for i, image in enumerate(images):
-            refusal = check_quality(image, self.quality_limits) if self.quality_limits else None
+            refusal = self.quality_refusal(image)
             if refusal:
                 out[i] = {"rejected": True, "code": refusal.code, "reason": refusal.message}
             else:
@@ -134,7 +142,7 @@ class Predictor:
             batch = np.stack(arrays)
             probs, features = self.raw_outputs(batch)
             p = calibrated_malignant_probability(probs, self.temperature)
-            refused = self.neighbours.refuse(features) if self.neighbours else np.zeros(len(slots), bool)
+            refused = self.not_a_lesion(features)
             for slot, pm, no in zip(slots, p.tolist(), refused.tolist()):
                 out[slot] = ({"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}
                              if no else self.verdict(pm))

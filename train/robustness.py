@@ -24,11 +24,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from sklearn import metrics as skm
 
 from model.bundle import load_bundle
-from model.gate import check_quality
 from model.inference import Predictor, calibrated_malignant_probability
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
 from train.metrics import expected_calibration_error
+from train.plots import robustness_chart
 
 log = logging.getLogger("train.robustness")
 
@@ -108,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in args.shifts if s not in SHIFTS]
     if unknown:
         parser.error(f"unknown shift {', '.join(unknown)}; choose from {', '.join(SHIFTS)}")
-    if "none" not in args.shifts:
-        args.shifts.insert(0, "none")  # every change is measured against the unshifted images
+    # every change is measured against the unshifted images, which come first
+    args.shifts = ["none"] + [s for s in dict.fromkeys(args.shifts) if s != "none"]
     return args
 
 
@@ -125,10 +125,8 @@ def score_images(predictor: Predictor, images: list[Image.Image], batch_size: in
         batch = np.stack([predictor.preprocess(img) for img in chunk])
         raw, features = predictor.raw_outputs(batch)
         probs.append(calibrated_malignant_probability(raw, predictor.temperature))
-        bad_quality = np.array([predictor.quality_limits is not None
-                                and check_quality(img, predictor.quality_limits) is not None for img in chunk])
-        not_lesion = predictor.neighbours.refuse(features) if predictor.neighbours else np.zeros(len(chunk), bool)
-        refused.append(bad_quality | np.asarray(not_lesion, bool))
+        bad_quality = np.array([predictor.quality_refusal(img) is not None for img in chunk])
+        refused.append(bad_quality | np.asarray(predictor.not_a_lesion(features), bool))
     return np.concatenate(probs), np.concatenate(refused)
 
 
@@ -218,8 +216,6 @@ def main(argv=None) -> dict:
               "duplicates_dropped": len(dataset.splits[args.split]) - len(split), "data_hash": dataset.data_hash(),
               "shifts": {name: SHIFTS[name][0] for name in args.shifts}, "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=2) + "\n")
-    from train.plots import robustness_chart
-
     robustness_chart(results, out / "robustness.png")
     print(format_table(results))
     print(f"written: {out}/robustness.json and robustness.png")
