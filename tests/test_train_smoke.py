@@ -179,3 +179,28 @@ def test_augmentation_rate_out_of_range_exits_with_a_message(tiny_data, tmp_path
     assert info.value.code == 2
     assert f"{flag} is a share of training images in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_mixup_mixes_images_and_every_target_with_the_same_weights():
+    """Class 1 images are all 255 and class 0 all 0, so a mixed image's mean is its weight of class 1."""
+    from train.train import make_dataset
+    y = np.array([0, 1] * 16)
+    x = np.repeat(y * 255, 8 * 8 * 3).reshape(32, 8, 8, 3).astype(np.uint8)
+    identity = keras.Sequential([keras.layers.Identity()])
+    images, (targets, aux) = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity,
+                                                    y_aux=np.eye(2)[y], mixup=0.4)))
+    np.testing.assert_allclose(images.numpy().mean(axis=(1, 2, 3)) / 255, targets.numpy()[:, 1], atol=1e-4)
+    np.testing.assert_allclose(aux.numpy(), targets.numpy(), atol=1e-6)
+    np.testing.assert_allclose(targets.numpy().sum(axis=1), 1.0, atol=1e-6)
+    assert ((targets.numpy() > 0.01) & (targets.numpy() < 0.99)).any()  # some pairs of classes really are mixed
+
+    images, targets = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity)))  # off by default
+    assert set(np.unique(targets.numpy())) == {0.0, 1.0}
+
+
+def test_mixup_alpha_below_zero_exits_with_a_message(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--mixup", "-0.2", "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "--mixup is the Beta distribution's alpha" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

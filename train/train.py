@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--blur-augment", type=float, default=0.0, metavar="RATE",
                    help="blur this share of training images a little (Gaussian, sigma 0.3-2 px), as a camera "
                         "slightly out of focus or of lower resolution does (default: 0, off)")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mix each training batch with a shuffled copy of itself, images and targets alike, with "
+                        "weights drawn from Beta(ALPHA, ALPHA) (Keras MixUp; e.g. 0.2) (default: 0, off)")
     g.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
                    help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
                         "checkpoints and the bundle use the averaged weights (default: 0, off)")
@@ -102,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("--blur-augment", args.blur_augment)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
+    if args.mixup < 0.0:
+        p.error(f"--mixup is the Beta distribution's alpha, 0 (off) or more (e.g. 0.2), not {args.mixup}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema is a momentum in [0, 1) (0 = off, e.g. 0.99), not {args.ema}")
     return args
@@ -146,13 +151,23 @@ def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter,
-                 y_aux: np.ndarray | None = None) -> tf.data.Dataset:
+                 y_aux: np.ndarray | None = None, mixup: float = 0.0) -> tf.data.Dataset:
     onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
     targets = onehot if y_aux is None else (onehot, y_aux.astype(np.float32))
     ds = tf.data.Dataset.from_tensor_slices((x, targets))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda a, b: (augmenter(tf.cast(a, tf.float32), training=True), b),
                 num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup > 0:
+        mix = keras.layers.MixUp(alpha=mixup, seed=seed + 10)
+
+        def mix_batch(images, targets):  # one draw of weights and partners for the images and every target
+            transformation = mix.get_random_transformation(images, training=True)
+            images = mix.transform_images(images, transformation, training=True)
+            return images, tf.nest.map_structure(
+                lambda t: mix.transform_labels(t, transformation, training=True), targets)
+
+        ds = ds.map(mix_batch, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -351,7 +366,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
     augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment)
-    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux)
+    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
     steps = max(1, len(x_train) // args.batch_size)
 
     freeze_backbone(model)
