@@ -152,6 +152,27 @@ def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
     np.testing.assert_allclose(averaged.get_weights()[0], start[0], atol=0.1 + 1e-3)
 
 
+def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
+    """A flat validation AUC with patience 1 stops after 2 epochs, or, from epoch 3 on, after 5."""
+    from train.train import early_stop_epoch
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, 2))).batch(8)
+    args = argparse.Namespace(label_smoothing=0.0, patience=1, aux_weight=0.5, batch_size=8)
+    epochs_run = []
+    for start in (0, 3):
+        (tmp_path / str(start)).mkdir()
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        history = fit_stage(model, ds, x, y, "fine_tune", 8, keras.optimizers.Adam(0.0), args, tmp_path / str(start),
+                            early_stop_from=start).history
+        assert len(set(history["val_auc"])) == 1
+        epochs_run.append(len(history["val_auc"]))
+    assert epochs_run == [2, 5]
+    # the defaults: 2 head epochs, 2 warm-up epochs, then half of the remaining 28 of 30 fine-tuning epochs
+    defaults = argparse.Namespace(head_epochs=2, warmup_epochs=2, epochs=30)
+    assert early_stop_epoch(defaults) == 18
+
+
 def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",

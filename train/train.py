@@ -85,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
                         "checkpoints and the bundle use the averaged weights (default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
-    g.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (default: 10)")
+    g.add_argument("--patience", type=int, default=10,
+                   help="early stopping patience on val AUC, counted in the second half of the fine-tuning schedule "
+                        "(default: 10)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
     g = p.add_argument_group("distribution")
     g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multi-worker"),
@@ -174,7 +176,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
-              strategy=None, steps=None):
+              strategy=None, steps=None, early_stop_from=0):
+    """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
     checkpoint = run_dir / "best.weights.h5"
@@ -183,7 +186,7 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True,
                                         save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=True, start_from_epoch=early_stop_from),
     ]
     if getattr(optimizer, "use_ema", False):
         # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
@@ -202,6 +205,15 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
+
+
+def early_stop_epoch(args: argparse.Namespace) -> int:
+    """First epoch (0-based) early stopping may end fine-tuning on: the second half of the cosine decay.
+
+    Near the peak learning rate, validation AUC on 30 melanomas swings by 0.1 from epoch to epoch, and stopping there
+    once ended a run at epoch 14 of 32 with test AUC 0.739 (`--mixup 0.2 --seed 1`).
+    """
+    return args.head_epochs + args.warmup_epochs + max(0, args.epochs - args.warmup_epochs) // 2
 
 
 def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch: int, epochs: int,
@@ -386,7 +398,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
                                                ema_momentum=args.ema or 0.99)
         fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
-                  initial_epoch=args.head_epochs, strategy=strategy, steps=steps)
+                  initial_epoch=args.head_epochs, strategy=strategy, steps=steps,
+                  early_stop_from=early_stop_epoch(args))
     fitted.load_weights(run_dir / "best.weights.h5")
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
     if not is_chief():
