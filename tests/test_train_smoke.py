@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
-from train.train import fit_stage, main as train_main
+from train.train import early_stop_epoch, fit_stage, main as train_main, make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,6 @@ def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
 
 def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     """A flat validation AUC with patience 1 stops after 2 epochs, or, from epoch 3 on, after 5."""
-    from train.train import early_stop_epoch
     x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(int)
     ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, 2))).batch(8)
@@ -185,26 +184,23 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
 
 
-def test_weight_averaging_momentum_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, message", [
+    ("--ema", "1.5", "--ema is a momentum in [0, 1)"),
+    ("--ink-augment", "1.5", "--ink-augment is a share of training images in [0, 1]"),
+    ("--ring-augment", "1.5", "--ring-augment is a share of training images in [0, 1]"),
+    ("--blur-augment", "1.5", "--blur-augment is a share of training images in [0, 1]"),
+    ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
+])
+def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:
-        train_main(["--data", str(tiny_data), "--ema", "1.5", "--run-dir", str(tmp_path / "run")])
+        train_main(["--data", str(tiny_data), flag, value, "--run-dir", str(tmp_path / "run")])
     assert info.value.code == 2
-    assert "--ema is a momentum in [0, 1)" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("flag", ["--ink-augment", "--ring-augment", "--blur-augment"])
-def test_augmentation_rate_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag):
-    with pytest.raises(SystemExit) as info:
-        train_main(["--data", str(tiny_data), flag, "1.5", "--run-dir", str(tmp_path / "run")])
-    assert info.value.code == 2
-    assert f"{flag} is a share of training images in [0, 1]" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_mixup_mixes_images_and_every_target_with_the_same_weights():
     """Class 1 images are all 255 and class 0 all 0, so a mixed image's mean is its weight of class 1."""
-    from train.train import make_dataset
     y = np.array([0, 1] * 16)
     x = np.repeat(y * 255, 8 * 8 * 3).reshape(32, 8, 8, 3).astype(np.uint8)
     identity = keras.Sequential([keras.layers.Identity()])
@@ -217,11 +213,3 @@ def test_mixup_mixes_images_and_every_target_with_the_same_weights():
 
     images, targets = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity)))  # off by default
     assert set(np.unique(targets.numpy())) == {0.0, 1.0}
-
-
-def test_mixup_alpha_below_zero_exits_with_a_message(tiny_data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        train_main(["--data", str(tiny_data), "--mixup", "-0.2", "--run-dir", str(tmp_path / "run")])
-    assert info.value.code == 2
-    assert "--mixup is the Beta distribution's alpha" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
