@@ -17,10 +17,20 @@ TINY = ["--weights", "none", "--image-size", "64", "--batch-size", "4", "--head-
         "--warmup-epochs", "0", "--dense-units", "16"]
 
 
-def run_train(args, env=None, timeout=600):
+def run_train(args, env=None, log_file=None):
+    """`python -m train ARGS` in the background; its output goes to LOG_FILE when given, else to a pipe.
+
+    Runs that wait on each other (multi-worker) need the file: a worker blocks once it fills an unread pipe,
+    and its peer then waits on it in a collective for ever.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = open(log_file, "w") if log_file else subprocess.PIPE
+    try:
+        return subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    finally:
+        if log_file:
+            out.close()
 
 
 def test_mirrored_on_two_cpu_devices_trains_and_saves_a_bundle(tiny_data, tmp_path):
@@ -44,8 +54,14 @@ def test_two_workers_on_loopback_train_in_step_and_the_chief_saves_a_bundle(tiny
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
         procs.append(run_train(["--data", str(tiny_data), *TINY, "--distribute", "multi-worker",
                                 "--run-dir", str(tmp_path / "run"), "--output", str(out)],
-                               env={"TF_CONFIG": json.dumps(config)}))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
+                               env={"TF_CONFIG": json.dumps(config)}, log_file=tmp_path / f"worker_{index}.log"))
+    try:
+        for proc in procs:
+            proc.wait(timeout=600)
+    finally:  # a worker left waiting on its peer would outlive the test
+        for proc in procs:
+            proc.kill()
+    logs = [(tmp_path / f"worker_{index}.log").read_text() for index in range(2)]
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log[-3000:]
         assert "multi-worker on 2 replicas: global batch 8" in log

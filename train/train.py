@@ -223,9 +223,26 @@ def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_ep
     Keras 3's `fit` cannot run under that strategy (keras-team/keras#20585: the batches arrive as
     PerReplica values it cannot convert), but a `strategy.run` step with a gradient tape can: the
     gradients are all-reduced across the workers by the optimizer, so every worker holds the same
-    weights after each step. The same callbacks (validation AUC, checkpoint, early stopping) run on
-    every worker, which see the same weights and so take the same decisions.
+    weights after each step. BatchNorm layers that train compute their batch statistics over the
+    global batch (`synchronized`), so their moving statistics stay in step too; without that each
+    worker's moving mean drifts with its own batches and the workers' validation AUCs part. The same
+    callbacks (validation AUC, checkpoint, early stopping) run on every worker, which see the same
+    weights and so take the same decisions.
     """
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    local = [layer.synchronized for layer in norms]
+    for layer in norms:
+        layer.synchronized = True
+    try:
+        _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
+                           global_batch)
+    finally:  # the saved bundle keeps plain BatchNorm: it is served on one device
+        for layer, value in zip(norms, local):
+            layer.synchronized = value
+
+
+def _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
+                       global_batch) -> None:
     per_example = loss.__class__.from_config({**loss.get_config(), "reduction": None})
     with strategy.scope():
         optimizer.build(model.trainable_variables)
@@ -489,6 +506,8 @@ def _args_to_argv(args: argparse.Namespace) -> list[str]:
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # tf.distribute logs a line per collective it builds at INFO: hundreds under --distribute multi-worker
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
         train(args)
