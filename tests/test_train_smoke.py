@@ -82,6 +82,65 @@ def test_evaluate_updates_the_card_only_for_the_bundles_own_test_split(trained, 
     assert {k: v for k, v in after.items() if k != "test"} == {k: v for k, v in before.items() if k != "test"}
 
 
+def test_calibrate_refits_the_operating_point_the_way_training_did(trained, tiny_data, tmp_path, capsys):
+    from model.bundle import copy_bundle, load_card
+    from train import calibrate
+
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    before = load_card(bundle)
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data)])
+    same = load_card(bundle)
+    assert abs(same["temperature"] - before["temperature"]) < 1e-3
+    assert abs(same["threshold"] - before["threshold"]) < 1e-4
+    assert same["threshold_rule"] == before["threshold_rule"]
+    assert same["calibration"]["command"] == f"python -m train.calibrate --model {bundle} --data {tiny_data}"
+    assert same["calibration"]["before"]["threshold"] == before["threshold"]
+    assert "Refresh the test metrics" in capsys.readouterr().out
+    # a lower target sensitivity moves the threshold up, and the band moves with it
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--target-sensitivity", "0.5"])
+    lower = load_card(bundle)
+    assert lower["threshold"] >= same["threshold"] and lower["target_sensitivity"] == 0.5
+    assert lower["indeterminate_band"][0] <= lower["threshold"] <= lower["indeterminate_band"][1]
+    assert load_bundle(bundle).model.count_params() == load_bundle(trained / "bundle" / "tiny.keras").model.count_params()
+
+
+def test_calibrate_refuses_a_validation_split_without_melanomas(trained, tiny_data, tmp_path, capsys):
+    import shutil
+
+    from model.bundle import copy_bundle, load_card
+    from train import calibrate
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for image in (data / "val" / "malignant").iterdir():
+        image.rename(data / "train" / "malignant" / image.name)
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    before = load_card(bundle)
+    for argv, message in ((["--data", str(data)], "needs images of both classes"),
+                          (["--data", str(tiny_data), "--target-sensitivity", "1.5"], "between 0 and 1")):
+        with pytest.raises(SystemExit) as refused:
+            calibrate.main(["--model", str(bundle), *argv])
+        assert refused.value.code == 2
+        assert message in capsys.readouterr().err
+    assert load_card(bundle) == before  # nothing written
+
+
+def test_threshold_study_compares_both_rules_on_test(trained, tiny_data, tmp_path, capsys):
+    from train import thresholds
+
+    bundle = str(trained / "bundle" / "tiny.keras")
+    result = thresholds.main(["--model", bundle, "--model", bundle, "--data", str(tiny_data),
+                              "--out", str(tmp_path / "thr")])
+    assert [r["model"] for r in result["rows"]] == [bundle, bundle]
+    row = result["rows"][0]
+    # six validation melanomas: the unbiased rule takes the lowest score, the empirical one the lowest too
+    assert row["unbiased"]["threshold"] <= row["empirical"]["threshold"]
+    assert abs(row["unbiased"]["threshold"] - load_bundle(bundle).card["threshold"]) < 1e-4
+    assert result["summary"]["unbiased"]["bundles"] == 2
+    assert json.loads((tmp_path / "thr" / "thresholds.json").read_text())["rows"] == result["rows"]
+    assert "| **mean** |" in capsys.readouterr().out
+
+
 def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_data, capsys):
     from train import ensemble
 

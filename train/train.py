@@ -29,13 +29,14 @@ from sklearn.metrics import roc_auc_score
 
 from model.architecture import BACKBONES, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
-from model.inference import Predictor, calibrated_malignant_probability
+from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.augment import build_augmenter
+from train.calibrate import operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
-from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
+from train.metrics import classification_metrics, format_table
 from train.plots import evaluation_figures, training_curves
 
 log = logging.getLogger("train")
@@ -443,12 +444,11 @@ def train(args: argparse.Namespace) -> Bundle | None:
     bundle = Bundle(clean, card, run_dir / "melanoma_efficientnet.keras")
     predictor = Predictor(bundle)
     raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
-    temperature = fit_temperature(raw_val, y_val)
-    predictor.temperature = card["temperature"] = temperature
-    p_val = calibrated_malignant_probability(raw_val, temperature)
-    threshold = threshold_for_sensitivity(p_val, y_val, args.target_sensitivity)
-    predictor.threshold = card["threshold"] = threshold
-    card["target_sensitivity"] = args.target_sensitivity
+    fitted = operating_point(raw_val, y_val, args.target_sensitivity)
+    p_val = fitted.pop("p_val")
+    card.update(fitted)
+    temperature, threshold = fitted["temperature"], fitted["threshold"]
+    predictor.temperature, predictor.threshold = temperature, threshold
     card["validation"] = _summary(classification_metrics(p_val, y_val, threshold, bootstrap=500))
     log.info("temperature %.3f, threshold %.4f for sensitivity %.2f on val", temperature, threshold,
              args.target_sensitivity)

@@ -1,0 +1,110 @@
+"""Fit a bundle's operating point again on a validation split: temperature, threshold, indeterminate band.
+
+    python -m train.calibrate --model model/shipped/melanoma_efficientnet.keras --data ../shared/data/isic2017
+
+Training does this once at its end (`python -m train`); this command repeats it on a trained bundle,
+through the serving path, for a new threshold rule, another target sensitivity or a validation split
+from another clinic. It rewrites the model card (the network is untouched) and says so in the card.
+Refresh the card's test metrics afterwards with `python -m train.evaluate ... --update-card`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model.bundle import card_path, load_bundle
+from model.inference import Predictor, calibrated_malignant_probability
+from train import data as data_mod
+from train.gate import indeterminate_band
+from train.metrics import THRESHOLD_RULE, classification_metrics, fit_temperature, threshold_for_sensitivity
+
+log = logging.getLogger("train.calibrate")
+
+
+def operating_point(raw_val: np.ndarray, y_val: np.ndarray, target_sensitivity: float) -> dict:
+    """Temperature (on the raw softmax outputs) and threshold (on the calibrated probabilities) from validation."""
+    temperature = fit_temperature(raw_val, y_val)
+    p_val = calibrated_malignant_probability(raw_val, temperature)
+    threshold = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
+    return {"temperature": temperature, "threshold": threshold, "target_sensitivity": target_sensitivity,
+            "threshold_rule": THRESHOLD_RULE, "p_val": p_val}
+
+
+def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
+                command: str | None = None) -> dict:
+    """Refit the operating point of the bundle at MODEL on DATA's validation split; returns the new card."""
+    bundle = load_bundle(model)
+    predictor = Predictor(bundle)
+    dataset = data_mod.discover(data, images, seed=seed)
+    val = dataset.splits["val"]
+    y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
+    x_val = data_mod.load_images(val.paths, predictor.spec)
+    raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
+    fitted = operating_point(raw_val, y_val, target_sensitivity)
+    p_val = fitted.pop("p_val")
+    card = bundle.card
+    before = {k: card.get(k) for k in ("temperature", "threshold", "target_sensitivity")}
+    card.update(fitted)
+    card["validation"] = {k: v for k, v in classification_metrics(p_val, y_val, fitted["threshold"], bootstrap=500)
+                          .items() if k != "reliability_bins"}
+    if "indeterminate_band" in card:
+        fraction = float(card.get("indeterminate_band_fraction_of_validation", 0.15))
+        card["indeterminate_band"] = indeterminate_band(p_val, fitted["threshold"], fraction)
+    card["calibration"] = {
+        "command": command or f"python -m train.calibrate --model {model} --data {data} "
+                              f"--target-sensitivity {target_sensitivity}",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": str(data),
+        "data_hash": dataset.data_hash(),
+        "validation_images": int(len(y_val)),
+        "validation_malignant": int(y_val.sum()),
+        "before": before,
+    }
+    card_path(model).write_text(json.dumps(card, indent=2) + "\n")
+    log.info("temperature %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, %d validation melanomas)",
+             before["temperature"] or float("nan"), fitted["temperature"], before["threshold"] or float("nan"),
+             fitted["threshold"], target_sensitivity, int(y_val.sum()))
+    return card
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="bundle .keras file (its .json card is rewritten)")
+    parser.add_argument("--data", required=True, help="data folder or label CSV with a validation split")
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--target-sensitivity", type=float, default=0.90,
+                        help="expected sensitivity for malignant the threshold is fixed for (default: 0.90)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.target_sensitivity < 1.0:
+        parser.error(f"--target-sensitivity must be between 0 and 1, not {args.target_sensitivity}")
+    return args
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    if not Path(args.model).is_file():
+        print(f"error: no bundle at {args.model}", file=sys.stderr)
+        raise SystemExit(2)
+    command = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command)
+    except data_mod.DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    v = card["validation"]
+    print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}; on validation: "
+          f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}. Refresh the test metrics with "
+          f"python -m train.evaluate --model {args.model} --data {args.data} --update-card")
+    return card
+
+
+if __name__ == "__main__":
+    main()
