@@ -34,6 +34,7 @@ def test_about_page_shows_the_model_card(client, app):
     html = client.get("/about").get_data(as_text=True)
     card = app.extensions["melanoma_model"].card
     assert f"{card['test']['roc_auc']:.3f}" in html
+    assert f"on the {card['validation']['n_malignant']} melanomas of" in html  # what the threshold rests on
     assert "Intended use" in html and "Known limits" in html
 
 
