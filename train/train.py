@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="split the CPU into N logical devices for --distribute mirrored without GPUs (default: 0)")
     g = p.add_argument_group("calibration and output")
     g.add_argument("--target-sensitivity", type=float, default=0.90,
-                   help="sensitivity for malignant at which the threshold is fixed on val (default: 0.90)")
+                   help="expected sensitivity for malignant on new images; the threshold is fixed on val for it "
+                        "(default: 0.90)")
     g.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
