@@ -27,13 +27,20 @@ from train.metrics import THRESHOLD_RULE, classification_metrics, fit_temperatur
 log = logging.getLogger("train.calibrate")
 
 
-def operating_point(raw_val: np.ndarray, y_val: np.ndarray, target_sensitivity: float) -> dict:
-    """Temperature (on the raw softmax outputs) and threshold (on the calibrated probabilities) from validation."""
-    temperature = fit_temperature(raw_val, y_val)
-    p_val = calibrated_malignant_probability(raw_val, temperature)
-    threshold = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
-    return {"temperature": temperature, "threshold": threshold, "target_sensitivity": target_sensitivity,
-            "threshold_rule": THRESHOLD_RULE, "p_val": p_val}
+def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray,
+                    target_sensitivity: float) -> tuple[dict, np.ndarray]:
+    """Fit the temperature (on the raw softmax outputs of the validation images) and then the threshold (on the
+    calibrated probabilities), and set both on `predictor`. Returns the model card's fields, validation metrics
+    included, and the calibrated validation probabilities."""
+    raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
+    predictor.temperature = fit_temperature(raw_val, y_val)
+    p_val = calibrated_malignant_probability(raw_val, predictor.temperature)
+    predictor.threshold = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
+    validation = classification_metrics(p_val, y_val, predictor.threshold, bootstrap=500)
+    validation.pop("reliability_bins", None)
+    return {"temperature": predictor.temperature, "threshold": predictor.threshold,
+            "target_sensitivity": target_sensitivity, "threshold_rule": THRESHOLD_RULE,
+            "validation": validation}, p_val
 
 
 def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
@@ -45,17 +52,13 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     val = dataset.splits["val"]
     y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
     x_val = data_mod.load_images(val.paths, predictor.spec)
-    raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
-    fitted = operating_point(raw_val, y_val, target_sensitivity)
-    p_val = fitted.pop("p_val")
     card = bundle.card
     before = {k: card.get(k) for k in ("temperature", "threshold", "target_sensitivity")}
-    card.update(fitted)
-    card["validation"] = {k: v for k, v in classification_metrics(p_val, y_val, fitted["threshold"], bootstrap=500)
-                          .items() if k != "reliability_bins"}
+    point, p_val = operating_point(predictor, x_val, y_val, target_sensitivity)
+    card.update(point)
     if "indeterminate_band" in card:
         fraction = float(card.get("indeterminate_band_fraction_of_validation", 0.15))
-        card["indeterminate_band"] = indeterminate_band(p_val, fitted["threshold"], fraction)
+        card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, fraction)
     card["calibration"] = {
         "command": command or f"python -m train.calibrate --model {model} --data {data} "
                               f"--target-sensitivity {target_sensitivity}",
@@ -68,8 +71,8 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     }
     card_path(model).write_text(json.dumps(card, indent=2) + "\n")
     log.info("temperature %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, %d validation melanomas)",
-             before["temperature"] or float("nan"), fitted["temperature"], before["threshold"] or float("nan"),
-             fitted["threshold"], target_sensitivity, int(y_val.sum()))
+             before["temperature"] or float("nan"), point["temperature"], before["threshold"] or float("nan"),
+             point["threshold"], target_sensitivity, int(y_val.sum()))
     return card
 
 

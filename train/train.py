@@ -36,7 +36,7 @@ from train.augment import build_augmenter
 from train.calibrate import operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
-from train.metrics import classification_metrics, format_table
+from train.metrics import format_table
 from train.plots import evaluation_figures, training_curves
 
 log = logging.getLogger("train")
@@ -444,15 +444,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
     }
     bundle = Bundle(clean, card, run_dir / "melanoma_efficientnet.keras")
     predictor = Predictor(bundle)
-    raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
-    fitted = operating_point(raw_val, y_val, args.target_sensitivity)
-    p_val = fitted.pop("p_val")
-    card.update(fitted)
-    temperature, threshold = fitted["temperature"], fitted["threshold"]
-    predictor.temperature, predictor.threshold = temperature, threshold
-    card["validation"] = _summary(classification_metrics(p_val, y_val, threshold, bootstrap=500))
-    log.info("temperature %.3f, threshold %.4f for sensitivity %.2f on val", temperature, threshold,
-             args.target_sensitivity)
+    point, _ = operating_point(predictor, x_val, y_val, args.target_sensitivity)
+    card.update(point)
+    log.info("temperature %.3f, threshold %.4f for sensitivity %.2f on val", predictor.temperature,
+             predictor.threshold, args.target_sensitivity)
 
     test_metrics, p_test, y_test = evaluate_split(predictor, dataset, "test")
     evaluation_figures(p_test, y_test, test_metrics, run_dir / "test")
