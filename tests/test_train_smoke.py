@@ -27,7 +27,8 @@ def trained(tiny_data, tmp_path_factory):
 
 
 def test_training_writes_a_complete_run_folder(trained):
-    for name in ("args.json", "history.csv", "training_curves.png", "duplicates.json", "melanoma_efficientnet.keras",
+    for name in ("args.json", "history.csv", "training_curves.png", "duplicates.json", "audit.json",
+                 "melanoma_efficientnet.keras",
                  "melanoma_efficientnet.json", "test/metrics.json", "test/roc.png", "test/reliability.png"):
         assert (trained / name).exists(), name
     rows = list(csv.DictReader(open(trained / "history.csv")))
@@ -41,6 +42,7 @@ def test_model_card_is_complete(trained):
     assert card["preprocessing"]["image_size"] == 64
     assert 0.0 < card["threshold"] < 1.0 and card["temperature"] > 0
     assert len(card["data"]["hash"]) == 64
+    assert card["data"]["shortcut_cues"]["dark_corners"]["train_images_with_cue"] == 0  # no ring in tiny_data
     assert card["training"]["command"].startswith("python -m train")
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
     for key in ("roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "ece", "brier", "accuracy", "macro"):

@@ -32,6 +32,7 @@ from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
+from train.audit import audit, remedy_applied
 from train.augment import build_augmenter
 from train.calibrate import operating_point
 from train.evaluate import evaluate_split
@@ -369,6 +370,15 @@ def train(args: argparse.Namespace) -> Bundle | None:
     log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
     log.info("%d duplicate pairs across splits; %d test images dropped from evaluation",
              len(dataset.duplicates), len(dataset.splits["test"]) - len(dataset.split("test")))
+    cues = audit(dataset)
+    (run_dir / "audit.json").write_text(json.dumps(cues, indent=2) + "\n")
+    for name, cue in cues["cues"].items():
+        t = cue["splits"]["train"]
+        if cue["linked_to_malignant_in_training"] and not remedy_applied(cue["remedy"], args):
+            log.warning("shortcut cue %s: %d of %d training images show it, %d of them malignant (%.0f%% against "
+                        "%.0f%% overall); the network can learn it instead of the lesion. Consider %s. "
+                        "(python -m train.audit)", name, t["with_cue"], t["images"], t["malignant_with_cue"],
+                        100 * t["malignant_share_with_cue"], 100 * t["malignant_share_overall"], cue["remedy"])
 
     spec = PreprocessSpec(args.image_size, args.colour_constancy)
     train_split = dataset.splits["train"]
@@ -464,6 +474,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "train_images_used": int(n_train),
             "duplicate_pairs_across_splits": len(dataset.duplicates),
             "test_images_dropped_as_duplicates": test_metrics["duplicates_dropped"],
+            "shortcut_cues": {name: {"train_images_with_cue": cue["splits"]["train"]["with_cue"],
+                                     "malignant_with_cue": cue["splits"]["train"]["malignant_with_cue"],
+                                     "linked_to_malignant_in_training": cue["linked_to_malignant_in_training"]}
+                              for name, cue in cues["cues"].items()},
         },
         "training": {
             "command": command,

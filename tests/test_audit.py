@@ -1,0 +1,91 @@
+"""The shortcut-cue audit: it finds a dermoscope ring, leaves dark lesions alone, and flags a ring that goes with
+melanoma in training."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ISIC_FIXTURES, synthetic_lesion
+from train import audit
+from train import data as data_mod
+from train.robustness import _dermoscope_ring
+
+
+def test_a_dermoscope_ring_is_found_and_a_dark_lesion_is_not():
+    lesion = synthetic_lesion(size=256, seed=3, dark=0.9)
+    assert audit.dark_corner_share(lesion) == 0.0
+    assert audit.dark_corner_share(_dermoscope_ring(lesion)) > 0.9
+    assert audit.has_dark_corners(_dermoscope_ring(lesion))
+    # a near-black lesion filling the middle of the frame, as a large nodular melanoma does
+    arr = np.full((450, 600, 3), (220, 170, 150), np.uint8)
+    arr[60:390, 80:520] = (15, 10, 10)
+    assert not audit.has_dark_corners(Image.fromarray(arr))
+
+
+def test_real_images_without_a_ring_are_not_flagged():
+    paths = sorted(ISIC_FIXTURES.glob("*/*.jpg"))
+    assert paths
+    assert not any(audit.has_dark_corners(Image.open(p).convert("RGB")) for p in paths)
+
+
+def test_cue_table_counts_and_fisher_test():
+    flags = np.array([1] * 10 + [0] * 90, bool)
+    labels = np.array([1] * 8 + [0] * 2 + [1] * 10 + [0] * 80)
+    t = audit.cue_table(flags, labels)
+    assert (t["with_cue"], t["malignant_with_cue"], t["benign_with_cue"]) == (10, 8, 2)
+    assert t["malignant_share_with_cue"] == pytest.approx(0.8)
+    assert t["malignant_share_overall"] == pytest.approx(0.18)
+    assert t["odds_ratio"] == pytest.approx((8 * 80) / (2 * 10))
+    assert t["fisher_p"] < 1e-4
+    none = audit.cue_table(np.zeros(5, bool), np.array([0, 1, 0, 1, 0]))
+    assert none["with_cue"] == 0 and none["odds_ratio"] is None and none["fisher_p"] == 1.0
+
+
+def _write(root, split, label, images):
+    folder = root / split / label
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        img.save(folder / f"{label}_{i}.png")
+
+
+def test_a_ring_that_goes_with_melanoma_in_training_is_flagged(tmp_path, capsys):
+    lesions = [synthetic_lesion(size=96, seed=s) for s in range(40)]
+    _write(tmp_path, "train", "malignant", [_dermoscope_ring(im) for im in lesions[:8]] + lesions[8:10])
+    _write(tmp_path, "train", "benign", [_dermoscope_ring(lesions[10])] + lesions[11:30])
+    for split in ("val", "test"):
+        _write(tmp_path, split, "malignant", lesions[30:32])
+        _write(tmp_path, split, "benign", lesions[32:36])
+    result = audit.main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    cue = result["cues"]["dark_corners"]
+    assert cue["splits"]["train"]["with_cue"] == 9
+    assert cue["splits"]["train"]["malignant_with_cue"] == 8
+    assert cue["splits"]["val"]["with_cue"] == 0
+    assert cue["linked_to_malignant_in_training"]
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["cues"]["dark_corners"]["splits"]["train"]
+    assert "--ring-augment" in capsys.readouterr().out
+
+
+def test_a_ring_on_both_classes_alike_is_not_flagged(tmp_path, capsys):
+    lesions = [synthetic_lesion(size=96, seed=s) for s in range(30)]
+    ringed = [_dermoscope_ring(im) if i % 2 else im for i, im in enumerate(lesions)]
+    _write(tmp_path, "train", "malignant", ringed[:10])
+    _write(tmp_path, "train", "benign", ringed[10:30])
+    for split in ("val", "test"):
+        _write(tmp_path, split, "malignant", ringed[:2])
+        _write(tmp_path, split, "benign", ringed[10:14])
+    result = audit.audit(data_mod.discover(tmp_path))
+    assert not result["cues"]["dark_corners"]["linked_to_malignant_in_training"]
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_bad_data_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="error: "):
+        audit.main(["--data", str(tmp_path / "missing")])
+
+
+def test_remedy_applied_reads_the_training_option():
+    from types import SimpleNamespace
+
+    assert audit.remedy_applied("--ring-augment 0.3", SimpleNamespace(ring_augment=0.3))
+    assert not audit.remedy_applied("--ring-augment 0.3", SimpleNamespace(ring_augment=0.0))

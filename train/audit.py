@@ -1,0 +1,143 @@
+"""Shortcut cues: things in the images that go with the label in training but say nothing about the lesion.
+
+    python -m train.audit --data ../shared/data/isic2017
+
+A network learns whatever separates the classes in its training split. If one kind of picture (here: a contact
+dermoscope's black field-of-view ring) is much more common among the melanomas than among the benign lesions, the
+network can learn the frame instead of the skin, and an ordinary lesion photographed through that dermoscope comes
+out suspicious. For each cue and split this counts the images that show it, the share of melanomas among them against
+the split's, the odds ratio and Fisher's exact test, and says which augmentation breaks the link. It writes
+`audit.json` and prints a table.
+
+Cues:
+- `dark_corners`: at least half of the four corner patches (each 6/64 of the side) is near black (luminance below
+  40 of 255): the ring of a contact dermoscope, or a strong vignette. Broken by `python -m train --ring-augment`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.stats import fisher_exact
+
+from model.preprocessing import ImageError, decode
+from train import data as data_mod
+
+log = logging.getLogger("train.audit")
+
+THUMBNAIL = 64
+CORNER = 6  # pixels of the 64 x 64 thumbnail, each side of a corner patch
+NEAR_BLACK = 40
+DARK_SHARE = 0.5
+
+
+def dark_corner_share(img: Image.Image) -> float:
+    """Share of the four corner patches' pixels that are near black, on a 64 x 64 luminance thumbnail."""
+    a = np.asarray(img.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR))
+    c = CORNER
+    corners = np.concatenate([a[:c, :c].ravel(), a[:c, -c:].ravel(), a[-c:, :c].ravel(), a[-c:, -c:].ravel()])
+    return float(np.mean(corners < NEAR_BLACK))
+
+
+def has_dark_corners(img: Image.Image) -> bool:
+    return dark_corner_share(img) >= DARK_SHARE
+
+
+# name -> (what it is, its detector, the training option that breaks its link to the label)
+CUES = {
+    "dark_corners": ("black corners: a contact dermoscope's field-of-view ring or a strong vignette",
+                     has_dark_corners, "--ring-augment 0.3"),
+}
+
+
+def remedy_applied(remedy: str, args) -> bool:
+    """Whether the training arguments `args` already use the option `remedy` names (for example --ring-augment)."""
+    return bool(getattr(args, remedy.split()[0].lstrip("-").replace("-", "_"), 0))
+
+
+def cue_table(flags: np.ndarray, labels: np.ndarray) -> dict:
+    """Counts, melanoma shares, odds ratio and Fisher's exact test of one cue against the label."""
+    flags, labels = np.asarray(flags, bool), np.asarray(labels, int)
+    with_cue, without = labels[flags], labels[~flags]
+    table = [[int(with_cue.sum()), int(len(with_cue) - with_cue.sum())],
+             [int(without.sum()), int(len(without) - without.sum())]]
+    odds, p = fisher_exact(table) if flags.any() and (~flags).any() else (None, 1.0)
+    odds = None if odds is None or not np.isfinite(odds) else float(odds)
+    return {
+        "images": int(len(labels)), "with_cue": int(flags.sum()),
+        "malignant_with_cue": table[0][0], "benign_with_cue": table[0][1],
+        "malignant_share_with_cue": float(with_cue.mean()) if len(with_cue) else None,
+        "malignant_share_overall": float(labels.mean()) if len(labels) else None,
+        "odds_ratio": odds, "fisher_p": float(p),
+    }
+
+
+def audit(dataset: data_mod.Dataset, alpha: float = 0.01) -> dict:
+    """Every cue on every split of `dataset`; a cue is flagged when training links it to the label (p < alpha)."""
+    result = {"alpha": alpha, "cues": {}}
+    for name, (description, detect, remedy) in CUES.items():
+        splits = {}
+        for split_name in ("train", "val", "test"):
+            split = dataset.splits.get(split_name)
+            if split is None or not split.paths:
+                continue
+            flags = []
+            for path in split.paths:
+                try:
+                    flags.append(detect(decode(path)))
+                except ImageError as exc:  # discover() lists files; a broken one is reported, not fatal here
+                    log.warning("%s: %s", path, exc.message)
+                    flags.append(False)
+            splits[split_name] = cue_table(np.array(flags), np.asarray(split.labels))
+        train = splits.get("train", {})
+        linked = bool(train.get("with_cue")) and train["fisher_p"] < alpha and (train["odds_ratio"] or 0) > 1
+        result["cues"][name] = {"description": description, "remedy": remedy, "splits": splits,
+                                "linked_to_malignant_in_training": linked}
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.audit", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="data folder or label CSV")
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="Fisher's exact test level at which a cue counts as linked (default: 0.01)")
+    parser.add_argument("--out", default="runs/audit", help="output folder (default: runs/audit)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    except data_mod.DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    result = audit(dataset, args.alpha)
+    result["data"] = str(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("| cue | split | images with it (malignant) | malignant share with it / overall | odds ratio | Fisher p |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, cue in result["cues"].items():
+        for split, t in cue["splits"].items():
+            share = "-" if t["malignant_share_with_cue"] is None else f"{t['malignant_share_with_cue']:.2f}"
+            odds = "-" if t["odds_ratio"] is None else f"{t['odds_ratio']:.2f}"
+            print(f"| {name} | {split} | {t['with_cue']} of {t['images']} ({t['malignant_with_cue']}) | "
+                  f"{share} / {t['malignant_share_overall']:.2f} | {odds} | {t['fisher_p']:.2g} |")
+    for name, cue in result["cues"].items():
+        if cue["linked_to_malignant_in_training"]:
+            print(f"warning: {name} ({cue['description']}) goes with melanoma in the training split; a network can "
+                  f"learn it instead of the lesion. Train with {cue['remedy']} to break the link.")
+    print(f"written: {out / 'audit.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
