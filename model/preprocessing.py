@@ -38,12 +38,14 @@ class PreprocessSpec:
     image_size: int = 256
     colour_constancy: str = "shades_of_gray"  # or "none"
     shades_of_gray_p: int = 6
+    frame_fill: bool = False  # paint a contact dermoscope's black frame in the colour of the skin next to it
 
     def to_dict(self) -> dict:
         return {
             "image_size": self.image_size,
             "colour_constancy": self.colour_constancy,
             "shades_of_gray_p": self.shades_of_gray_p,
+            "frame_fill": self.frame_fill,
             "resample": "bilinear",
             "aspect": "squash",
         }
@@ -54,6 +56,7 @@ class PreprocessSpec:
             image_size=int(d["image_size"]),
             colour_constancy=d.get("colour_constancy", "none"),
             shades_of_gray_p=int(d.get("shades_of_gray_p", 6)),
+            frame_fill=bool(d.get("frame_fill", False)),
         )
 
 
@@ -155,11 +158,57 @@ def _gains(illuminant: np.ndarray) -> np.ndarray:
     return illuminant.mean() / illuminant
 
 
+NEAR_BLACK = 40  # luminance (0-255) below which a pixel counts as the dermoscope's black frame
+CORNER = 6 / 64  # side of each corner patch, as a share of the image side
+DARK_CORNERS = 0.5  # share of the corner patches' pixels that must be near black
+
+
+def _luminance(arr: np.ndarray) -> np.ndarray:
+    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+
+
+def dark_corner_share(arr: np.ndarray) -> float:
+    """Share of the pixels in the four corner patches of an RGB array that are near black."""
+    dark = _luminance(arr) < NEAR_BLACK
+    c = max(1, int(round(CORNER * min(dark.shape))))
+    corners = np.concatenate([dark[:c, :c].ravel(), dark[:c, -c:].ravel(), dark[-c:, :c].ravel(),
+                              dark[-c:, -c:].ravel()])
+    return float(corners.mean())
+
+
+def fill_dark_frame(arr: np.ndarray) -> np.ndarray:
+    """Paint the black frame of a contact dermoscope (or a strong vignette) in the colour of the skin next to it.
+
+    Only when the corners are dark (`dark_corner_share` at least 0.5): then every near-black region that reaches
+    into a corner patch, widened by 1/64 of the side to cover the frame's soft edge, takes the median colour of the
+    band of pixels just inside it. Dark lesions away from the border are never touched. Without this, a frame
+    seen mostly on melanomas in training turns benign lesions suspicious (README, "Other cameras").
+    """
+    if dark_corner_share(arr) < DARK_CORNERS:
+        return arr
+    from scipy import ndimage  # only for framed images
+
+    labels, _ = ndimage.label(_luminance(arr) < NEAR_BLACK)
+    side = min(labels.shape)
+    c = max(1, int(round(CORNER * side)))
+    in_corners = np.concatenate([labels[:c, :c].ravel(), labels[:c, -c:].ravel(), labels[-c:, :c].ravel(),
+                                 labels[-c:, -c:].ravel()])
+    frame = np.isin(labels, np.unique(in_corners[in_corners > 0]))  # the dark regions that reach into a corner
+    frame = ndimage.binary_dilation(frame, iterations=max(1, side // 64))
+    if frame.mean() > 0.75:  # nearly all dark: not a frame around skin (the quality check speaks to that)
+        return arr
+    band = ndimage.binary_dilation(frame, iterations=max(2, side // 32)) & ~frame
+    out = arr.copy()
+    out[frame] = np.round(np.median(arr[band], axis=0)).astype(np.uint8)
+    return out
+
+
 def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
     """Bytes, a path or a PIL image in; the model's (size, size, 3) uint8 input out.
 
     The image is squashed to a square (the training images were squashed from 4:3), resized
-    with Pillow's antialiased bilinear filter and colour-normalised as the spec says.
+    with Pillow's antialiased bilinear filter, its dermoscope frame filled if the spec says so,
+    and colour-normalised as the spec says.
     """
     img = data if isinstance(data, Image.Image) else decode(data, draft_size=spec.image_size)
     if img.mode != "RGB":
@@ -168,6 +217,8 @@ def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
     arr = np.asarray(img, dtype=np.uint8)
+    if spec.frame_fill:  # before colour constancy: a black frame would also skew the illuminant estimate
+        arr = fill_dark_frame(arr)
     if spec.colour_constancy == "shades_of_gray":
         return shades_of_gray(arr, spec.shades_of_gray_p)
     if spec.colour_constancy != "none":

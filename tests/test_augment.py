@@ -73,3 +73,16 @@ def test_blur_softens_edges_in_training_only():
     out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(4).map(lambda a: layer(a, training=True)))).numpy()
     edge = out[:, 16, 14:18, 0]
     assert ((edge > 1.0) & (edge < 254.0)).any(axis=1).all()  # every image: grey values appear across the edge
+
+
+def test_filled_dermoscope_ring_takes_the_colour_of_the_skin_inside_it():
+    x = np.full((8, 64, 64, 3), (210.0, 160.0, 140.0), np.float32)
+    x[:, 28:36, 28:36] = 40.0  # a dark lesion in the middle
+    layer = RandomDermoscopeRing(1.0, seed=2, fill=True)
+    assert layer.get_config()["fill"] is True
+    out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(8).map(lambda a: layer(a, training=True)))).numpy()
+    corners = out[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    np.testing.assert_allclose(corners, np.broadcast_to([210.0, 160.0, 140.0], corners.shape), atol=1.0)
+    np.testing.assert_allclose(out[:, 28:36, 28:36], 40.0, atol=0.5)
+    augmenter = build_augmenter(seed=5, ring_rate=0.3, ring_fill=True)
+    assert augmenter.layers[-1].fill

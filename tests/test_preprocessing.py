@@ -137,3 +137,46 @@ def test_large_jpeg_draft_decoding_stays_close_to_full_decoding(malignant_jpeg):
     fast = preprocess(data, spec).astype(float)
     full = preprocess(Image.open(io.BytesIO(data)).convert("RGB"), spec).astype(float)
     assert np.abs(fast - full).mean() < 3.0
+
+
+def _framed(size=256, radius=0.5, seed=3):
+    """A synthetic lesion seen through a contact dermoscope: black outside a centred circle."""
+    arr = np.asarray(synthetic_lesion(size, seed=seed, dark=0.9)).copy()
+    yy, xx = np.mgrid[:size, :size] + 0.5 - size / 2
+    arr[np.hypot(yy, xx) > radius * size] = (8, 6, 6)
+    return arr
+
+
+def test_frame_fill_paints_a_dermoscope_frame_in_the_skin_colour_and_keeps_the_lesion():
+    from model.preprocessing import dark_corner_share, fill_dark_frame
+
+    plain = np.asarray(synthetic_lesion(256, seed=3, dark=0.9))
+    framed = _framed()
+    assert dark_corner_share(framed) > 0.9 and dark_corner_share(plain) == 0.0
+    filled = fill_dark_frame(framed)
+    assert dark_corner_share(filled) == 0.0
+    skin = np.array([225, 180, 160])
+    assert np.abs(filled[0, 0].astype(int) - skin).max() < 30  # the corner now looks like the skin near it
+    centre = slice(80, 176)  # the dark lesion, inside the frame, is left as it was
+    assert np.array_equal(filled[centre, centre], framed[centre, centre])
+    assert np.array_equal(fill_dark_frame(plain), plain)  # no frame: the same pixels
+
+
+def test_frame_fill_leaves_a_dark_lesion_at_the_edge_alone():
+    from model.preprocessing import fill_dark_frame
+
+    arr = np.full((256, 256, 3), (220, 170, 150), np.uint8)
+    arr[100:160, 0:70] = (12, 8, 8)  # a near-black lesion cut by the left edge; the corners are skin
+    assert np.array_equal(fill_dark_frame(arr), arr)
+
+
+def test_frame_fill_is_part_of_the_spec_and_off_for_older_cards():
+    spec = PreprocessSpec(64, frame_fill=True)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    old = PreprocessSpec(64).to_dict()
+    del old["frame_fill"]
+    assert PreprocessSpec.from_dict(old).frame_fill is False
+    framed = Image.fromarray(_framed(128))
+    with_fill = preprocess(framed, PreprocessSpec(64, colour_constancy="none", frame_fill=True))
+    without = preprocess(framed, PreprocessSpec(64, colour_constancy="none"))
+    assert without[0, 0].max() < 40 and with_fill[0, 0].min() > 120

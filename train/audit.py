@@ -12,6 +12,7 @@ the split's, the odds ratio and Fisher's exact test, and says which augmentation
 Cues:
 - `dark_corners`: at least half of the four corner patches (each 6/64 of the side) is near black (luminance below
   40 of 255): the ring of a contact dermoscope, or a strong vignette. Broken by `python -m train --ring-augment`.
+  The same test decides when the preprocessing's frame fill (`--frame-fill`) acts.
 """
 from __future__ import annotations
 
@@ -24,27 +25,23 @@ import numpy as np
 from PIL import Image
 from scipy.stats import fisher_exact
 
+from model import preprocessing
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
 
 log = logging.getLogger("train.audit")
 
 THUMBNAIL = 64
-CORNER = 6  # pixels of the 64 x 64 thumbnail, each side of a corner patch
-NEAR_BLACK = 40
-DARK_SHARE = 0.5
 
 
 def dark_corner_share(img: Image.Image) -> float:
-    """Share of the four corner patches' pixels that are near black, on a 64 x 64 luminance thumbnail."""
-    a = np.asarray(img.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR))
-    c = CORNER
-    corners = np.concatenate([a[:c, :c].ravel(), a[:c, -c:].ravel(), a[-c:, :c].ravel(), a[-c:, -c:].ravel()])
-    return float(np.mean(corners < NEAR_BLACK))
+    """Share of the four corner patches' pixels that are near black, on a 64 x 64 thumbnail (as the preprocessing's
+    frame fill measures it)."""
+    return preprocessing.dark_corner_share(np.asarray(img.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)))
 
 
 def has_dark_corners(img: Image.Image) -> bool:
-    return dark_corner_share(img) >= DARK_SHARE
+    return dark_corner_share(img) >= preprocessing.DARK_CORNERS
 
 
 # name -> (what it is, its detector, the training option that breaks its link to the label)

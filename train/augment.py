@@ -94,12 +94,14 @@ class RandomDermoscopeRing(layers.Layer):
 
     The radius is 0.40-0.58 of the side (from a circle that cuts deep into the corners to one that only
     clips them), the centre moves a little, the edge is soft over 1-4% of the side, and the outside is
-    near-black (0-25 per channel), as a contact dermoscope's field of view looks.
+    near-black (0-25 per channel), as a contact dermoscope's field of view looks. With `fill=True` the outside
+    takes the mean colour of the skin just inside the circle instead, as the preprocessing's frame fill
+    (`model.preprocessing.fill_dark_frame`) paints a real frame, so that a filled frame is seen on both classes.
     """
 
-    def __init__(self, rate: float = 0.3, seed: int | None = None, **kwargs):
+    def __init__(self, rate: float = 0.3, seed: int | None = None, fill: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.rate, self.seed = rate, seed
+        self.rate, self.seed, self.fill = rate, seed, fill
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=None):
@@ -121,22 +123,26 @@ class RandomDermoscopeRing(layers.Layer):
         apply = keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
         outside = (1.0 - inside) * apply
         black = keras.random.uniform((n, 1, 1, 3), 0.0, 25.0, seed=self.seed_generator)
+        if self.fill:  # the mean colour of a band 1/32 of the side wide just inside the circle
+            band = keras.ops.cast((distance <= radius) & (distance > radius - side / 32), "float32")
+            black = keras.ops.sum(images * band, axis=(1, 2), keepdims=True) / keras.ops.maximum(
+                keras.ops.sum(band, axis=(1, 2), keepdims=True), 1.0)
         return images * (1.0 - outside) + black * outside
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "fill": self.fill}
 
 
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
-                    blur_rate: float = 0.0) -> keras.Sequential:
+                    blur_rate: float = 0.0, ring_fill: bool = False) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     # sigma 0.3-2 px at 256 px: from barely soft to the robustness check's blur and half resolution
     blur = [layers.RandomGaussianBlur((blur_rate, blur_rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
                                       seed=seed + 9)] if blur_rate > 0 else []
-    ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8)] if ring_rate > 0 else []
+    ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
     return keras.Sequential(
         ink + [
             layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn

@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--image-size", type=int, default=256, help="square input size in pixels (default: 256)")
     g.add_argument("--colour-constancy", default="shades_of_gray", choices=("shades_of_gray", "none"),
                    help="colour normalisation in the shared preprocessing (default: shades_of_gray)")
+    g.add_argument("--frame-fill", action="store_true",
+                   help="paint a contact dermoscope's black frame in the colour of the skin next to it, in the one "
+                        "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
     g.add_argument("--aux-diagnosis", default=None, metavar="CSV",
@@ -380,7 +383,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
                         "(python -m train.audit)", name, t["with_cue"], t["images"], t["malignant_with_cue"],
                         100 * t["malignant_share_with_cue"], 100 * t["malignant_share_overall"], cue["remedy"])
 
-    spec = PreprocessSpec(args.image_size, args.colour_constancy)
+    spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill)
     train_split = dataset.splits["train"]
     chosen = np.arange(len(train_split))
     if args.max_train_images and args.max_train_images < len(chosen):
@@ -406,7 +409,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
-    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment)
+    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill)
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
     steps = max(1, len(x_train) // args.batch_size)
 
