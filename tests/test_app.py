@@ -36,6 +36,8 @@ def test_about_page_shows_the_model_card(client, app):
     assert f"{card['test']['roc_auc']:.3f}" in html
     assert f"on the {card['validation']['n_malignant']} melanomas of" in html  # what the threshold rests on
     assert "Intended use" in html and "Known limits" in html
+    # the shipped network was trained without the frame fill: the page warns about dermoscope frames
+    assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
 
 
 def test_healthz(client, app):
