@@ -163,36 +163,38 @@ CORNER = 6 / 64  # side of each corner patch, as a share of the image side
 DARK_CORNERS = 0.5  # share of the corner patches' pixels that must be near black
 
 
-def _luminance(arr: np.ndarray) -> np.ndarray:
-    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+def _near_black(arr: np.ndarray) -> np.ndarray:
+    """Pixels of an RGB array whose luminance (ITU-R 601, as Pillow's "L") is below NEAR_BLACK."""
+    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 < NEAR_BLACK
+
+
+def _corners(a: np.ndarray) -> np.ndarray:
+    """The four corner patches (each CORNER of the side) of a 2-D array, flattened into one."""
+    c = max(1, int(round(CORNER * min(a.shape[:2]))))
+    return np.concatenate([a[:c, :c].ravel(), a[:c, -c:].ravel(), a[-c:, :c].ravel(), a[-c:, -c:].ravel()])
 
 
 def dark_corner_share(arr: np.ndarray) -> float:
     """Share of the pixels in the four corner patches of an RGB array that are near black."""
-    dark = _luminance(arr) < NEAR_BLACK
-    c = max(1, int(round(CORNER * min(dark.shape))))
-    corners = np.concatenate([dark[:c, :c].ravel(), dark[:c, -c:].ravel(), dark[-c:, :c].ravel(),
-                              dark[-c:, -c:].ravel()])
-    return float(corners.mean())
+    return float(_corners(_near_black(arr)).mean())
 
 
 def fill_dark_frame(arr: np.ndarray) -> np.ndarray:
     """Paint the black frame of a contact dermoscope (or a strong vignette) in the colour of the skin next to it.
 
-    Only when the corners are dark (`dark_corner_share` at least 0.5): then every near-black region that reaches
-    into a corner patch, widened by 1/64 of the side to cover the frame's soft edge, takes the median colour of the
-    band of pixels just inside it. Dark lesions away from the border are never touched. Without this, a frame
+    Only when the corners are dark (`dark_corner_share` at least DARK_CORNERS): then every near-black region that
+    reaches into a corner patch, widened by 1/64 of the side to cover the frame's soft edge, takes the median colour
+    of the band of pixels just inside it. Dark lesions away from the corners are never touched. Without this, a frame
     seen mostly on melanomas in training turns benign lesions suspicious (README, "Other cameras").
     """
-    if dark_corner_share(arr) < DARK_CORNERS:
+    dark = _near_black(arr)
+    if _corners(dark).mean() < DARK_CORNERS:
         return arr
     from scipy import ndimage  # only for framed images
 
-    labels, _ = ndimage.label(_luminance(arr) < NEAR_BLACK)
+    labels, _ = ndimage.label(dark)
     side = min(labels.shape)
-    c = max(1, int(round(CORNER * side)))
-    in_corners = np.concatenate([labels[:c, :c].ravel(), labels[:c, -c:].ravel(), labels[-c:, :c].ravel(),
-                                 labels[-c:, -c:].ravel()])
+    in_corners = _corners(labels)
     frame = np.isin(labels, np.unique(in_corners[in_corners > 0]))  # the dark regions that reach into a corner
     frame = ndimage.binary_dilation(frame, iterations=max(1, side // 64))
     if frame.mean() > 0.75:  # nearly all dark: not a frame around skin (the quality check speaks to that)

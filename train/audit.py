@@ -56,6 +56,15 @@ def remedy_applied(remedy: str, args) -> bool:
     return bool(getattr(args, remedy.split()[0].lstrip("-").replace("-", "_"), 0))
 
 
+def cue_warning(name: str, cue: dict) -> str:
+    """The sentence for a cue linked to melanoma in training: how often, and the option that breaks the link."""
+    t = cue["splits"]["train"]
+    return (f"shortcut cue {name} ({cue['description']}): {t['with_cue']} of {t['images']} training images show it, "
+            f"{t['malignant_with_cue']} of them malignant ({t['malignant_share_with_cue']:.0%} against "
+            f"{t['malignant_share_overall']:.0%} overall); a network can learn it instead of the lesion. Train with "
+            f"{cue['remedy']} to break the link.")
+
+
 def cue_table(flags: np.ndarray, labels: np.ndarray) -> dict:
     """Counts, melanoma shares, odds ratio and Fisher's exact test of one cue against the label."""
     flags, labels = np.asarray(flags, bool), np.asarray(labels, int)
@@ -130,8 +139,7 @@ def main(argv=None) -> dict:
                   f"{share} / {t['malignant_share_overall']:.2f} | {odds} | {t['fisher_p']:.2g} |")
     for name, cue in result["cues"].items():
         if cue["linked_to_malignant_in_training"]:
-            print(f"warning: {name} ({cue['description']}) goes with melanoma in the training split; a network can "
-                  f"learn it instead of the lesion. Train with {cue['remedy']} to break the link.")
+            print(f"warning: {cue_warning(name, cue)}")
     print(f"written: {out / 'audit.json'}")
     return result
 

@@ -32,7 +32,7 @@ from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
-from train.audit import audit, remedy_applied
+from train.audit import audit, cue_warning, remedy_applied
 from train.augment import build_augmenter
 from train.calibrate import operating_point
 from train.evaluate import evaluate_split
@@ -376,12 +376,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     cues = audit(dataset)
     (run_dir / "audit.json").write_text(json.dumps(cues, indent=2) + "\n")
     for name, cue in cues["cues"].items():
-        t = cue["splits"]["train"]
         if cue["linked_to_malignant_in_training"] and not remedy_applied(cue["remedy"], args):
-            log.warning("shortcut cue %s: %d of %d training images show it, %d of them malignant (%.0f%% against "
-                        "%.0f%% overall); the network can learn it instead of the lesion. Consider %s. "
-                        "(python -m train.audit)", name, t["with_cue"], t["images"], t["malignant_with_cue"],
-                        100 * t["malignant_share_with_cue"], 100 * t["malignant_share_overall"], cue["remedy"])
+            log.warning("%s (python -m train.audit)", cue_warning(name, cue))
 
     spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill)
     train_split = dataset.splits["train"]
