@@ -1,0 +1,95 @@
+"""The ship rule: each condition passes and fails where it should, and the command says why."""
+import json
+
+import pytest
+
+from train.shipcheck import Limits, check, main
+
+
+def _card(val_auc=0.891, ece=0.036, test_auc=0.821, seconds=2167.5, data_hash="abc") -> dict:
+    return {"validation": {"roc_auc": val_auc},
+            "test": {"roc_auc": test_auc, "ece": ece, "data_hash": data_hash},
+            "training": {"seconds": seconds}}
+
+
+def _rows(blur=-0.029, ring_spec=0.40, ring_refused=0.41, spec=0.64) -> dict:
+    def row(change, specificity, refused):
+        return {"auc_change": change, "specificity": specificity, "refused_by_gate": refused}
+    return {"none": row(0.0, spec, 0.015), "blur": row(blur, 0.52, 0.26),
+            "dermoscope_ring": row(-0.02, ring_spec, ring_refused)}
+
+
+def _failed(conditions) -> list[str]:
+    return [c.name for c in conditions if not c.passed]
+
+
+def test_a_candidate_as_good_everywhere_and_robust_to_the_ring_ships():
+    conditions = check(_card(), _card(val_auc=0.889), _rows(), _rows(ring_spec=0.62, ring_refused=0.05))
+    assert _failed(conditions) == []
+    names = [c.name for c in conditions]
+    assert names == ["validation AUC", "test ECE", "training minutes", "blur: AUC change",
+                     "dermoscope_ring: AUC change", "dermoscope_ring: specificity lost",
+                     "dermoscope_ring: refused by the gate"]
+
+
+@pytest.mark.parametrize("candidate, rows, failing", [
+    (_card(val_auc=0.885), {}, "validation AUC"),
+    (_card(ece=0.052), {}, "test ECE"),
+    (_card(seconds=61 * 60), {}, "training minutes"),
+    (_card(), {"blur": -0.040}, "blur: AUC change"),
+    (_card(), {"ring_spec": 0.58}, "dermoscope_ring: specificity lost"),
+    (_card(), {"ring_refused": 0.10}, "dermoscope_ring: refused by the gate"),
+])
+def test_each_condition_fails_on_its_own(candidate, rows, failing):
+    cand_rows = _rows(**{"ring_spec": 0.62, "ring_refused": 0.05, **rows})
+    assert _failed(check(_card(), candidate, _rows(), cand_rows)) == [failing]
+
+
+def test_the_baseline_itself_fails_the_ring_conditions_it_is_measured_against():
+    assert _failed(check(_card(), _card(), _rows(), _rows())) == ["dermoscope_ring: specificity lost",
+                                                                    "dermoscope_ring: refused by the gate"]
+
+
+def test_the_test_auc_gain_is_checked_only_when_asked():
+    limits = Limits(held_shifts=(), min_test_auc_gain=0.01)
+    assert _failed(check(_card(), _card(test_auc=0.829), _rows(), _rows(), limits)) == ["test AUC"]
+    assert _failed(check(_card(), _card(test_auc=0.832), _rows(), _rows(), limits)) == []
+    assert "test AUC" not in [c.name for c in check(_card(), _card(), _rows(), _rows(), Limits(held_shifts=()))]
+
+
+def test_cards_evaluated_on_different_data_are_not_compared():
+    with pytest.raises(ValueError, match="different data"):
+        check(_card(), _card(data_hash="other"), _rows(), _rows())
+
+
+def _write_bundle(folder, name, card):
+    (folder / f"{name}.keras").write_bytes(b"")
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return str(folder / f"{name}.keras")
+
+
+def test_the_command_prints_the_verdict_writes_it_and_exits_by_it(tmp_path, capsys):
+    base = _write_bundle(tmp_path, "base", _card())
+    cand = _write_bundle(tmp_path, "cand", _card(ece=0.06))
+    report = tmp_path / "robustness.json"
+    report.write_text(json.dumps({"results": {base: _rows(), cand: _rows(ring_spec=0.62, ring_refused=0.05)}}))
+    assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "does not ship: fails test ECE" in out
+    written = json.loads((tmp_path / "shipcheck.json").read_text())
+    assert written["ships"] is False and written["limits"]["max_ece"] == 0.05
+    assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report), "--max-ece", "0.07"]) == 0
+    assert "ships: every condition passes" in capsys.readouterr().out
+
+
+def test_the_command_explains_a_bundle_missing_from_the_report(tmp_path, capsys):
+    base = _write_bundle(tmp_path, "base", _card())
+    cand = _write_bundle(tmp_path, "cand", _card())
+    report = tmp_path / "robustness.json"
+    report.write_text(json.dumps({"results": {base: _rows()}}))
+    assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert "cand.keras is not in the robustness report" in err and "Traceback" not in err
+    assert main(["--baseline", base, "--candidate", str(tmp_path / "nowhere.keras"),
+                 "--robustness", str(report)]) == 2
+    assert "cannot compare the bundles" in capsys.readouterr().err

@@ -1,0 +1,155 @@
+"""Should a newly trained bundle replace the shipped one? One written rule, applied the same way every time.
+
+    python -m train.robustness --model model/shipped/melanoma_efficientnet.keras \
+        --model runs/NEW/melanoma_efficientnet.keras --data ../shared/data/isic2017 --out runs/robustness_NEW
+    python -m train.shipcheck --baseline model/shipped/melanoma_efficientnet.keras \
+        --candidate runs/NEW/melanoma_efficientnet.keras --robustness runs/robustness_NEW/robustness.json
+
+It reads both model cards (validation AUC, test calibration error and AUC, training time, and the data the
+test metrics ran on) and the robustness report that scored both bundles on the same images, prints one row
+per condition with both values and the limit, writes `shipcheck.json` beside the report, and exits with 1
+when any condition fails. Fix the limits before the candidate trains: limits chosen after seeing its test
+numbers are a choice made on the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model.bundle import load_card
+
+
+@dataclass(frozen=True)
+class Limits:
+    val_auc_margin: float = 0.005     # candidate's validation AUC at least the baseline's minus this
+    max_ece: float = 0.05             # the calibration target of issue #2
+    max_train_minutes: float = 60.0   # the training budget of issue #2
+    shift_margin: float = 0.01        # no shift may cost the candidate more AUC than the baseline plus this
+    held_shifts: tuple[str, ...] = ("dermoscope_ring",)  # shifts under which the verdicts must hold
+    held_spec_margin: float = 0.05    # ... specificity within this of the unshifted images
+    held_max_refused: float = 0.10    # ... and the gate refusing less than this share
+    min_test_auc_gain: float | None = None  # optional: test AUC at least the baseline's plus this
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    baseline: float | None
+    candidate: float
+    limit: str
+    passed: bool
+
+
+def _model_results(report: dict, model_path: str | Path) -> dict:
+    """The report's rows for one bundle; the report is keyed by the paths given to train.robustness."""
+    wanted = Path(model_path).resolve()
+    for key, rows in report["results"].items():
+        if Path(key).resolve() == wanted:
+            return rows
+    raise ValueError(f"{model_path} is not in the robustness report; it holds: {', '.join(report['results'])}. "
+                     "Run python -m train.robustness with --model for both bundles.")
+
+
+def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, limits: Limits = Limits()) -> list[Condition]:
+    """Every condition of the rule, in order. `baseline`/`candidate` are model cards, `*_rows` robustness rows."""
+    if baseline["test"].get("data_hash") != candidate["test"].get("data_hash"):
+        raise ValueError("the two cards' test metrics ran on different data (data_hash differs); "
+                         "evaluate both on the same data first (python -m train.evaluate --update-card)")
+    conditions = []
+    base_val, cand_val = baseline["validation"]["roc_auc"], candidate["validation"]["roc_auc"]
+    floor = base_val - limits.val_auc_margin
+    conditions.append(Condition("validation AUC", base_val, cand_val, f">= {floor:.3f}", cand_val >= floor))
+    ece = candidate["test"]["ece"]
+    conditions.append(Condition("test ECE", baseline["test"]["ece"], ece, f"<= {limits.max_ece:.3f}",
+                                ece <= limits.max_ece))
+    if limits.min_test_auc_gain is not None:
+        base_auc, cand_auc = baseline["test"]["roc_auc"], candidate["test"]["roc_auc"]
+        floor = base_auc + limits.min_test_auc_gain
+        conditions.append(Condition("test AUC", base_auc, cand_auc, f">= {floor:.3f}", cand_auc >= floor))
+    minutes = candidate["training"]["seconds"] / 60.0
+    conditions.append(Condition("training minutes", baseline["training"]["seconds"] / 60.0, minutes,
+                                f"<= {limits.max_train_minutes:g}", minutes <= limits.max_train_minutes))
+    for shift, cand in cand_rows.items():
+        if shift == "none" or shift not in base_rows:
+            continue
+        floor = base_rows[shift]["auc_change"] - limits.shift_margin
+        conditions.append(Condition(f"{shift}: AUC change", base_rows[shift]["auc_change"], cand["auc_change"],
+                                    f">= {floor:+.3f}", cand["auc_change"] >= floor))
+    for shift in limits.held_shifts:
+        if shift not in cand_rows:
+            continue
+        drop = cand_rows["none"]["specificity"] - cand_rows[shift]["specificity"]
+        base_drop = base_rows["none"]["specificity"] - base_rows[shift]["specificity"] if shift in base_rows else None
+        conditions.append(Condition(f"{shift}: specificity lost", base_drop, drop,
+                                    f"<= {limits.held_spec_margin:.3f}", drop <= limits.held_spec_margin))
+        refused = cand_rows[shift]["refused_by_gate"]
+        base_refused = base_rows[shift]["refused_by_gate"] if shift in base_rows else None
+        conditions.append(Condition(f"{shift}: refused by the gate", base_refused, refused,
+                                    f"< {limits.held_max_refused:.3f}", refused < limits.held_max_refused))
+    return conditions
+
+
+def format_table(conditions: list[Condition]) -> str:
+    lines = [f"{'condition':<34} {'baseline':>9} {'candidate':>9} {'limit':>10}  verdict", "-" * 74]
+    for c in conditions:
+        base = "" if c.baseline is None else f"{c.baseline:.3f}"
+        lines.append(f"{c.name:<34} {base:>9} {c.candidate:>9.3f} {c.limit:>10}  {'pass' if c.passed else 'FAIL'}")
+    failed = [c.name for c in conditions if not c.passed]
+    lines.append("-" * 74)
+    lines.append("ships: every condition passes" if not failed else f"does not ship: fails {', '.join(failed)}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = Limits()
+    parser = argparse.ArgumentParser(prog="python -m train.shipcheck", description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", required=True, help="the bundle in use, e.g. model/shipped/melanoma_efficientnet.keras")
+    parser.add_argument("--candidate", required=True, help="the newly trained bundle")
+    parser.add_argument("--robustness", required=True,
+                        help="robustness.json of python -m train.robustness run with both bundles")
+    parser.add_argument("--val-auc-margin", type=float, default=d.val_auc_margin,
+                        help=f"validation AUC at least the baseline's minus this (default: {d.val_auc_margin})")
+    parser.add_argument("--max-ece", type=float, default=d.max_ece, help=f"(default: {d.max_ece})")
+    parser.add_argument("--max-train-minutes", type=float, default=d.max_train_minutes,
+                        help=f"(default: {d.max_train_minutes:g})")
+    parser.add_argument("--shift-margin", type=float, default=d.shift_margin,
+                        help=f"largest extra AUC a shift may cost beyond the baseline's loss (default: {d.shift_margin})")
+    parser.add_argument("--held-shifts", default=",".join(d.held_shifts),
+                        help=f"comma-separated shifts under which specificity and the gate must hold "
+                             f"(default: {','.join(d.held_shifts)})")
+    parser.add_argument("--held-spec-margin", type=float, default=d.held_spec_margin,
+                        help=f"largest specificity lost under a held shift (default: {d.held_spec_margin})")
+    parser.add_argument("--held-max-refused", type=float, default=d.held_max_refused,
+                        help=f"share refused under a held shift must stay below this (default: {d.held_max_refused})")
+    parser.add_argument("--min-test-auc-gain", type=float, default=None,
+                        help="also require test AUC at least the baseline's plus this (default: not checked)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    limits = Limits(args.val_auc_margin, args.max_ece, args.max_train_minutes, args.shift_margin,
+                    tuple(s.strip() for s in args.held_shifts.split(",") if s.strip()),
+                    args.held_spec_margin, args.held_max_refused, args.min_test_auc_gain)
+    try:
+        report = json.loads(Path(args.robustness).read_text())
+        conditions = check(load_card(args.baseline), load_card(args.candidate),
+                           _model_results(report, args.baseline), _model_results(report, args.candidate), limits)
+    except (OSError, ValueError, KeyError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        print(f"python -m train.shipcheck: cannot compare the bundles: {detail}", file=sys.stderr)
+        return 2
+    print(format_table(conditions))
+    out = Path(args.robustness).parent / "shipcheck.json"
+    out.write_text(json.dumps({"baseline": args.baseline, "candidate": args.candidate, "limits": asdict(limits),
+                               "ships": all(c.passed for c in conditions),
+                               "conditions": [asdict(c) for c in conditions]}, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0 if all(c.passed for c in conditions) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
