@@ -60,6 +60,12 @@ def test_the_test_auc_gain_is_checked_only_when_asked():
 def test_cards_evaluated_on_different_data_are_not_compared():
     with pytest.raises(ValueError, match="different data"):
         check(_card(), _card(data_hash="other"), _rows(), _rows())
+    trained = _card(data_hash=None)  # python -m train's own card: the run's data hash, none in its test section
+    trained["data"] = {"hash": "abc"}
+    assert check(_card(), trained, _rows(), _rows(), Limits(held_shifts=()))
+    trained["data"] = {"hash": "other"}
+    with pytest.raises(ValueError, match="different data"):
+        check(_card(), trained, _rows(), _rows())
 
 
 def _write_bundle(folder, name, card):

@@ -53,9 +53,14 @@ def _model_results(report: dict, model_path: str | Path) -> dict:
                      "Run python -m train.robustness with --model for both bundles.")
 
 
+def _test_data_hash(card: dict) -> str | None:
+    """The data the card's test metrics ran on: set by train.evaluate, else the training run's own data."""
+    return card["test"].get("data_hash") or card.get("data", {}).get("hash")
+
+
 def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, limits: Limits = Limits()) -> list[Condition]:
     """Every condition of the rule, in order. `baseline`/`candidate` are model cards, `*_rows` robustness rows."""
-    if baseline["test"].get("data_hash") != candidate["test"].get("data_hash"):
+    if _test_data_hash(baseline) != _test_data_hash(candidate):
         raise ValueError("the two cards' test metrics ran on different data (data_hash differs); "
                          "evaluate both on the same data first (python -m train.evaluate --update-card)")
     conditions = []
