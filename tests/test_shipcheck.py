@@ -76,14 +76,18 @@ def _write_bundle(folder, name, card):
 
 def test_the_command_prints_the_verdict_writes_it_and_exits_by_it(tmp_path, capsys):
     base = _write_bundle(tmp_path, "base", _card())
-    cand = _write_bundle(tmp_path, "cand", _card(ece=0.06))
+    candidate = _card(ece=0.06)
+    candidate["training"]["cpu"] = "Intel(R) Xeon(R) Processor"
+    cand = _write_bundle(tmp_path, "cand", candidate)
     report = tmp_path / "robustness.json"
     report.write_text(json.dumps({"results": {base: _rows(), cand: _rows(ring_spec=0.62, ring_refused=0.05)}}))
     assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report)]) == 1
     out = capsys.readouterr().out
     assert "does not ship: fails test ECE" in out
+    assert "trained on: baseline not recorded; candidate Intel(R) Xeon(R) Processor" in out
     written = json.loads((tmp_path / "shipcheck.json").read_text())
     assert written["ships"] is False and written["limits"]["max_ece"] == 0.05
+    assert written["trained_on"]["candidate"] == "Intel(R) Xeon(R) Processor"
     assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report), "--max-ece", "0.07"]) == 0
     assert "ships: every condition passes" in capsys.readouterr().out
 

@@ -44,6 +44,7 @@ def test_model_card_is_complete(trained):
     assert len(card["data"]["hash"]) == 64
     assert card["data"]["shortcut_cues"]["dark_corners"]["train_images_with_cue"] == 0  # no ring in tiny_data
     assert card["training"]["command"].startswith("python -m train")
+    assert card["training"]["cpu"] and card["training"]["cpu"] != "unknown"  # training time is read against it
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
     for key in ("roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "ece", "brier", "accuracy", "macro"):
         assert key in card["test"], key

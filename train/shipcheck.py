@@ -148,8 +148,12 @@ def main(argv=None) -> int:
         print(f"python -m train.shipcheck: cannot compare the bundles: {detail}", file=sys.stderr)
         return 2
     print(format_table(conditions))
+    machines = {role: load_card(path)["training"].get("cpu", "not recorded")
+                for role, path in (("baseline", args.baseline), ("candidate", args.candidate))}
+    print("trained on: " + "; ".join(f"{role} {cpu}" for role, cpu in machines.items())
+          + " (training minutes compare only on the same machine)")
     out = Path(args.robustness).parent / "shipcheck.json"
-    out.write_text(json.dumps({"baseline": args.baseline, "candidate": args.candidate, "limits": asdict(limits),
+    out.write_text(json.dumps({"baseline": args.baseline, "candidate": args.candidate, "limits": asdict(limits), "trained_on": machines,
                                "ships": all(c.passed for c in conditions),
                                "conditions": [asdict(c) for c in conditions]}, indent=2) + "\n")
     print(f"written: {out}")

@@ -343,6 +343,17 @@ def library_versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__, "scikit-learn": sklearn.__version__}
 
 
+def cpu_model() -> str:
+    """The processor's name, so that a training time can be read against the machine that took it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def train(args: argparse.Namespace) -> Bundle | None:
     """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
     started = time.perf_counter()
@@ -486,6 +497,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
                                       for r in history[1:])),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(),
         },
         "libraries": library_versions(),
         "intended_use": "A decision aid for clinicians screening dermoscopic images of single skin lesions for "
