@@ -141,23 +141,24 @@ def main(argv=None) -> int:
                     args.held_spec_margin, args.held_max_refused, args.min_test_auc_gain)
     try:
         report = json.loads(Path(args.robustness).read_text())
-        conditions = check(load_card(args.baseline), load_card(args.candidate),
-                           _model_results(report, args.baseline), _model_results(report, args.candidate), limits)
+        cards = {"baseline": load_card(args.baseline), "candidate": load_card(args.candidate)}
+        conditions = check(cards["baseline"], cards["candidate"], _model_results(report, args.baseline),
+                           _model_results(report, args.candidate), limits)
     except (OSError, ValueError, KeyError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         print(f"python -m train.shipcheck: cannot compare the bundles: {detail}", file=sys.stderr)
         return 2
+    ships = all(c.passed for c in conditions)
+    machines = {role: card["training"].get("cpu", "not recorded") for role, card in cards.items()}
     print(format_table(conditions))
-    machines = {role: load_card(path)["training"].get("cpu", "not recorded")
-                for role, path in (("baseline", args.baseline), ("candidate", args.candidate))}
     print("trained on: " + "; ".join(f"{role} {cpu}" for role, cpu in machines.items())
           + " (training minutes compare only on the same machine)")
     out = Path(args.robustness).parent / "shipcheck.json"
-    out.write_text(json.dumps({"baseline": args.baseline, "candidate": args.candidate, "limits": asdict(limits), "trained_on": machines,
-                               "ships": all(c.passed for c in conditions),
+    out.write_text(json.dumps({"baseline": args.baseline, "candidate": args.candidate, "limits": asdict(limits),
+                               "trained_on": machines, "ships": ships,
                                "conditions": [asdict(c) for c in conditions]}, indent=2) + "\n")
     print(f"written: {out}")
-    return 0 if all(c.passed for c in conditions) else 1
+    return 0 if ships else 1
 
 
 if __name__ == "__main__":
