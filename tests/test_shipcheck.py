@@ -1,8 +1,12 @@
 """The ship rule: each condition passes and fails where it should, and the command says why."""
 import json
+import shutil
 
+import numpy as np
 import pytest
 
+from conftest import ROOT
+from train.metrics import paired_auc_difference
 from train.shipcheck import Limits, check, main
 
 
@@ -103,3 +107,72 @@ def test_the_command_explains_a_bundle_missing_from_the_report(tmp_path, capsys)
     assert main(["--baseline", base, "--candidate", str(tmp_path / "nowhere.keras"),
                  "--robustness", str(report)]) == 2
     assert "cannot compare the bundles" in capsys.readouterr().err
+
+
+def _scores(seed=0, n=150, n_malignant=30):
+    rng = np.random.default_rng(seed)
+    y = np.array([1] * n_malignant + [0] * (n - n_malignant))
+    return y, rng.random(n)
+
+
+def test_the_paired_auc_difference_of_a_model_with_itself_is_exactly_zero():
+    y, p = _scores()
+    paired = paired_auc_difference(p, p, y, n=200)
+    assert paired["difference"] == 0.0 and paired["difference_ci95"] == [0.0, 0.0]
+    assert (paired["n"], paired["n_malignant"]) == (150, 30)
+
+
+def test_the_paired_interval_separates_a_clearly_better_model_and_is_seeded():
+    y, noise = _scores()
+    better = y + 0.8 * noise            # nearly every melanoma above every benign image
+    paired = paired_auc_difference(noise, better, y, n=500)
+    assert paired["baseline"] < 0.65 < 0.95 < paired["candidate"]
+    low, high = paired["difference_ci95"]
+    assert 0.0 < low < paired["difference"] < high
+    swapped = paired_auc_difference(better, noise, y, n=500)
+    assert swapped["difference_ci95"][1] < 0.0
+    assert paired_auc_difference(noise, better, y, n=500) == paired
+    assert paired_auc_difference(noise, better, y, n=500, seed=1) != paired
+
+
+def test_the_paired_difference_needs_both_classes_and_the_same_images():
+    y, p = _scores()
+    with pytest.raises(ValueError, match="same images"):
+        paired_auc_difference(p, p[:-1], y)
+    with pytest.raises(ValueError, match="both benign and malignant"):
+        paired_auc_difference(p, p, np.zeros_like(y))
+
+
+def _paired(base, cand, low, high, n=150, n_malignant=30):
+    return {"n": n, "n_malignant": n_malignant, "baseline": base, "candidate": cand, "difference": cand - base,
+            "difference_ci95": [low, high]}
+
+
+def test_paired_comparisons_replace_the_card_validation_condition_and_guard_the_test_split():
+    robust = _rows(ring_spec=0.62, ring_refused=0.05)
+    # a validation AUC 0.025 lower on the cards, not detectably lower image by image: passes
+    paired = {"val": _paired(0.891, 0.866, -0.07, 0.02), "test": _paired(0.821, 0.830, -0.02, 0.04, 582, 114)}
+    conditions = check(_card(), _card(val_auc=0.866), _rows(), robust, paired=paired)
+    assert _failed(conditions) == []
+    assert [c.name for c in conditions][:3] == ["validation AUC, paired", "test AUC, paired", "test ECE"]
+    assert "95% interval [-0.070, +0.020], 150 images (30 malignant)" in conditions[0].detail
+    # detectably worse on test: fails, whatever the cards say
+    paired["test"] = _paired(0.821, 0.780, -0.07, -0.01, 582, 114)
+    assert _failed(check(_card(), _card(), _rows(), robust, paired=paired)) == ["test AUC, paired"]
+    assert _failed(check(_card(), _card(), _rows(), robust, Limits(paired_margin=0.02), paired)) == []
+
+
+def test_the_command_scores_both_bundles_image_by_image_with_data(tmp_path, tiny_data, capsys):
+    shipped = ROOT / "model" / "shipped"
+    for role in ("base", "cand"):
+        shutil.copytree(shipped, tmp_path / role)
+    base, cand = (str(tmp_path / role / "melanoma_efficientnet.keras") for role in ("base", "cand"))
+    report = tmp_path / "robustness.json"
+    report.write_text(json.dumps({"results": {base: _rows(), cand: _rows(ring_spec=0.62, ring_refused=0.05)}}))
+    assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report),
+                 "--data", str(tiny_data), "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "validation AUC, paired" in out and "test AUC, paired" in out
+    assert "difference +0.000, 95% interval [+0.000, +0.000], 12 images (6 malignant)" in out
+    written = json.loads((tmp_path / "shipcheck.json").read_text())
+    assert written["paired"]["val"]["difference"] == 0.0 and written["paired"]["test"]["n"] == 12
