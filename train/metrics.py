@@ -73,31 +73,49 @@ def bootstrap_intervals(p: np.ndarray, y: np.ndarray, threshold: float, n: int =
     return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items()}
 
 
+def paired_auc_interval(y: np.ndarray, p_ref: np.ndarray, p: np.ndarray, n: int = 2000, seed: int = 0,
+                        stratified: bool = False) -> list[float]:
+    """Percentile bootstrap 95% interval of AUC(p) - AUC(p_ref), two scorings of the same images.
+
+    Both scorings see the same resample, so the images' own difficulty drops out of the spread. Plain
+    resampling draws images with replacement (resamples with one class only are skipped); stratified
+    resampling draws the malignant and the benign images apart, so every resample keeps the class counts.
+    """
+    y = np.asarray(y, np.int64)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    diffs = []
+    for _ in range(n):
+        if stratified:
+            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        else:
+            idx = rng.integers(0, len(y), len(y))
+            if y[idx].min() == y[idx].max():
+                continue
+        diffs.append(skm.roc_auc_score(y[idx], p[idx]) - skm.roc_auc_score(y[idx], p_ref[idx]))
+    if not diffs:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+
+
 def paired_auc_difference(p_base: np.ndarray, p_cand: np.ndarray, y: np.ndarray, n: int = 2000,
                           seed: int = 0) -> dict:
     """ROC AUC of two models scored on the same images, and a 95% interval of candidate minus baseline.
 
-    Stratified percentile bootstrap: each resample draws the malignant and the benign images apart, with
-    replacement, so every resample keeps the split's class counts, and both models see the same resample.
-    Pairing removes the images' own difficulty from the spread, which is what makes a comparison on a small
-    split (150 validation images, 30 melanomas) say anything at all.
+    The interval is a stratified paired bootstrap (`paired_auc_interval`): pairing removes the images' own
+    difficulty from the spread, which is what makes a comparison on a small split (150 validation images,
+    30 melanomas) say anything at all.
     """
     p_base, p_cand = np.asarray(p_base, np.float64), np.asarray(p_cand, np.float64)
     y = np.asarray(y, np.int64)
     if p_base.shape != y.shape or p_cand.shape != y.shape:
         raise ValueError("both models must be scored on the same images")
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if len(pos) == 0 or len(neg) == 0:
+    if y.min() == y.max():
         raise ValueError("a paired AUC needs both benign and malignant images")
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n)
-    for i in range(n):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        diffs[i] = skm.roc_auc_score(y[idx], p_cand[idx]) - skm.roc_auc_score(y[idx], p_base[idx])
     base, cand = float(skm.roc_auc_score(y, p_base)), float(skm.roc_auc_score(y, p_cand))
-    return {"n": int(len(y)), "n_malignant": int(len(pos)), "baseline": base, "candidate": cand,
+    return {"n": int(len(y)), "n_malignant": int(y.sum()), "baseline": base, "candidate": cand,
             "difference": cand - base,
-            "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+            "difference_ci95": paired_auc_interval(y, p_base, p_cand, n=n, seed=seed, stratified=True)}
 
 
 def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float, bootstrap: int = 2000) -> dict:

@@ -27,7 +27,7 @@ from model.bundle import load_bundle
 from model.inference import Predictor, calibrated_malignant_probability
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.metrics import expected_calibration_error
+from train.metrics import expected_calibration_error, paired_auc_interval
 from train.plots import robustness_chart
 
 log = logging.getLogger("train.robustness")
@@ -130,20 +130,6 @@ def score_images(predictor: Predictor, images: list[Image.Image], batch_size: in
     return np.concatenate(probs), np.concatenate(refused)
 
 
-def auc_change_interval(y: np.ndarray, p_ref: np.ndarray, p: np.ndarray, n: int, seed: int = 0) -> list[float]:
-    """Paired percentile bootstrap 95% interval of AUC(p) - AUC(p_ref), resampling images."""
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() == y[idx].max():
-            continue
-        diffs.append(skm.roc_auc_score(y[idx], p[idx]) - skm.roc_auc_score(y[idx], p_ref[idx]))
-    if not diffs:
-        return [float("nan"), float("nan")]
-    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
-
-
 def shift_metrics(y: np.ndarray, p: np.ndarray, refused: np.ndarray, p_ref: np.ndarray, threshold: float,
                   bootstrap: int) -> dict:
     pred, pred_ref = p >= threshold, p_ref >= threshold
@@ -151,7 +137,7 @@ def shift_metrics(y: np.ndarray, p: np.ndarray, refused: np.ndarray, p_ref: np.n
     return {
         "roc_auc": float(auc),
         "auc_change": float(auc - auc_ref),
-        "auc_change_ci95": auc_change_interval(y, p_ref, p, bootstrap),
+        "auc_change_ci95": paired_auc_interval(y, p_ref, p, bootstrap),
         "sensitivity": float(pred[y == 1].mean()),
         "specificity": float((~pred[y == 0]).mean()),
         "ece": expected_calibration_error(p, y)[0],
