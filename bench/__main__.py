@@ -121,6 +121,11 @@ def load(port: int, bodies: list[tuple[bytes, str]], concurrency: int, total: in
             "p99_ms": float(np.percentile(ms, 99)), "throughput_per_s": total / wall}
 
 
+def memory_checkpoints(total: int, first: int = 500) -> list[int]:
+    """Upload counts after which memory is read: after `first` (when fewer than `total`) and at `total`."""
+    return sorted({min(first, total), total})
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (gunicorn master + workers), in MiB."""
     total = 0
@@ -214,6 +219,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-usual", action="store_true", help="do not measure the usual-way server")
     parser.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
     args = parser.parse_args(argv)
+    for name in ("requests", "memory_requests"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {getattr(args, name)}")
 
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "model": args.model}
@@ -237,7 +245,7 @@ def main(argv=None) -> dict:
             if kind == "app":
                 memory = {"start_mb": rss_mb(proc.pid)}
                 done = 0
-                for checkpoint in (500, args.memory_requests):
+                for checkpoint in memory_checkpoints(args.memory_requests):
                     load(port, bodies["600x450"], 4, checkpoint - done)
                     done = checkpoint
                     memory[f"after_{checkpoint}_mb"] = rss_mb(proc.pid)

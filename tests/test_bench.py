@@ -1,0 +1,20 @@
+"""The benchmark's own arithmetic and argument checks (the measurements themselves are `python -m bench`)."""
+import pytest
+
+from bench.__main__ import main, memory_checkpoints
+
+
+@pytest.mark.parametrize("total, expected", [(2000, [500, 2000]), (500, [500]), (100, [100]), (1, [1])])
+def test_memory_is_read_after_500_uploads_and_at_the_end_never_after_an_empty_load(total, expected):
+    checkpoints = memory_checkpoints(total)
+    assert checkpoints == expected
+    loads = [b - a for a, b in zip([0] + checkpoints, checkpoints)]
+    assert all(n > 0 for n in loads) and sum(loads) == total
+
+
+@pytest.mark.parametrize("flag", ["--requests", "--memory-requests"])
+def test_a_count_below_one_is_refused_with_a_sentence(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([flag, "0"])
+    assert exc.value.code == 2
+    assert f"{flag} must be at least 1. Received: 0" in capsys.readouterr().err
