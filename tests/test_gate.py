@@ -85,3 +85,26 @@ def test_page_says_when_the_model_is_unsure(client, app, malignant_jpeg, monkeyp
     page = client.post("/predict", data={"image": (io.BytesIO(malignant_jpeg), "m.jpg")},
                        content_type="multipart/form-data").get_data(as_text=True)
     assert "The model is unsure" in page and "review is advised" in page
+
+
+def _row(layer, percentile, lesions, nonlesion):
+    return {"layer": layer, "percentile": percentile, "val_lesions_refused": lesions, "nonlesion_refused": nonlesion}
+
+
+def test_gate_rule_takes_the_most_non_lesions_refused_within_the_lesion_limit():
+    from train.gate import choose
+
+    rows = [_row("a", 99.5, 0.007, 0.913), _row("b", 99.5, 0.033, 1.0), _row("c", 99.5, 0.013, 0.946)]
+    assert choose(rows)["layer"] == "c"  # b refuses more non-lesions but 3.3% of the lesions
+    assert choose(rows, max_val_lesion_refusal=0.05)["layer"] == "b"
+
+
+def test_gate_rule_breaks_ties_by_lesions_then_by_order_and_falls_back_to_the_fewest_lesions():
+    from train.gate import choose
+
+    tie = [_row("a", 99.0, 0.013, 1.0), _row("a", 99.5, 0.007, 1.0), _row("b", 99.5, 0.007, 1.0)]
+    assert (choose(tie)["layer"], choose(tie)["percentile"]) == ("a", 99.5)
+    over = [_row("a", 99.5, 0.05, 1.0), _row("b", 99.5, 0.03, 0.5), _row("c", 99.5, 0.03, 0.9)]
+    assert choose(over)["layer"] == "c"
+    with pytest.raises(ValueError):
+        choose([])

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
+from train.gate import GATE_CANDIDATES, choose
 from train.train import early_stop_epoch, fit_stage, main as train_main, make_dataset
 
 pytestmark = pytest.mark.slow
@@ -48,6 +49,30 @@ def test_model_card_is_complete(trained):
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
     for key in ("roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "ece", "brier", "accuracy", "macro"):
         assert key in card["test"], key
+
+
+def test_the_gate_layer_is_chosen_by_the_rule_and_the_sweep_is_in_the_card(trained):
+    gate = load_bundle(trained / "bundle" / "tiny.keras").card["gate"]
+    rows = gate["selection"]["candidates"]
+    assert [(r["layer"], r["percentile"]) for r in rows] == list(GATE_CANDIDATES)
+    manifest = list(csv.DictReader(open(trained / "nonlesion_seed0" / "MANIFEST.csv")))
+    assert gate["selection"]["nonlesion_images"] == len(manifest) >= 80
+    assert all(0.0 <= r["val_lesions_refused"] <= 1.0 and 0.0 <= r["nonlesion_refused"] <= 1.0 for r in rows)
+    # the synthetic flat images fail the quality gate whatever the layer
+    assert min(r["nonlesion_refused"] for r in rows) > 0.1
+    chosen = choose(rows)
+    assert (gate["layer"], gate["percentile_of_training_images"]) == (chosen["layer"], chosen["percentile"])
+    # the stored gate is the chosen candidate's, refitted through the serving runtime
+    assert gate["distance_threshold"] == pytest.approx(chosen["distance_threshold"], rel=0.02)
+
+
+def test_an_unknown_gate_layer_stops_training_before_it_starts(tiny_data, tmp_path, caplog):
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--gate-layer", "block9z_add",
+                    "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "--gate-layer block9z_add is not a layer of efficientnet_lite0" in caplog.text
+    assert not (tmp_path / "run" / "history.csv").exists()
 
 
 def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):

@@ -5,7 +5,10 @@
 
 `--fit` stores in the bundle: quality limits and the training split's pooled features
 (`<name>.gate.npz`, with the k-NN distance threshold at `--percentile` of the training images'
-leave-one-out distances), and the indeterminate band, sized on the validation split. Without
+leave-one-out distances), and the indeterminate band, sized on the validation split. `--fit --select`
+(what `python -m train` does) chooses the layer and percentile by a fixed rule instead: of the
+candidate pairs, the one that refuses the most images of the non-lesion set (`python -m train.nonlesion`,
+seed 0) while refusing at most 2% of the validation lesions; the sweep is stored in the card. Without
 `--fit` it only measures: the refusal rate on the real lesion images of `--split` and on the
 non-lesion set (see `python -m train.nonlesion`). Writes gate.json.
 """
@@ -17,13 +20,16 @@ import json
 import logging
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from model.bundle import card_path, load_bundle
-from model.gate import FeatureNeighbours, fit_quality_limits, quality_measures
+from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
-from model.preprocessing import ImageError, decode
+from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
+from model.runtime import make_forward
 from train import data as data_mod
 
 log = logging.getLogger("train.gate")
@@ -48,8 +54,123 @@ def indeterminate_band(p_val: np.ndarray, threshold: float, fraction: float) -> 
     return [float(sigmoid(centre - width)), float(sigmoid(centre + width))]
 
 
+GATE_CANDIDATES = (("block4c_add", 99.5), ("block4c_add", 99.0), ("block5c_add", 99.5), ("block5c_add", 99.0),
+                   ("block6d_add", 99.5), ("block6d_add", 99.0))
+MAX_VAL_LESION_REFUSAL = 0.02
+
+
+def choose(rows: list[dict], max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL) -> dict:
+    """The selection rule, over sweep rows in candidate order.
+
+    Among the candidates that refuse at most `max_val_lesion_refusal` of the validation lesions, the
+    one that refuses the most non-lesion images; ties go to fewer lesions refused, then to the earlier
+    candidate. When none is within the limit, the one refusing the fewest lesions.
+    """
+    if not rows:
+        raise ValueError("no gate candidates to choose from")
+    eligible = [r for r in rows if r["val_lesions_refused"] <= max_val_lesion_refusal]
+    if not eligible:
+        return min(rows, key=lambda r: (r["val_lesions_refused"], -r["nonlesion_refused"]))
+    return max(eligible, key=lambda r: (r["nonlesion_refused"], -r["val_lesions_refused"]))
+
+
+def _screen(paths: list[Path], spec, limits: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each file as serving does; (refused before the network, preprocessed arrays of the rest)."""
+    refused, arrays = np.zeros(len(paths), bool), []
+    for i, path in enumerate(paths):
+        try:
+            image = decode(Path(path).read_bytes(), draft_size=spec.image_size)
+        except ImageError:
+            refused[i] = True
+            continue
+        if check_quality(image, limits):
+            refused[i] = True
+        else:
+            arrays.append(preprocess(image, spec))
+    size = spec.image_size
+    return refused, (np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8))
+
+
+def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k: int = 10,
+          candidates=GATE_CANDIDATES) -> list[dict]:
+    """Refusal rates of every candidate (layer, percentile) on the validation lesions and the non-lesion set.
+
+    The whole gate is measured (unreadable or poor-quality images refused before the network, then the
+    k-NN distance), from one forward pass per image through every candidate layer.
+    """
+    bundle = load_bundle(bundle_path)
+    spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
+    model = bundle.model
+    names = {layer.name for layer in model.layers}
+    missing = sorted({layer for layer, _ in candidates} - names)
+    if missing:
+        log.info("gate candidates not in this network, skipped: %s", ", ".join(missing))
+    layers = list(dict.fromkeys(layer for layer, _ in candidates if layer in names))
+    if not layers:
+        raise ValueError(f"none of the gate's candidate layers is in the network: {sorted({c[0] for c in candidates})}")
+    outputs = [model.get_layer(name).output for name in layers]
+    dims = [int(o.shape[-1]) for o in outputs]
+    pooled = keras.Model(model.inputs, [model.output, *outputs])
+    size = spec.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], autograph=False)
+    def forward(x):
+        probs, *maps = pooled(x, training=False)
+        return probs, tf.concat([tf.reduce_mean(m, axis=(1, 2)) for m in maps], axis=1)
+
+    run = make_forward(forward)  # the serving runtime (OpenVINO where installed), every layer in one pass
+
+    def features(arrays: np.ndarray) -> list[np.ndarray]:
+        chunks = [run(arrays[i : i + 32].astype(np.float32))[1] for i in range(0, len(arrays), 32)]
+        joined = np.concatenate(chunks) if chunks else np.zeros((0, sum(dims)), np.float32)
+        return np.split(joined, np.cumsum(dims)[:-1], axis=1)
+
+    train = dataset.splits["train"]
+    limits = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
+    bank = features(data_mod.load_images(train.paths, spec))
+    screened = {name: _screen(paths, spec, limits)
+                for name, paths in (("val", dataset.splits["val"].paths), ("nonlesion", nonlesion))}
+    feats = {name: features(arrays) for name, (_, arrays) in screened.items()}
+    rows = []
+    for layer, percentile in candidates:
+        if layer not in layers:
+            continue
+        j = layers.index(layer)
+        threshold = float(np.percentile(FeatureNeighbours.leave_one_out_scores(bank[j], k), percentile))
+        gate = FeatureNeighbours(bank[j], k, threshold)
+        rates = {}
+        for name, (before, _) in screened.items():
+            refused = before.copy()
+            refused[~before] = gate.refuse(feats[name][j]) if len(feats[name][j]) else []
+            rates[name] = float(refused.mean()) if len(refused) else 0.0
+        rows.append({"layer": layer, "percentile": percentile, "distance_threshold": threshold,
+                     "val_lesions_refused": rates["val"], "nonlesion_refused": rates["nonlesion"]})
+        log.info("gate candidate %s at %.1f: validation lesions refused %.1f%%, non-lesion images %.1f%%",
+                 layer, percentile, 100 * rates["val"], 100 * rates["nonlesion"])
+    return rows
+
+
+def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Path, k: int = 10,
+                 band_fraction: float = 0.15, candidates=GATE_CANDIDATES,
+                 max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL) -> dict:
+    """Sweep the candidates on `nonlesion_dir` (a train.nonlesion folder), fit the chosen one, record the sweep."""
+    nonlesion_dir = Path(nonlesion_dir)
+    rows_n = list(csv.DictReader(open(nonlesion_dir / "MANIFEST.csv")))
+    rows = sweep(bundle_path, dataset, [nonlesion_dir / r["file"] for r in rows_n], k, candidates)
+    chosen = choose(rows, max_val_lesion_refusal)
+    log.info("gate: %s at percentile %.1f chosen", chosen["layer"], chosen["percentile"])
+    selection = {
+        "rule": f"of the candidates refusing at most {max_val_lesion_refusal:.0%} of the validation lesions, the one "
+                f"refusing the most non-lesion images; ties to fewer lesions refused, then to the earlier candidate",
+        "nonlesion_images": len(rows_n),
+        "nonlesion_set": "python -m train.nonlesion --seed 0 --no-browser",
+        "candidates": rows,
+    }
+    return fit(bundle_path, dataset, k, chosen["percentile"], band_fraction, chosen["layer"], selection)
+
+
 def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float, band_fraction: float,
-        layer: str = DEFAULT_GATE_LAYER) -> dict:
+        layer: str = DEFAULT_GATE_LAYER, selection: dict | None = None) -> dict:
     bundle = load_bundle(bundle_path)
     bundle.card["gate"] = {"layer": layer}
     predictor = Predictor(bundle)
@@ -72,6 +193,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         "distance_threshold": threshold,
         "percentile_of_training_images": percentile,
     }
+    if selection:
+        card["gate"]["selection"] = selection
     card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, band_fraction)
     card["indeterminate_band_fraction_of_validation"] = band_fraction
     card_path(bundle_path).write_text(json.dumps(card, indent=2) + "\n")
@@ -105,6 +228,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--split", default="test", choices=data_mod.SPLITS, help="lesion split measured (default: test)")
     parser.add_argument("--nonlesion", default=None, help="folder of non-lesion images (python -m train.nonlesion)")
     parser.add_argument("--fit", action="store_true", help="fit the gate and band on train/val and store them")
+    parser.add_argument("--select", action="store_true",
+                        help="with --fit: choose --layer and --percentile by the selection rule, as python -m train "
+                             "does, on the non-lesion set of train.nonlesion --seed 0 --no-browser (built under --out)")
     parser.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour (default: 10)")
     parser.add_argument("--percentile", type=float, default=99.5,
                         help="training-image distance percentile used as threshold (default: 99.5)")
@@ -114,8 +240,16 @@ def main(argv=None) -> dict:
                         help="fraction of validation images inside the indeterminate band (default: 0.15)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/gate_<bundle>)")
     args = parser.parse_args(argv)
+    if args.select and not args.fit:
+        parser.error("--select chooses the layer of a gate being fitted: add --fit")
     dataset = data_mod.discover(args.data)
-    if args.fit:
+    out = Path(args.out or f"runs/gate_{Path(args.model).stem}")
+    if args.fit and args.select:
+        from train.nonlesion import build
+
+        build(out / "nonlesion_seed0", seed=0, with_browser=False)
+        fit_selected(Path(args.model), dataset, out / "nonlesion_seed0", args.k, args.band_fraction)
+    elif args.fit:
         fit(Path(args.model), dataset, args.k, args.percentile, args.band_fraction, args.layer)
     predictor = Predictor(load_bundle(args.model))
     report = {"model": args.model, "split": args.split}
@@ -145,7 +279,6 @@ def main(argv=None) -> dict:
                                             if not o["refused"]]}
         print(f"non-lesion images refused: {report['nonlesion']['refused']}/{len(rows)} ({rate_n:.1%}); "
               f"by family: {families}")
-    out = Path(args.out or f"runs/gate_{Path(args.model).stem}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

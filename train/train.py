@@ -37,6 +37,8 @@ from train.augment import build_augmenter
 from train.calibrate import operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
+from train.gate import fit_selected as fit_selected_gate
+from train.nonlesion import build as build_nonlesion
 from train.metrics import format_table
 from train.plots import evaluation_figures, training_curves
 
@@ -106,6 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: 0.90)")
     g.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
+    g.add_argument("--gate-layer", default="auto",
+                   help="layer whose pooled features the not-a-lesion gate compares, at the 99.5th percentile; auto = "
+                        "chosen by python -m train.gate's rule among block4c_add, block5c_add and block6d_add at "
+                        "percentiles 99.5 and 99, on a generated non-lesion set (default: auto)")
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     args = p.parse_args(argv)
@@ -416,6 +422,9 @@ def train(args: argparse.Namespace) -> Bundle | None:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
+    if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
+        raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
+                                 f"block output such as block5c_add")
     augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill)
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
     steps = max(1, len(x_train) // args.batch_size)
@@ -504,7 +513,12 @@ def train(args: argparse.Namespace) -> Bundle | None:
                         "melanoma. Not a diagnosis; every suspicious or uncertain result needs a dermatologist.",
     })
     save_bundle(clean, card, bundle.path)
-    fit_gate(bundle.path, dataset, k=10, percentile=99.5, band_fraction=0.15)
+    if args.gate_layer == "auto":
+        nonlesion = run_dir / "nonlesion_seed0"
+        build_nonlesion(nonlesion, seed=0, with_browser=False)
+        fit_selected_gate(bundle.path, dataset, nonlesion, k=10, band_fraction=0.15)
+    else:
+        fit_gate(bundle.path, dataset, k=10, percentile=99.5, band_fraction=0.15, layer=args.gate_layer)
     if args.output:
         copy_bundle(bundle.path, args.output)
         log.info("bundle written to %s", args.output)
