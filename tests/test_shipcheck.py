@@ -176,3 +176,20 @@ def test_the_command_scores_both_bundles_image_by_image_with_data(tmp_path, tiny
     assert "difference +0.000, 95% interval [+0.000, +0.000], 12 images (6 malignant)" in out
     written = json.loads((tmp_path / "shipcheck.json").read_text())
     assert written["paired"]["val"]["difference"] == 0.0 and written["paired"]["test"]["n"] == 12
+
+
+def test_the_operating_point_is_checked_only_when_asked():
+    def card(sens, spec):
+        c = _card()
+        c["test"].update(sensitivity=sens, specificity=spec)
+        return c
+
+    assert _failed(check(card(0.83, 0.64), card(0.80, 0.30), _rows(), _rows(), Limits(held_shifts=()))) == []
+    limits = Limits(held_shifts=(), min_test_sensitivity=0.85, min_test_specificity=0.40)
+    conditions = check(card(0.83, 0.64), card(0.93, 0.32), _rows(), _rows(), limits)
+    assert _failed(conditions) == ["test specificity at its threshold"]
+    assert [(c.name, c.baseline) for c in conditions[2:4]] == [("test sensitivity at its threshold", 0.83),
+                                                              ("test specificity at its threshold", 0.64)]
+    assert _failed(check(card(0.83, 0.64), card(0.84, 0.46), _rows(), _rows(), limits)) == [
+        "test sensitivity at its threshold"]
+    assert _failed(check(card(0.83, 0.64), card(0.93, 0.46), _rows(), _rows(), limits)) == []

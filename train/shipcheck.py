@@ -40,6 +40,8 @@ class Limits:
     held_max_refused: float = 0.10    # ... and the gate refusing less than this share
     min_test_auc_gain: float | None = None  # optional: test AUC at least the baseline's plus this
     paired_margin: float = 0.0        # paired AUC comparisons: upper end of the 95% interval at least -this
+    min_test_sensitivity: float | None = None  # optional: test sensitivity at the candidate's own threshold
+    min_test_specificity: float | None = None  # optional: test specificity at the candidate's own threshold
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
         base_auc, cand_auc = baseline["test"]["roc_auc"], candidate["test"]["roc_auc"]
         floor = base_auc + limits.min_test_auc_gain
         conditions.append(Condition("test AUC", base_auc, cand_auc, f">= {floor:.3f}", cand_auc >= floor))
+    for name, floor in (("sensitivity", limits.min_test_sensitivity), ("specificity", limits.min_test_specificity)):
+        if floor is not None:  # the operating point: where each bundle's validation threshold lands on test
+            value = candidate["test"][name]
+            conditions.append(Condition(f"test {name} at its threshold", baseline["test"].get(name), value,
+                                        f">= {floor:.3f}", value >= floor))
     minutes = candidate["training"]["seconds"] / 60.0
     conditions.append(Condition("training minutes", baseline["training"]["seconds"] / 60.0, minutes,
                                 f"<= {limits.max_train_minutes:g}", minutes <= limits.max_train_minutes))
@@ -177,6 +184,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"share refused under a held shift must stay below this (default: {d.held_max_refused})")
     parser.add_argument("--min-test-auc-gain", type=float, default=None,
                         help="also require test AUC at least the baseline's plus this (default: not checked)")
+    parser.add_argument("--min-test-sensitivity", type=float, default=None,
+                        help="optional: test sensitivity at the candidate's own threshold at least this (e.g. 0.85)")
+    parser.add_argument("--min-test-specificity", type=float, default=None,
+                        help="optional: test specificity at the candidate's own threshold at least this")
     parser.add_argument("--data", default=None,
                         help="score both bundles on this data's val and test splits and compare their AUC image by "
                              "image (replaces the validation AUC condition read from the cards)")
@@ -192,7 +203,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limits = Limits(args.val_auc_margin, args.max_ece, args.max_train_minutes, args.shift_margin,
                     tuple(s.strip() for s in args.held_shifts.split(",") if s.strip()),
-                    args.held_spec_margin, args.held_max_refused, args.min_test_auc_gain, args.paired_margin)
+                    args.held_spec_margin, args.held_max_refused, args.min_test_auc_gain, args.paired_margin,
+                    args.min_test_sensitivity, args.min_test_specificity)
     try:
         report = json.loads(Path(args.robustness).read_text())
         cards = {"baseline": load_card(args.baseline), "candidate": load_card(args.candidate)}
@@ -207,6 +219,9 @@ def main(argv=None) -> int:
     ships = all(c.passed for c in conditions)
     machines = {role: card["training"].get("cpu", "not recorded") for role, card in cards.items()}
     print(format_table(conditions))
+    point = lambda card: f"{card['test'].get('sensitivity', float('nan')):.3f} / {card['test'].get('specificity', float('nan')):.3f}"  # noqa: E731
+    print(f"test sensitivity / specificity, each at its own threshold: baseline {point(cards['baseline'])}, "
+          f"candidate {point(cards['candidate'])}")
     print("trained on: " + "; ".join(f"{role} {cpu}" for role, cpu in machines.items())
           + " (training minutes compare only on the same machine)")
     out = Path(args.robustness).parent / "shipcheck.json"
