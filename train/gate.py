@@ -92,11 +92,12 @@ def _screen(paths: list[Path], spec, limits: dict) -> tuple[np.ndarray, np.ndarr
 
 
 def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k: int = 10,
-          candidates=GATE_CANDIDATES) -> list[dict]:
+          candidates=GATE_CANDIDATES) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     """Refusal rates of every candidate (layer, percentile) on the validation lesions and the non-lesion set.
 
     The whole gate is measured (unreadable or poor-quality images refused before the network, then the
-    k-NN distance), from one forward pass per image through every candidate layer.
+    k-NN distance), from one forward pass per image through every candidate layer. Returns the rows,
+    the training images' pooled features per layer and the quality limits, so `fit` need not redo them.
     """
     bundle = load_bundle(bundle_path)
     spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
@@ -147,7 +148,7 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
                      "val_lesions_refused": rates["val"], "nonlesion_refused": rates["nonlesion"]})
         log.info("gate candidate %s at %.1f: validation lesions refused %.1f%%, non-lesion images %.1f%%",
                  layer, percentile, 100 * rates["val"], 100 * rates["nonlesion"])
-    return rows
+    return rows, dict(zip(layers, bank)), limits
 
 
 def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Path, k: int = 10,
@@ -156,7 +157,7 @@ def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Pa
     """Sweep the candidates on `nonlesion_dir` (a train.nonlesion folder), fit the chosen one, record the sweep."""
     nonlesion_dir = Path(nonlesion_dir)
     rows_n = list(csv.DictReader(open(nonlesion_dir / "MANIFEST.csv")))
-    rows = sweep(bundle_path, dataset, [nonlesion_dir / r["file"] for r in rows_n], k, candidates)
+    rows, banks, limits = sweep(bundle_path, dataset, [nonlesion_dir / r["file"] for r in rows_n], k, candidates)
     chosen = choose(rows, max_val_lesion_refusal)
     log.info("gate: %s at percentile %.1f chosen", chosen["layer"], chosen["percentile"])
     selection = {
@@ -166,18 +167,24 @@ def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Pa
         "nonlesion_set": "python -m train.nonlesion --seed 0 --no-browser",
         "candidates": rows,
     }
-    return fit(bundle_path, dataset, k, chosen["percentile"], band_fraction, chosen["layer"], selection)
+    return fit(bundle_path, dataset, k, chosen["percentile"], band_fraction, chosen["layer"], selection,
+               train_features=banks[chosen["layer"]], quality=limits)
 
 
 def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float, band_fraction: float,
-        layer: str = DEFAULT_GATE_LAYER, selection: dict | None = None) -> dict:
+        layer: str = DEFAULT_GATE_LAYER, selection: dict | None = None, train_features: np.ndarray | None = None,
+        quality: dict | None = None) -> dict:
+    """Fit the gate at `layer` and the band; `train_features` and `quality`, when a sweep already has them,
+    are the training images' pooled features at that layer and the quality limits."""
     bundle = load_bundle(bundle_path)
     bundle.card["gate"] = {"layer": layer}
     predictor = Predictor(bundle)
     train = dataset.splits["train"]
-    measures = [quality_measures(decode(Path(p).read_bytes())) for p in train.paths]
-    x_train = data_mod.load_images(train.paths, predictor.spec)
-    _, feats = features_of(predictor, x_train)
+    if quality is None:
+        quality = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
+    feats = train_features
+    if feats is None:
+        _, feats = features_of(predictor, data_mod.load_images(train.paths, predictor.spec))
     loo = FeatureNeighbours.leave_one_out_scores(feats, k)
     threshold = float(np.percentile(loo, percentile))
     features_file = bundle_path.with_suffix(".gate.npz").name
@@ -186,7 +193,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
     p_val = predictor.probability(x_val)
     card = bundle.card
     card["gate"] = {
-        "quality": fit_quality_limits(measures),
+        "quality": quality,
         "layer": layer,
         "features_file": features_file,
         "k": k,
