@@ -1,0 +1,74 @@
+"""The learning-curve command: the fit, the extrapolation, and a sentence for bundles that cannot make a curve."""
+import json
+
+import numpy as np
+import pytest
+
+from train.learning_curve import fit_log2, images_for, main
+
+
+def _bundle(tmp_path, name, n, auc, data_hash="abc", test=True):
+    card = {"data": {"train_images_used": n, "hash": "train-" + data_hash},
+            "validation": {"roc_auc": auc + 0.05}}
+    if test:
+        card["test"] = {"roc_auc": auc, "roc_auc_ci95": [auc - 0.04, auc + 0.04], "data_hash": data_hash}
+    model = tmp_path / name / "melanoma_efficientnet.keras"
+    model.parent.mkdir()
+    model.with_suffix(".json").write_text(json.dumps(card))
+    return str(model)
+
+
+def test_the_fit_recovers_a_line_in_log2_and_where_it_reaches_the_target():
+    n = np.array([250, 500, 1000, 2000])
+    fit = fit_log2(n, 0.70 + 0.03 * np.log2(n / 250))
+    assert fit["slope_per_doubling"] == pytest.approx(0.03)
+    assert fit["slope_se"] == pytest.approx(0.0, abs=1e-9)
+    assert images_for(0.79, fit) == pytest.approx(250 * 2 ** 3)
+    assert images_for(0.95, fit) > images_for(0.90, fit) > 2000
+    assert images_for(0.95, {"intercept": 0.8, "slope_per_doubling": -0.01}) is None
+
+
+def test_the_command_reads_the_cards_and_reports_the_gain_per_doubling(tmp_path, capsys):
+    models = [_bundle(tmp_path, "a", 500, 0.76), _bundle(tmp_path, "b", 1000, 0.80), _bundle(tmp_path, "c", 2000, 0.82),
+              _bundle(tmp_path, "d", 2000, 0.84)]
+    out = tmp_path / "curve"
+    result = main([arg for m in models for arg in ("--model", m)] + ["--out", str(out)])
+    # least squares over the 4 points at log2 sizes 0, 1, 2, 2 (from 500): Sxy 0.095, Sxx 2.75
+    assert result["fit"]["slope_per_doubling"] == pytest.approx(0.095 / 2.75)
+    assert result["mean_test_auc_by_size"] == {"500": 0.76, "1000": 0.80, "2000": pytest.approx(0.83)}
+    assert [p["train_images"] for p in result["points"]] == [500, 1000, 2000, 2000]
+    assert images_for(0.90, result["fit"]) == pytest.approx(result["images_for_target"])
+    assert result["images_for_target"] == pytest.approx(8000)  # 0.90 is 4 doublings of 0.0345 above 500 images
+    printed = capsys.readouterr().out
+    assert "+0.035" in printed and "training images" in printed
+    assert json.loads((out / "learning_curve.json").read_text())["target_auc"] == 0.90
+    assert (out / "learning_curve.png").stat().st_size > 1000
+
+
+def test_a_curve_that_does_not_rise_reaches_no_size(tmp_path, capsys):
+    models = [_bundle(tmp_path, "a", 500, 0.82), _bundle(tmp_path, "b", 2000, 0.80)]
+    result = main(["--model", models[0], "--model", models[1], "--out", str(tmp_path / "curve")])
+    assert result["images_for_target"] is None
+    assert "no size: it does not rise" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bundles, message", [
+    ([("a", 1000, 0.8, "abc", True), ("b", 1000, 0.82, "abc", True)], "at least two sizes"),
+    ([("a", 500, 0.8, "abc", True), ("b", 1000, 0.82, "xyz", True)], "tested on different data"),
+    ([("a", 500, 0.8, "abc", True), ("b", 1000, 0.82, "abc", False)], "no test ROC AUC"),
+])
+def test_bundles_that_cannot_make_a_curve_get_a_sentence(tmp_path, capsys, bundles, message):
+    models = [_bundle(tmp_path, *b) for b in bundles]
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg for m in models for arg in ("--model", m)] + ["--out", str(tmp_path / "curve")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "curve").exists()
+
+
+def test_a_missing_bundle_gets_a_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "nowhere.keras"), "--model", str(tmp_path / "b.keras")])
+    assert exit_info.value.code == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Would more training data help? Test AUC against the number of training images, from bundles' model cards.
+
+    python -m train --data DIR --max-train-images 500 --run-dir runs/lc_500 ...     # one bundle per size
+    python -m train.learning_curve --model runs/lc_500/melanoma_efficientnet.keras \
+        --model runs/lc_1000/melanoma_efficientnet.keras --model model/shipped/melanoma_efficientnet.keras
+
+Each card holds the images its training used (`data.train_images_used`) and its test metrics (ROC AUC with its
+bootstrap interval, measured by `python -m train` or `python -m train.evaluate --update-card`). The command
+fits a straight line of test AUC on log2(training images), by least squares over every bundle (several seeds
+of one size count as several points), and reports the gain per doubling of the data and where the line would
+cross `--target-auc`. That crossing is an extrapolation, not a prediction: learning curves flatten, so the
+data it names is the least that the measured trend asks for, not enough. Every bundle must have been tested
+on the same data (the test data hash in the card); otherwise the points are not comparable and the command
+stops with a sentence.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model.bundle import load_card
+
+log = logging.getLogger("train.learning_curve")
+
+
+class CurveError(ValueError):
+    """Bundles that cannot make a learning curve; the message is for a person."""
+
+
+def read_point(model: str | Path) -> dict:
+    """One bundle's training-set size and test AUC, from its card."""
+    card = load_card(model)
+    test = card.get("test") or {}
+    n = (card.get("data") or {}).get("train_images_used")
+    if n is None or "roc_auc" not in test:
+        raise CurveError(f"{model}: its model card has no training-set size or no test ROC AUC; train it with "
+                         f"python -m train, or run python -m train.evaluate --update-card on it")
+    return {"model": str(model), "train_images": int(n), "test_auc": float(test["roc_auc"]),
+            "test_auc_ci95": test.get("roc_auc_ci95"), "val_auc": (card.get("validation") or {}).get("roc_auc"),
+            "data_hash": test.get("data_hash") or (card.get("data") or {}).get("hash")}
+
+
+def fit_log2(n: np.ndarray, auc: np.ndarray) -> dict:
+    """Least-squares line auc = intercept + slope * log2(n), with the slope's standard error."""
+    x = np.log2(np.asarray(n, dtype=float))
+    y = np.asarray(auc, dtype=float)
+    if len(np.unique(x)) < 2:
+        raise CurveError(f"a learning curve needs bundles trained on at least two sizes. "
+                         f"Received: training images {sorted(set(np.asarray(n).tolist()))}")
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (intercept + slope * x)
+    dof = len(x) - 2
+    se = float(np.sqrt(residuals @ residuals / dof / ((x - x.mean()) @ (x - x.mean())))) if dof > 0 else None
+    return {"intercept": float(intercept), "slope_per_doubling": float(slope), "slope_se": se}
+
+
+def images_for(target: float, fit: dict) -> float | None:
+    """Training images at which the fitted line reaches `target`; None where it never rises to it."""
+    if fit["slope_per_doubling"] <= 0:
+        return None
+    return float(2.0 ** ((target - fit["intercept"]) / fit["slope_per_doubling"]))
+
+
+def learning_curve(models: list[str], target: float) -> dict:
+    points = sorted((read_point(m) for m in models), key=lambda p: (p["train_images"], p["model"]))
+    hashes = {p["data_hash"] for p in points}
+    if len(hashes) > 1:
+        raise CurveError("these bundles were tested on different data (test data hashes "
+                         f"{', '.join(sorted(str(h)[:8] for h in hashes))}); their AUCs are not comparable")
+    fit = fit_log2([p["train_images"] for p in points], [p["test_auc"] for p in points])
+    means = {}
+    for p in points:
+        means.setdefault(p["train_images"], []).append(p["test_auc"])
+    return {"points": points, "fit": fit, "target_auc": target, "images_for_target": images_for(target, fit),
+            "mean_test_auc_by_size": {str(k): float(np.mean(v)) for k, v in means.items()}}
+
+
+def plot(result: dict, out: Path) -> Path:
+    from train.plots import plt, _save
+
+    points, fit = result["points"], result["fit"]
+    n = np.array([p["train_images"] for p in points], dtype=float)
+    auc = np.array([p["test_auc"] for p in points])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ci = [p["test_auc_ci95"] or [a, a] for p, a in zip(points, auc)]
+    ax.errorbar(n, auc, yerr=[auc - np.array([c[0] for c in ci]), np.array([c[1] for c in ci]) - auc],
+                fmt="o", capsize=3, label="test AUC, 95% bootstrap interval")
+    reach = result["images_for_target"]
+    right = max(n.max(), min(reach, n.max() * 64)) if reach else n.max()
+    xs = np.geomspace(n.min(), right, 50)
+    ax.plot(xs, fit["intercept"] + fit["slope_per_doubling"] * np.log2(xs), "--",
+            label=f"fit: {fit['slope_per_doubling']:+.3f} AUC per doubling")
+    ax.axhline(result["target_auc"], color="grey", lw=0.8, label=f"target {result['target_auc']:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test ROC AUC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.learning_curve", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", required=True,
+                        help="a bundle .keras file with its card (repeat; two training-set sizes at least)")
+    parser.add_argument("--target-auc", type=float, default=0.90, help="(default: 0.90)")
+    parser.add_argument("--out", default="runs/learning_curve", help="output folder (default: runs/learning_curve)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        result = learning_curve(args.model, args.target_auc)
+    except (CurveError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "learning_curve.png")
+    print("| training images | bundle | test ROC AUC [95% CI] | validation ROC AUC |")
+    print("| --- | --- | --- | --- |")
+    for p in result["points"]:
+        ci = p["test_auc_ci95"]
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        val = f"{p['val_auc']:.3f}" if p["val_auc"] is not None else ""
+        print(f"| {p['train_images']} | {p['model']} | {p['test_auc']:.3f}{interval} | {val} |")
+    fit = result["fit"]
+    se = f" (standard error {fit['slope_se']:.3f})" if fit["slope_se"] is not None else ""
+    print(f"test AUC per doubling of the training images: {fit['slope_per_doubling']:+.3f}{se}")
+    reach = result["images_for_target"]
+    print(f"the fitted line reaches {args.target_auc:.2f} at "
+          + (f"about {reach:,.0f} training images (a straight-line extrapolation: at least that many)"
+             if reach else "no size: it does not rise"))
+    print(f"written: {out / 'learning_curve.json'}, {out / 'learning_curve.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
