@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import load_card
+from train.plots import learning_curve_chart
 
 log = logging.getLogger("train.learning_curve")
 
@@ -80,30 +81,6 @@ def learning_curve(models: list[str], target: float) -> dict:
             "mean_test_auc_by_size": {str(k): float(np.mean(v)) for k, v in means.items()}}
 
 
-def plot(result: dict, out: Path) -> Path:
-    from train.plots import plt, _save
-
-    points, fit = result["points"], result["fit"]
-    n = np.array([p["train_images"] for p in points], dtype=float)
-    auc = np.array([p["test_auc"] for p in points])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ci = [p["test_auc_ci95"] or [a, a] for p, a in zip(points, auc)]
-    ax.errorbar(n, auc, yerr=[auc - np.array([c[0] for c in ci]), np.array([c[1] for c in ci]) - auc],
-                fmt="o", capsize=3, label="test AUC, 95% bootstrap interval")
-    reach = result["images_for_target"]
-    right = max(n.max(), min(reach, n.max() * 64)) if reach else n.max()
-    xs = np.geomspace(n.min(), right, 50)
-    ax.plot(xs, fit["intercept"] + fit["slope_per_doubling"] * np.log2(xs), "--",
-            label=f"fit: {fit['slope_per_doubling']:+.3f} AUC per doubling")
-    ax.axhline(result["target_auc"], color="grey", lw=0.8, label=f"target {result['target_auc']:.2f}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("training images")
-    ax.set_ylabel("test ROC AUC")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.learning_curve", description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True,
@@ -124,7 +101,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out / "learning_curve.png")
+    learning_curve_chart(result, out / "learning_curve.png")
     print("| training images | bundle | test ROC AUC [95% CI] | validation ROC AUC |")
     print("| --- | --- | --- | --- |")
     for p in result["points"]:

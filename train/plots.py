@@ -1,4 +1,4 @@
-"""PNG figures for a person: training curves, ROC, precision-recall, confusion matrix, reliability."""
+"""PNG figures for a person: training curves, ROC, precision-recall, confusion matrix, reliability, learning curve."""
 from __future__ import annotations
 
 import csv
@@ -129,4 +129,27 @@ def robustness_chart(results: dict[str, dict[str, dict]], out: Path) -> Path:
     ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def learning_curve_chart(result: dict, out: Path) -> Path:
+    """Test AUC (with its bootstrap interval) against training images on a log2 axis, the fitted line and the target."""
+    points, fit = result["points"], result["fit"]
+    n = np.array([p["train_images"] for p in points], dtype=float)
+    auc = np.array([p["test_auc"] for p in points])
+    ci = np.array([p["test_auc_ci95"] or [a, a] for p, a in zip(points, auc)])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(n, auc, yerr=[auc - ci[:, 0], ci[:, 1] - auc], fmt="o", capsize=3,
+                label="test AUC, 95% bootstrap interval")
+    reach = result["images_for_target"]
+    right = max(n.max(), min(reach, n.max() * 64)) if reach else n.max()
+    xs = np.geomspace(n.min(), right, 50)
+    ax.plot(xs, fit["intercept"] + fit["slope_per_doubling"] * np.log2(xs), "--",
+            label=f"fit: {fit['slope_per_doubling']:+.3f} AUC per doubling")
+    ax.axhline(result["target_auc"], color="grey", lw=0.8, label=f"target {result['target_auc']:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test ROC AUC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, out)
