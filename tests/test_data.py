@@ -103,5 +103,20 @@ def test_exact_and_recoloured_flipped_duplicates_are_found(tmp_path):
     ds.duplicates = find_duplicates(ds)
     kinds = {(e["kind"], e["test_path"]) for e in ds.duplicates if str(test_img) in (e["path_a"], e["path_b"])}
     assert ("exact", str(test_img)) in kinds and ("near", str(test_img)) in kinds
+    assert all(e["labels_agree"] for e in ds.duplicates)
     assert str(test_img) not in {str(p) for p in ds.split("test").paths}
     assert len(ds.split("test")) < len(ds.splits["test"])
+
+
+def test_a_duplicate_with_a_different_label_is_marked(tmp_path):
+    make_class_folders(tmp_path, n=12)
+    ds = discover(tmp_path, seed=0)
+    test_img, label = ds.splits["test"].paths[0], ds.splits["test"].labels[0]
+    copy = ds.splits["train"].paths[0].parent / "copy_relabelled.png"
+    copy.write_bytes(test_img.read_bytes())
+    ds.splits["train"].paths.append(copy)
+    ds.splits["train"].labels.append(1 - label)
+    ds.splits["train"].groups.append(copy.stem)
+    pairs = [e for e in find_duplicates(ds) if str(test_img) in (e["path_a"], e["path_b"])]
+    assert [(e["kind"], e["labels_agree"]) for e in pairs] == [("exact", False)]
+    assert {pairs[0]["label_a"], pairs[0]["label_b"]} == {"benign", "malignant"}

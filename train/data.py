@@ -230,12 +230,15 @@ def thumbnail_signature(path: Path) -> np.ndarray:
 def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, known: Path | None = None) -> list[dict]:
     """Exact (same bytes) and near (thumbnail correlation) duplicates between splits.
 
-    Each entry names both files; `test_path` is set where one side is a test image (it is dropped
-    from the test split). `known` is an optional CSV of confirmed pairs (path_a, path_b, verdict),
-    such as ISIC 2017's NEAR_DUPLICATES.csv, added to what the hashes find.
+    Each entry names both files and their labels; `test_path` is set where one side is a test image
+    (it is dropped from the test split). `labels_agree` is False where the two copies of one image carry
+    different labels: one of them is mislabelled. `known` is an optional CSV of confirmed pairs
+    (path_a, path_b, verdict), such as ISIC 2017's NEAR_DUPLICATES.csv, added to what the hashes find.
     """
     entries = [(name, p) for name in SPLITS for p in dataset.splits[name].paths]
     split_of = {str(p): name for name, p in entries}
+    label_of = {str(p): CLASS_NAMES[label] for name in SPLITS
+                for p, label in zip(dataset.splits[name].paths, dataset.splits[name].labels)}
     sha = {}
     signatures = []
     for _, p in entries:
@@ -254,7 +257,8 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
         if key in pairs:
             return
         entry = {"path_a": key[0], "path_b": key[1], "split_a": split_of[key[0]], "split_b": split_of[key[1]],
-                 "kind": kind, "correlation": corr}
+                 "label_a": label_of[key[0]], "label_b": label_of[key[1]],
+                 "labels_agree": label_of[key[0]] == label_of[key[1]], "kind": kind, "correlation": corr}
         tests = [k for k in key if split_of[k] == "test"]
         entry["test_path"] = tests[0] if tests else None
         pairs[key] = entry

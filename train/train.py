@@ -388,8 +388,13 @@ def train(args: argparse.Namespace) -> Bundle | None:
     dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
     (run_dir / "duplicates.json").write_text(json.dumps(dataset.duplicates, indent=2) + "\n")
     log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
-    log.info("%d duplicate pairs across splits; %d test images dropped from evaluation",
-             len(dataset.duplicates), len(dataset.splits["test"]) - len(dataset.split("test")))
+    conflicts = [d for d in dataset.duplicates if not d["labels_agree"]]
+    log.info("%d duplicate pairs across splits (labels agree on %d); %d test images dropped from evaluation",
+             len(dataset.duplicates), len(dataset.duplicates) - len(conflicts),
+             len(dataset.splits["test"]) - len(dataset.split("test")))
+    for d in conflicts:
+        log.warning("one image, two labels: %s (%s) and %s (%s); one of them is mislabelled", d["path_a"],
+                    d["label_a"], d["path_b"], d["label_b"])
     cues = audit(dataset)
     (run_dir / "audit.json").write_text(json.dumps(cues, indent=2) + "\n")
     for name, cue in cues["cues"].items():
@@ -492,6 +497,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "counts": {k: v.counts() for k, v in dataset.splits.items()},
             "train_images_used": int(n_train),
             "duplicate_pairs_across_splits": len(dataset.duplicates),
+            "duplicate_pairs_with_different_labels": len(conflicts),
             "test_images_dropped_as_duplicates": test_metrics["duplicates_dropped"],
             "shortcut_cues": {name: {"train_images_with_cue": cue["splits"]["train"]["with_cue"],
                                      "malignant_with_cue": cue["splits"]["train"]["malignant_with_cue"],
