@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
@@ -148,6 +149,8 @@ def learning_curve_chart(result: dict, out: Path) -> Path:
             label=f"fit: {fit['slope_per_doubling']:+.3f} AUC per doubling")
     ax.axhline(result["target_auc"], color="grey", lw=0.8, label=f"target {result['target_auc']:.2f}")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_xlabel("training images")
     ax.set_ylabel("test ROC AUC")
     ax.grid(alpha=0.3)
