@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import numpy as np
 
 from model.bundle import load_card
 from train.plots import learning_curve_chart
-
-log = logging.getLogger("train.learning_curve")
 
 
 class CurveError(ValueError):
@@ -91,7 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     try:
         result = learning_curve(args.model, args.target_auc)

@@ -199,6 +199,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _operating_point(card: dict) -> str:
+    test = card["test"]
+    return f"{test.get('sensitivity', float('nan')):.3f} / {test.get('specificity', float('nan')):.3f}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     limits = Limits(args.val_auc_margin, args.max_ece, args.max_train_minutes, args.shift_margin,
@@ -219,9 +224,8 @@ def main(argv=None) -> int:
     ships = all(c.passed for c in conditions)
     machines = {role: card["training"].get("cpu", "not recorded") for role, card in cards.items()}
     print(format_table(conditions))
-    point = lambda card: f"{card['test'].get('sensitivity', float('nan')):.3f} / {card['test'].get('specificity', float('nan')):.3f}"  # noqa: E731
-    print(f"test sensitivity / specificity, each at its own threshold: baseline {point(cards['baseline'])}, "
-          f"candidate {point(cards['candidate'])}")
+    print(f"test sensitivity / specificity, each at its own threshold: baseline {_operating_point(cards['baseline'])}, "
+          f"candidate {_operating_point(cards['candidate'])}")
     print("trained on: " + "; ".join(f"{role} {cpu}" for role, cpu in machines.items())
           + " (training minutes compare only on the same machine)")
     out = Path(args.robustness).parent / "shipcheck.json"
