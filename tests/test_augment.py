@@ -86,3 +86,20 @@ def test_filled_dermoscope_ring_takes_the_colour_of_the_skin_inside_it():
     np.testing.assert_allclose(out[:, 28:36, 28:36], 40.0, atol=0.5)
     augmenter = build_augmenter(seed=5, ring_rate=0.3, ring_fill=True)
     assert augmenter.layers[-1].fill
+
+
+def _disk_aspects(zoom, count=16):
+    """Width over height of a centred disk after `zoom` (training mode), one per image."""
+    yy, xx = np.mgrid[:64, :64]
+    disk = np.where(((yy - 31.5) ** 2 + (xx - 31.5) ** 2) < 12 ** 2, 255.0, 0.0).astype(np.float32)
+    x = np.repeat(disk[None, ..., None], count, axis=0).repeat(3, axis=-1)
+    out = np.asarray(zoom(x, training=True))[..., 0] > 127
+    return out.any(axis=1).sum(axis=1) / out.any(axis=2).sum(axis=1)
+
+
+def test_random_crop_changes_the_aspect_ratio_the_plain_zoom_keeps_it():
+    crop, plain = build_augmenter(seed=5, random_crop=True).layers[2], build_augmenter(seed=5).layers[2]
+    assert crop.name.startswith("random_zoom") and plain.name.startswith("random_zoom")
+    assert np.allclose(_disk_aspects(plain), 1.0, atol=0.1)
+    aspects = _disk_aspects(crop)
+    assert (np.abs(aspects - 1.0) > 0.15).sum() >= 4  # most crops stretch one axis more than the other

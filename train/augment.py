@@ -137,7 +137,7 @@ class RandomDermoscopeRing(layers.Layer):
 
 
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
-                    blur_rate: float = 0.0, ring_fill: bool = False) -> keras.Sequential:
+                    blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     # sigma 0.3-2 px at 256 px: from barely soft to the robustness check's blur and half resolution
     blur = [layers.RandomGaussianBlur((blur_rate, blur_rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
@@ -147,7 +147,10 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
         ink + [
             layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn
             layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed + 2),
+            # random_crop: height and width zoomed apart, crops of about 40-100% of the area with the aspect
+            # ratio changed (Perez et al. 2018's strongest augmentation on ISIC 2017); else one zoom for both
+            layers.RandomZoom((-0.35, 0.05), (-0.35, 0.05), fill_mode="reflect", seed=seed + 2) if random_crop
+            else layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed + 2),
             layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),

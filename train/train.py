@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--blur-augment", type=float, default=0.0, metavar="RATE",
                    help="blur this share of training images a little (Gaussian, sigma 0.3-2 px), as a camera "
                         "slightly out of focus or of lower resolution does (default: 0, off)")
+    g.add_argument("--random-crop", action="store_true",
+                   help="zoom height and width apart: random crops of about 40-100%% of the image with the aspect "
+                        "ratio changed, in place of the one zoom for both (default: off)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mix each training batch with a shuffled copy of itself, images and targets alike, with "
                         "weights drawn from Beta(ALPHA, ALPHA) (Keras MixUp; e.g. 0.2) (default: 0, off)")
@@ -430,7 +433,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
-    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill)
+    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
+                                args.random_crop)
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
     steps = max(1, len(x_train) // args.batch_size)
 
