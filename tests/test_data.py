@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from train.data import DataError, discover, find_duplicates
+from train.data import DataError, diagnoses_for, discover, find_duplicates, read_diagnoses
 from tests.conftest import synthetic_lesion
 
 
@@ -120,3 +120,21 @@ def test_a_duplicate_with_a_different_label_is_marked(tmp_path):
     pairs = [e for e in find_duplicates(ds) if str(test_img) in (e["path_a"], e["path_b"])]
     assert [(e["kind"], e["labels_agree"]) for e in pairs] == [("exact", False)]
     assert {pairs[0]["label_a"], pairs[0]["label_b"]} == {"benign", "malignant"}
+
+
+def test_diagnoses_are_read_by_image_id_or_path_and_a_missing_one_is_named(tmp_path):
+    by_id = tmp_path / "dx.csv"
+    by_id.write_text("image_id,diagnosis\nISIC_1,nevus\nISIC_2, melanoma\n")
+    by_path = tmp_path / "dx_path.csv"
+    by_path.write_text("path,diagnosis\ntest/benign/ISIC_1.jpg,nevus\n")
+    assert read_diagnoses(by_id) == {"ISIC_1": "nevus", "ISIC_2": "melanoma"}
+    assert read_diagnoses(by_path) == {"ISIC_1": "nevus"}
+    assert diagnoses_for(["x/ISIC_2.jpg", "ISIC_1.png"], read_diagnoses(by_id), by_id, "test") == ["melanoma", "nevus"]
+    with pytest.raises(DataError, match="1 test images have no diagnosis in .*dx_path.csv, for example ISIC_2.jpg"):
+        diagnoses_for(["ISIC_1.jpg", "ISIC_2.jpg"], read_diagnoses(by_path), by_path, "test")
+    no_column = tmp_path / "labels.csv"
+    no_column.write_text("image_id,melanoma\nISIC_1,0\n")
+    with pytest.raises(DataError, match="has no 'diagnosis' column"):
+        read_diagnoses(no_column)
+    with pytest.raises(DataError, match="cannot read the diagnosis CSV"):
+        read_diagnoses(tmp_path / "missing.csv")

@@ -1,6 +1,10 @@
 import numpy as np
 
-from train.metrics import classification_metrics, expected_calibration_error, fit_temperature, threshold_for_sensitivity
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from train.metrics import (classification_metrics, diagnosis_breakdown, expected_calibration_error, fit_temperature,
+                           format_diagnosis_table, threshold_for_sensitivity)
 
 
 def test_temperature_recovers_an_overconfident_model():
@@ -68,3 +72,31 @@ def test_classification_metrics_on_a_known_case():
     assert abs(m["sensitivity"] - 2 / 3) < 1e-9 and abs(m["specificity"] - 2 / 3) < 1e-9
     assert abs(m["roc_auc"] - 8 / 9) < 1e-9
     assert m["roc_auc_ci95"][0] <= m["roc_auc"] <= m["roc_auc_ci95"][1]
+
+
+def test_diagnosis_breakdown_scores_each_benign_diagnosis_against_the_malignant_images_alone():
+    rng = np.random.default_rng(0)
+    # melanomas high, keratoses well below them, naevi overlapping them: the naevi cost the ranking
+    p = np.concatenate([rng.uniform(0.4, 1.0, 40), rng.uniform(0.0, 0.3, 30), rng.uniform(0.2, 0.8, 60)])
+    y = np.array([1] * 40 + [0] * 90)
+    dx = ["melanoma"] * 40 + ["seborrheic_keratosis"] * 30 + ["nevus"] * 60
+    rows = {r["diagnosis"]: r for r in diagnosis_breakdown(p, y, dx, threshold=0.5, bootstrap=200)}
+    assert [rows[d]["n"] for d in ("melanoma", "nevus", "seborrheic_keratosis")] == [40, 60, 30]
+    assert rows["melanoma"]["label"] == "malignant" and "roc_auc_against_malignant" not in rows["melanoma"]
+    assert rows["melanoma"]["flagged"] == pytest.approx((p[:40] >= 0.5).mean())  # its sensitivity
+    assert rows["nevus"]["flagged"] == pytest.approx((p[70:] >= 0.5).mean())  # its false-positive rate
+    assert rows["seborrheic_keratosis"]["roc_auc_against_malignant"] == 1.0
+    nevus_auc = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], np.r_[p[:40], p[70:]])
+    assert rows["nevus"]["roc_auc_against_malignant"] == pytest.approx(nevus_auc) and nevus_auc < 0.95
+    low, high = rows["nevus"]["roc_auc_against_malignant_ci95"]
+    assert low < nevus_auc < high
+    table = format_diagnosis_table(list(rows.values()), 0.5)
+    assert "nevus" in table and f"{nevus_auc:.3f}" in table
+
+
+def test_diagnosis_breakdown_marks_a_diagnosis_with_both_labels_and_needs_one_per_image():
+    p, y = np.array([0.9, 0.1, 0.8, 0.2]), np.array([1, 0, 0, 1])
+    rows = diagnosis_breakdown(p, y, ["a", "b", "a", "b"], threshold=0.5, bootstrap=10)
+    assert [r["label"] for r in rows] == ["mixed", "mixed"]
+    with pytest.raises(ValueError, match="one diagnosis per scored image"):
+        diagnosis_breakdown(p, y, ["a", "b"], threshold=0.5)

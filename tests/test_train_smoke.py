@@ -300,3 +300,28 @@ def test_mixup_mixes_images_and_every_target_with_the_same_weights():
 
     images, targets = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity)))  # off by default
     assert set(np.unique(targets.numpy())) == {0.0, 1.0}
+
+
+def test_evaluate_breaks_the_results_down_by_diagnosis(trained, tiny_data, tmp_path, capsys):
+    test = sorted((tiny_data / "test").rglob("*.png"))
+    rows = [f"{p.stem},{'melanoma' if p.parent.name == 'malignant' else ('nevus' if i % 2 else 'keratosis')}"
+            for i, p in enumerate(test)]
+    dx = tmp_path / "dx.csv"
+    dx.write_text("image_id,diagnosis\n" + "\n".join(rows) + "\n")
+    bundle = str(trained / "bundle" / "tiny.keras")
+    metrics = evaluate_cli.main(["--model", bundle, "--data", str(tiny_data), "--out", str(tmp_path / "dx"),
+                                 "--diagnosis", str(dx)])
+    by = {r["diagnosis"]: r for r in metrics["by_diagnosis"]}
+    assert sum(r["n"] for r in by.values()) == metrics["n"]
+    assert by["melanoma"]["label"] == "malignant" and by["melanoma"]["flagged"] == pytest.approx(metrics["sensitivity"])
+    assert {by["nevus"]["label"], by["keratosis"]["label"]} == {"benign"}
+    assert json.loads((tmp_path / "dx" / "metrics.json").read_text())["by_diagnosis"] == metrics["by_diagnosis"]
+    assert "AUC against malignant" in capsys.readouterr().out
+    # images the CSV lacks (here every benign one): one sentence, exit code 2, nothing evaluated
+    dx.write_text("image_id,diagnosis\n" + "\n".join(r for r in rows if r.endswith("melanoma")) + "\n")
+    with pytest.raises(SystemExit) as refused:
+        evaluate_cli.main(["--model", bundle, "--data", str(tiny_data), "--out", str(tmp_path / "dx2"),
+                           "--diagnosis", str(dx)])
+    assert refused.value.code == 2
+    assert f"test images have no diagnosis in {dx}, for example img_" in capsys.readouterr().err
+    assert not (tmp_path / "dx2" / "metrics.json").exists()

@@ -286,6 +286,27 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
     return sorted(pairs.values(), key=lambda e: (e["path_a"], e["path_b"]))
 
 
+def read_diagnoses(csv_path: str | Path) -> dict[str, str]:
+    """Finer diagnosis per image stem, from a CSV with a `diagnosis` column and `image_id` or `path`."""
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read the diagnosis CSV {csv_path}: {e}") from None
+    if not rows or "diagnosis" not in rows[0]:
+        raise DataError(f"{csv_path} has no 'diagnosis' column")
+    return {(row.get("image_id") or Path(row.get("path") or "").stem): (row["diagnosis"] or "").strip()
+            for row in rows}
+
+
+def diagnoses_for(paths: list, by_id: dict[str, str], csv_path: str | Path, what: str) -> list[str]:
+    """The diagnosis of every path, or a DataError naming the first image the CSV lacks."""
+    missing = [Path(p).name for p in paths if not by_id.get(Path(p).stem)]
+    if missing:
+        raise DataError(f"{len(missing)} {what} images have no diagnosis in {csv_path}, for example {missing[0]}")
+    return [by_id[Path(p).stem] for p in paths]
+
+
 def load_images(paths: list[Path], spec) -> np.ndarray:
     """Every image through the one preprocessing path: (N, size, size, 3) uint8."""
     from model.preprocessing import preprocess

@@ -3,7 +3,8 @@
     python -m train.evaluate --model model/shipped/melanoma_efficientnet.keras \
         --data ../shared/data/isic2017 --split test
 
-Prints a table, writes metrics.json and ROC / PR / confusion / reliability PNGs. The test split is
+Prints a table, writes metrics.json and ROC / PR / confusion / reliability PNGs; with `--diagnosis CSV`, also a
+breakdown by finer diagnosis (melanoma, nevus, seborrheic keratosis for ISIC 2017). The test split is
 evaluated without the images that have an exact or near duplicate in train or val.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from model.bundle import card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
-from train.metrics import classification_metrics, format_table
+from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
 
 log = logging.getLogger("train.evaluate")
@@ -63,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
+    parser.add_argument("--diagnosis", default=None, metavar="CSV",
+                        help="also break the results down by finer diagnosis (CSV with image_id or path, and "
+                             "diagnosis; e.g. ../shared/data/isic2017/DIAGNOSIS.csv): share flagged and AUC against "
+                             "the malignant images, per diagnosis")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval_<bundle>_<split>)")
     parser.add_argument("--update-card", action="store_true",
                         help="write these test metrics into the bundle's model card (test split of the data the "
@@ -80,7 +85,19 @@ def main(argv=None) -> dict:
     if args.update_card:
         _check_card_update(args, bundle.card, dataset)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
+    diagnoses = None
+    if args.diagnosis:
+        try:
+            diagnoses = data_mod.diagnoses_for(paths, data_mod.read_diagnoses(args.diagnosis), args.diagnosis,
+                                               args.split)
+        except data_mod.DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     metrics, p, y = evaluate_split(predictor, dataset, args.split, args.tta, not args.keep_duplicates)
+    if diagnoses is not None:
+        metrics["by_diagnosis"] = diagnosis_breakdown(p, y, diagnoses, predictor.threshold)
+        metrics["diagnosis_csv"] = str(args.diagnosis)
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
                     "data_hash": dataset.data_hash(), "runtime": predictor.runtime})
     out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
@@ -88,10 +105,11 @@ def main(argv=None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     np.savez(out / "predictions.npz", probability_malignant=p, label=y)
     evaluation_figures(p, y, metrics, out)
-    paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
     sample_grid(paths, p, y, predictor.threshold, out / "samples.png")
     print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
                                 f"TTA {metrics['tta_views']} views)"))
+    if diagnoses is not None:
+        print("\n" + format_diagnosis_table(metrics["by_diagnosis"], predictor.threshold))
     print(f"\nwritten: {out}/metrics.json and PNGs")
     if args.update_card:
         card = load_card(args.model)

@@ -296,19 +296,9 @@ def _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_
 
 def aux_targets(csv_path: str | Path, paths: list) -> tuple[list[str], np.ndarray]:
     """One-hot finer diagnoses for the training images, from a CSV with `diagnosis` and `image_id` or `path`."""
-    by_id = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if "diagnosis" not in row:
-                raise data_mod.DataError(f"{csv_path} has no 'diagnosis' column")
-            key = row.get("image_id") or Path(row.get("path", "")).stem
-            by_id[key] = row["diagnosis"].strip()
-    missing = [Path(p).name for p in paths if Path(p).stem not in by_id]
-    if missing:
-        raise data_mod.DataError(f"{len(missing)} training images have no diagnosis in {csv_path}, "
-                                 f"for example {missing[0]}")
-    classes = sorted({by_id[Path(p).stem] for p in paths})
-    index = np.array([classes.index(by_id[Path(p).stem]) for p in paths])
+    diagnoses = data_mod.diagnoses_for(paths, data_mod.read_diagnoses(csv_path), csv_path, "training")
+    classes = sorted(set(diagnoses))
+    index = np.array([classes.index(d) for d in diagnoses])
     return classes, np.eye(len(classes), dtype=np.float32)[index]
 
 
