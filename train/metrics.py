@@ -199,7 +199,7 @@ def format_diagnosis_table(rows: list[dict], threshold: float) -> str:
         if "roc_auc_against_malignant" in r:
             low, high = r["roc_auc_against_malignant_ci95"] or (float("nan"), float("nan"))
             auc = f"{r['roc_auc_against_malignant']:.3f} [{low:.3f}, {high:.3f}]"
-        lines.append(f"{r['diagnosis']:<24} {r['label']:<9} {r['n']:>6}  {r['flagged']:>17.3f}  {auc}")
+        lines.append(f"{r['diagnosis']:<24} {r['label']:<9} {r['n']:>6}  {r['flagged']:>17.3f}  {auc}".rstrip())
     return "\n".join(lines)
 
 
