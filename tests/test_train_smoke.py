@@ -11,7 +11,7 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import early_stop_epoch, fit_stage, main as train_main, make_dataset
+from train.train import RankingLoss, early_stop_epoch, fit_stage, main as train_main, make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -277,6 +277,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     ("--ring-augment", "1.5", "--ring-augment is a share of training images in [0, 1]"),
     ("--blur-augment", "1.5", "--blur-augment is a share of training images in [0, 1]"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
+    ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:
@@ -284,6 +285,42 @@ def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, f
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _probs(log_odds):
+    p = 1 / (1 + np.exp(-np.asarray(log_odds, dtype=np.float64)))
+    return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def test_ranking_loss_adds_the_squared_hinge_of_pairs_ranked_closer_than_the_margin():
+    y = np.eye(2, dtype=np.float32)[[1, 1, 0, 0, 0]]
+    cross_entropy = float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(y, _probs([3, 0.5, 0, -2, 1])))
+    loss = RankingLoss(0.5, label_smoothing=0.1)
+    # malignant log-odds 3 and 0.5 against benign 0, -2 and 1: of the six pairs, (3, *) and (0.5, -2) are a margin
+    # apart; (0.5, 0) is 0.5 short and (0.5, 1) is ranked the wrong way, 1.5 short
+    expected = cross_entropy + 0.5 * (0.5**2 + 1.5**2) / 6
+    np.testing.assert_allclose(float(loss(y, _probs([3, 0.5, 0, -2, 1]))), expected, rtol=1e-5)
+    # well ranked, or no malignant image in the batch: the cross-entropy alone
+    separated = _probs([3, 2, 0, -2, 1])
+    np.testing.assert_allclose(float(loss(y, separated)),
+                               float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(y, separated)),
+                               rtol=1e-5)
+    benign = np.eye(2, dtype=np.float32)[[0, 0, 0, 0, 0]]
+    np.testing.assert_allclose(float(loss(benign, separated)),
+                               float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(benign, separated)),
+                               rtol=1e-5)
+
+
+def test_ranking_loss_trains_from_the_command_line(tiny_data, tmp_path):
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--auc-loss", "0.5",
+        "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    assert bundle.card["training"]["arguments"]["auc_loss"] == 0.5
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert all(np.isfinite(float(r["loss"])) for r in history)
 
 
 def test_mixup_mixes_images_and_every_target_with_the_same_weights():

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
@@ -77,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--warmup-epochs", type=int, default=2, help="stage 2 linear warm-up epochs (default: 2)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay, Adam(W) (default: 1e-4)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
+    g.add_argument("--auc-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="add to the cross-entropy WEIGHT times a pairwise ranking loss: the mean squared hinge of "
+                        "every (malignant, benign) pair in a batch whose log-odds differ by less than 1, a surrogate "
+                        "of 1 - AUC (e.g. 0.5) (default: 0, off)")
     g.add_argument("--ink-augment", type=float, default=0.0, metavar="RATE",
                    help="paint skin-marker ink on this share of training images, both classes (default: 0, off)")
     g.add_argument("--ring-augment", type=float, default=0.0, metavar="RATE",
@@ -126,6 +131,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--mixup is the Beta distribution's alpha, 0 (off) or more (e.g. 0.2), not {args.mixup}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema is a momentum in [0, 1) (0 = off, e.g. 0.99), not {args.ema}")
+    if args.auc_loss < 0.0:
+        p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
+    if args.auc_loss > 0 and args.distribute == "multi-worker":
+        p.error("--auc-loss compares images across a batch, which the multi-worker loop splits; "
+                "use --distribute none or mirrored")
     return args
 
 
@@ -190,11 +200,44 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+@keras.saving.register_keras_serializable(package="melanoma")  # `clone_model` rebuilds the compiled loss from its config
+class RankingLoss(keras.losses.Loss):
+    """Cross-entropy plus `weight` times a pairwise ranking loss over the batch.
+
+    The ranking term is the mean over every (malignant, benign) pair in the batch of
+    max(0, margin - (s_malignant - s_benign))^2, where s is a network's log-odds of malignancy: a smooth
+    surrogate of 1 - AUC, which is the share of such pairs ranked the wrong way. A batch without both
+    classes adds nothing. Each image's loss carries the batch's ranking term, so the mean over the batch
+    is the mean cross-entropy plus `weight` times the ranking term.
+    """
+
+    def __init__(self, weight: float, margin: float = 1.0, label_smoothing: float = 0.0, name="ranking_loss",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.weight, self.margin, self.label_smoothing = weight, margin, label_smoothing
+
+    def call(self, y_true, y_pred):
+        cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
+        probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+        score = ops.log(probs[:, 1]) - ops.log(probs[:, 0])
+        malignant = ops.cast(y_true[:, 1] > 0.5, score.dtype)
+        pairs = malignant[:, None] * (1.0 - malignant)[None, :]
+        hinge = ops.square(ops.relu(self.margin - (score[:, None] - score[None, :])))
+        ranking = ops.sum(hinge * pairs) / ops.maximum(ops.sum(pairs), 1.0)
+        return cross_entropy + self.weight * ranking
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight, "margin": self.margin,
+                "label_smoothing": self.label_smoothing}
+
+
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
               strategy=None, steps=None, early_stop_from=0):
     """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
+    if getattr(args, "auc_loss", 0.0) > 0:
+        loss = RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
     checkpoint = run_dir / "best.weights.h5"
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
