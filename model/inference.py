@@ -29,9 +29,11 @@ def dihedral_views(batch: np.ndarray, n_views: int) -> np.ndarray:
     return np.concatenate(views[:n_views], axis=0)
 
 
-def calibrated_malignant_probability(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Temperature scaling on the network's softmax: softmax(log(p) / T)[:, malignant]."""
+def calibrated_malignant_probability(probs: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """Temperature scaling on the network's softmax, softmax(log(p) / T)[:, malignant], with `bias` added to the
+    malignant logit first (0 unless the bundle was calibrated with `--calibration platt`)."""
     logits = np.log(np.clip(probs, 1e-7, 1.0)) / temperature
+    logits[:, CLASS_NAMES.index("malignant")] += bias
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return (e / e.sum(axis=1, keepdims=True))[:, CLASS_NAMES.index("malignant")]
@@ -55,6 +57,7 @@ class Predictor:
         self.spec = PreprocessSpec.from_dict(card["preprocessing"])
         self.threshold = float(card["threshold"])
         self.temperature = float(card.get("temperature", 1.0))
+        self.logit_bias = float(card.get("logit_bias", 0.0))
         self.tta_views = int(tta_views or card.get("tta_views", 1))
         band = card.get("indeterminate_band")
         self.band = (float(band[0]), float(band[1])) if band else None
@@ -99,7 +102,8 @@ class Predictor:
 
     def probability(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
         """Calibrated probability of malignancy for each image of a uint8 batch."""
-        return calibrated_malignant_probability(self.raw_probabilities(batch, tta_views), self.temperature)
+        return calibrated_malignant_probability(self.raw_probabilities(batch, tta_views), self.temperature,
+                                                self.logit_bias)
 
     def verdict(self, pm: float) -> dict:
         malignant = pm >= self.threshold
@@ -141,7 +145,7 @@ class Predictor:
         if arrays:
             batch = np.stack(arrays)
             probs, features = self.raw_outputs(batch)
-            p = calibrated_malignant_probability(probs, self.temperature)
+            p = calibrated_malignant_probability(probs, self.temperature, self.logit_bias)
             refused = self.not_a_lesion(features)
             for slot, pm, no in zip(slots, p.tolist(), refused.tolist()):
                 out[slot] = ({"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}

@@ -53,6 +53,23 @@ def test_temperature_softens_without_reordering():
     assert list(np.argsort(hot)) == list(np.argsort(probs[:, 1]))
 
 
+def test_a_logit_bias_shifts_the_log_odds_after_the_temperature(tiny_bundle):
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    log_odds = np.log(probs[:, 1] / probs[:, 0])
+    np.testing.assert_allclose(calibrated_malignant_probability(probs, 2.0, -0.5),
+                               1 / (1 + np.exp(-(log_odds / 2.0 - 0.5))), rtol=1e-6)
+    _, path = tiny_bundle
+    batch = np.random.default_rng(2).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    plain, biased = Predictor(load_bundle(path)), Predictor(load_bundle(path))
+    assert plain.logit_bias == 0.0  # a card without the field, as every bundle before it
+    biased.logit_bias = 1.0
+    raw = plain.raw_probabilities(batch)
+    np.testing.assert_allclose(biased.probability(batch), calibrated_malignant_probability(raw, 1.5, 1.0), rtol=1e-5)
+    assert (biased.probability(batch) > plain.probability(batch)).all()
+    assert [r["probability_malignant"] for r in biased.predict(batch)] == pytest.approx(
+        biased.probability(batch).tolist(), rel=1e-5)
+
+
 def test_dihedral_views_are_distinct_flips_and_turns():
     x = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
     views = dihedral_views(x, 8)

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from train.metrics import (classification_metrics, diagnosis_breakdown, expected_calibration_error, fit_temperature,
-                           format_diagnosis_table, threshold_for_sensitivity)
+                           fit_temperature_and_bias, format_diagnosis_table, threshold_for_sensitivity)
 
 
 def test_temperature_recovers_an_overconfident_model():
@@ -16,6 +16,23 @@ def test_temperature_recovers_an_overconfident_model():
     over = 1 / (1 + np.exp(-3 * true_logit))  # three times too sharp
     t = fit_temperature(np.stack([1 - over, over], 1), y)
     assert 2.5 < t < 3.5
+
+
+def test_platt_scaling_recovers_a_shifted_model_that_a_temperature_cannot():
+    """A network whose log-odds are twice too sharp and 1.5 too high: the temperature alone settles on a compromise,
+    the temperature and bias recover both, and the calibration error falls accordingly."""
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-1.0, 2.0, 8000)
+    y = (rng.uniform(size=len(true_logit)) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    shifted = 1 / (1 + np.exp(-(2 * true_logit + 1.5)))
+    probs = np.stack([1 - shifted, shifted], 1)
+    t, b = fit_temperature_and_bias(probs, y)
+    assert 1.8 < t < 2.2 and -0.95 < b < -0.55  # sigmoid(s / 2 - 0.75) is the true probability
+    from model.inference import calibrated_malignant_probability
+    ece_platt, _ = expected_calibration_error(calibrated_malignant_probability(probs, t, b), y)
+    ece_temperature, _ = expected_calibration_error(
+        calibrated_malignant_probability(probs, fit_temperature(probs, y)), y)
+    assert ece_platt < 0.02 < ece_temperature
 
 
 def test_threshold_is_the_kth_lowest_positive_with_k_from_n_plus_one():

@@ -132,6 +132,33 @@ def test_calibrate_refits_the_operating_point_the_way_training_did(trained, tiny
     assert load_bundle(bundle).model.count_params() == load_bundle(trained / "bundle" / "tiny.keras").model.count_params()
 
 
+def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained, tiny_data, tmp_path, capsys):
+    from model.bundle import copy_bundle, load_card
+    from model.inference import Predictor
+    from train import calibrate
+
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    before = load_card(bundle)
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--calibration", "platt"])
+    platt = load_card(bundle)
+    assert platt["calibration_method"] == "platt" and platt["logit_bias"] != 0.0
+    assert "--calibration platt" in platt["calibration"]["command"]
+    # the bias is fitted with the temperature on val, and serving applies both: the predictor reproduces the card's
+    # validation sensitivity at its threshold, and the ranking (AUC) is the temperature-only fit's
+    predictor = Predictor(load_bundle(bundle))
+    assert predictor.logit_bias == platt["logit_bias"]
+    val = sorted((tiny_data / "val").rglob("*.png"))
+    y = np.array([p.parent.name == "malignant" for p in val])
+    p = predictor.probability(np.stack([predictor.preprocess(v) for v in val]))
+    assert np.mean(p[y] >= platt["threshold"]) == pytest.approx(platt["validation"]["sensitivity"])
+    assert platt["validation"]["roc_auc"] == pytest.approx(before["validation"]["roc_auc"])
+    # back to a temperature alone: the bias goes back to 0
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--calibration", "temperature"])
+    again = load_card(bundle)
+    assert again["logit_bias"] == 0.0 and again["calibration"]["before"]["calibration_method"] == "platt"
+    assert abs(again["temperature"] - before["temperature"]) < 1e-3
+
+
 def test_calibrate_refuses_a_validation_split_without_melanomas(trained, tiny_data, tmp_path, capsys):
     import shutil
 

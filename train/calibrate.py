@@ -22,29 +22,39 @@ from model.bundle import card_path, load_bundle
 from model.inference import Predictor, calibrated_malignant_probability
 from train import data as data_mod
 from train.gate import indeterminate_band
-from train.metrics import THRESHOLD_RULE, classification_metrics, fit_temperature, threshold_for_sensitivity
+from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
+                           threshold_for_sensitivity)
+
+CALIBRATIONS = ("temperature", "platt")
 
 log = logging.getLogger("train.calibrate")
 
 
-def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray,
-                    target_sensitivity: float) -> tuple[dict, np.ndarray]:
-    """Fit the temperature (on the raw softmax outputs of the validation images) and then the threshold (on the
-    calibrated probabilities), and set both on `predictor`. Returns the model card's fields, validation metrics
-    included, and the calibrated validation probabilities."""
+def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray, target_sensitivity: float,
+                    calibration: str = "temperature") -> tuple[dict, np.ndarray]:
+    """Fit the calibration (on the raw softmax outputs of the validation images: a temperature, or for "platt" a
+    temperature and a bias on the log-odds) and then the threshold (on the calibrated probabilities), and set them
+    on `predictor`. Returns the model card's fields, validation metrics included, and the calibrated validation
+    probabilities."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {calibration!r}")
     raw_val = np.concatenate([predictor.raw_probabilities(x_val[i : i + 32]) for i in range(0, len(x_val), 32)])
-    predictor.temperature = fit_temperature(raw_val, y_val)
-    p_val = calibrated_malignant_probability(raw_val, predictor.temperature)
+    if calibration == "platt":
+        predictor.temperature, predictor.logit_bias = fit_temperature_and_bias(raw_val, y_val)
+    else:
+        predictor.temperature, predictor.logit_bias = fit_temperature(raw_val, y_val), 0.0
+    p_val = calibrated_malignant_probability(raw_val, predictor.temperature, predictor.logit_bias)
     predictor.threshold = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
     validation = classification_metrics(p_val, y_val, predictor.threshold, bootstrap=500)
     validation.pop("reliability_bins", None)
-    return {"temperature": predictor.temperature, "threshold": predictor.threshold,
+    return {"calibration_method": calibration, "temperature": predictor.temperature,
+            "logit_bias": predictor.logit_bias, "threshold": predictor.threshold,
             "target_sensitivity": target_sensitivity, "threshold_rule": THRESHOLD_RULE,
             "validation": validation}, p_val
 
 
 def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
-                command: str | None = None) -> dict:
+                command: str | None = None, calibration: str = "temperature") -> dict:
     """Refit the operating point of the bundle at MODEL on DATA's validation split; returns the new card."""
     bundle = load_bundle(model)
     predictor = Predictor(bundle)
@@ -53,15 +63,16 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
     x_val = data_mod.load_images(val.paths, predictor.spec)
     card = bundle.card
-    before = {k: card.get(k) for k in ("temperature", "threshold", "target_sensitivity")}
-    point, p_val = operating_point(predictor, x_val, y_val, target_sensitivity)
+    before = {k: card.get(k) for k in ("calibration_method", "temperature", "logit_bias", "threshold",
+                                       "target_sensitivity") if k in card}
+    point, p_val = operating_point(predictor, x_val, y_val, target_sensitivity, calibration)
     card.update(point)
     if "indeterminate_band" in card:
         fraction = float(card.get("indeterminate_band_fraction_of_validation", 0.15))
         card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, fraction)
     card["calibration"] = {
         "command": command or f"python -m train.calibrate --model {model} --data {data} "
-                              f"--target-sensitivity {target_sensitivity}",
+                              f"--target-sensitivity {target_sensitivity} --calibration {calibration}",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": str(data),
         "data_hash": dataset.data_hash(),
@@ -70,8 +81,9 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
         "before": before,
     }
     card_path(model).write_text(json.dumps(card, indent=2) + "\n")
-    log.info("temperature %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, %d validation melanomas)",
-             before["temperature"] or float("nan"), point["temperature"], before["threshold"] or float("nan"),
+    log.info("temperature %.3f -> %.3f, logit bias %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, "
+             "%d validation melanomas)", before.get("temperature") or float("nan"), point["temperature"],
+             before.get("logit_bias", 0.0), point["logit_bias"], before.get("threshold") or float("nan"),
              point["threshold"], target_sensitivity, int(y_val.sum()))
     return card
 
@@ -84,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-sensitivity", type=float, default=0.90,
                         help="expected sensitivity for malignant the threshold is fixed for (default: 0.90)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
+                        help="temperature: one temperature on the log-odds; platt: a temperature and a bias, for "
+                             "bundles trained with --auc-loss (default: temperature)")
     args = parser.parse_args(argv)
     if not 0.0 < args.target_sensitivity < 1.0:
         parser.error(f"--target-sensitivity must be between 0 and 1, not {args.target_sensitivity}")
@@ -98,12 +113,14 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     command = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command)
+        card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command,
+                           args.calibration)
     except data_mod.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     v = card["validation"]
-    print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}; on validation: "
+    print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}, "
+          f"logit bias {card['logit_bias']:.3f}; on validation: "
           f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}. Refresh the test metrics with "
           f"python -m train.evaluate --model {args.model} --data {args.data} --update-card")
     return card

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn import metrics as skm
 
 from model.bundle import CLASS_NAMES
@@ -20,6 +20,26 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
+
+
+def fit_temperature_and_bias(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The temperature T and bias b minimising the negative log-likelihood of sigmoid(s / T + b), where s is the
+    network's log-odds of malignancy (Platt scaling, Platt 1999). The bias moves the offset of the log-odds, which
+    a temperature alone cannot, and which a loss on differences of log-odds (`--auc-loss`) leaves free."""
+    logp = np.log(np.clip(probs, 1e-7, 1.0))
+    s = logp[:, 1] - logp[:, 0]
+    y = np.asarray(y, dtype=np.float64)
+
+    def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
+        log_t, b = params
+        z = s / np.exp(log_t) + b
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))  # -log sigmoid(z) if y else -log(1 - sigmoid(z))
+        residual = 1.0 / (1.0 + np.exp(-z)) - y
+        return loss, np.array([float(np.mean(residual * -s / np.exp(log_t))), float(np.mean(residual))])
+
+    result = minimize(nll, np.array([0.0, 0.0]), jac=True, method="L-BFGS-B",
+                      bounds=[(np.log(0.05), np.log(20.0)), (-10.0, 10.0)])
+    return float(np.exp(result.x[0])), float(result.x[1])
 
 
 THRESHOLD_RULE = "k-th lowest validation melanoma score, k = floor((1 - target) * (n + 1))"

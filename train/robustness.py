@@ -124,7 +124,7 @@ def score_images(predictor: Predictor, images: list[Image.Image], batch_size: in
         chunk = images[start : start + batch_size]
         batch = np.stack([predictor.preprocess(img) for img in chunk])
         raw, features = predictor.raw_outputs(batch)
-        probs.append(calibrated_malignant_probability(raw, predictor.temperature))
+        probs.append(calibrated_malignant_probability(raw, predictor.temperature, predictor.logit_bias))
         bad_quality = np.array([predictor.quality_refusal(img) is not None for img in chunk])
         refused.append(bad_quality | np.asarray(predictor.not_a_lesion(features), bool))
     return np.concatenate(probs), np.concatenate(refused)

@@ -35,7 +35,7 @@ from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
 from train.augment import build_augmenter
-from train.calibrate import operating_point
+from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
 from train.gate import fit_selected as fit_selected_gate
@@ -114,6 +114,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--target-sensitivity", type=float, default=0.90,
                    help="expected sensitivity for malignant on new images; the threshold is fixed on val for it "
                         "(default: 0.90)")
+    g.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
+                   help="fitted on val: temperature = one temperature on the log-odds; platt = a temperature and a "
+                        "bias, for --auc-loss, whose ranking term leaves the log-odds' offset free (default: "
+                        "temperature)")
     g.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
     g.add_argument("--gate-layer", default="auto",
@@ -515,10 +519,11 @@ def train(args: argparse.Namespace) -> Bundle | None:
     }
     bundle = Bundle(clean, card, run_dir / "melanoma_efficientnet.keras")
     predictor = Predictor(bundle)
-    point, _ = operating_point(predictor, x_val, y_val, args.target_sensitivity)
+    point, _ = operating_point(predictor, x_val, y_val, args.target_sensitivity, getattr(args, "calibration",
+                                                                                         "temperature"))
     card.update(point)
-    log.info("temperature %.3f, threshold %.4f for sensitivity %.2f on val", predictor.temperature,
-             predictor.threshold, args.target_sensitivity)
+    log.info("temperature %.3f, logit bias %.3f, threshold %.4f for sensitivity %.2f on val", predictor.temperature,
+             predictor.logit_bias, predictor.threshold, args.target_sensitivity)
 
     test_metrics, p_test, y_test = evaluate_split(predictor, dataset, "test")
     evaluation_figures(p_test, y_test, test_metrics, run_dir / "test")

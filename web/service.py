@@ -80,9 +80,10 @@ class ModelService:
         self.cam = GradCAM(self.bundle.model)
         self.cam.heatmaps(np.zeros((1, *self.bundle.model.input_shape[1:]), np.uint8))  # trace once now
         card = self.bundle.card
-        app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, TTA %d, "
-                        "runtime %s, micro-batching %s)", path, self.bundle.version, card["backbone"], self.predictor.threshold,
-                        self.predictor.temperature, self.predictor.tta_views, self.predictor.runtime,
+        app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, logit bias %.3f, "
+                        "TTA %d, runtime %s, micro-batching %s)", path, self.bundle.version, card["backbone"],
+                        self.predictor.threshold, self.predictor.temperature, self.predictor.logit_bias,
+                        self.predictor.tta_views, self.predictor.runtime,
                         "on" if self.batcher else "off")
         app.extensions[EXTENSION_KEY] = self
 
