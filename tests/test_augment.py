@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from train.augment import INK_RGB, RandomDermoscopeRing, RandomInk, build_augmenter, ink_masks
+from train.augment import INK_RGB, RandomDermoscopeRing, RandomInk, RandomJpeg, build_augmenter, ink_masks
 
 
 def _images(n=8, size=64, seed=0):
@@ -103,3 +103,21 @@ def test_random_crop_changes_the_aspect_ratio_the_plain_zoom_keeps_it():
     assert np.allclose(_disk_aspects(plain), 1.0, atol=0.1)
     aspects = _disk_aspects(crop)
     assert (np.abs(aspects - 1.0) > 0.15).sum() >= 4  # most crops stretch one axis more than the other
+
+
+def test_jpeg_compresses_the_chosen_share_with_the_real_codec_in_training_only():
+    rng = np.random.default_rng(4)
+    x = np.round(rng.uniform(0, 255, (16, 32, 32, 3))).astype(np.float32)  # noise: JPEG at quality 30 changes it
+    layer = RandomJpeg(1.0, quality=(30, 30), seed=1)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomJpeg(0.0, seed=1)(x, training=True)), x)
+    batches = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    out = next(iter(batches.map(lambda a: layer(a, training=True)))).numpy()
+    expected = np.stack([tf.image.adjust_jpeg_quality(tf.constant(i.astype(np.uint8)), 30).numpy() for i in x])
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    some = RandomJpeg(0.5, seed=1)
+    half = next(iter(batches.map(lambda a: some(a, training=True)))).numpy()
+    same = (half == x).all(axis=(1, 2, 3))
+    assert 0 < same.sum() < 16  # a share of the images is compressed, the rest passes untouched
+    assert build_augmenter(seed=5, ring_rate=0.3, jpeg_rate=0.3).layers[-1].name.startswith("random_jpeg")
+    assert not any(layer.name.startswith("random_jpeg") for layer in build_augmenter(seed=5).layers)

@@ -303,6 +303,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     ("--ink-augment", "1.5", "--ink-augment is a share of training images in [0, 1]"),
     ("--ring-augment", "1.5", "--ring-augment is a share of training images in [0, 1]"),
     ("--blur-augment", "1.5", "--blur-augment is a share of training images in [0, 1]"),
+    ("--jpeg-augment", "-0.1", "--jpeg-augment is a share of training images in [0, 1]"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
 ])

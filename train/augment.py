@@ -10,8 +10,8 @@ nothing about the label (several confidently missed melanomas on the test split 
 
 Optionally, what other cameras do to an image: `--ring-augment RATE` paints the dark circular field
 of view that contact dermoscopes leave around the image, `--blur-augment RATE` blurs a little, as an
-image slightly out of focus or of lower resolution looks. `python -m train.robustness` measures what
-each costs a bundle.
+image slightly out of focus or of lower resolution looks, `--jpeg-augment RATE` compresses as a camera or
+a browser upload does (JPEG quality 30-90). `python -m train.robustness` measures what each costs a bundle.
 """
 from __future__ import annotations
 
@@ -136,13 +136,53 @@ class RandomDermoscopeRing(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed, "fill": self.fill}
 
 
+class RandomJpeg(layers.Layer):
+    """Compress a share (`rate`) of the images of a batch as JPEG, at a quality drawn uniformly from `quality`.
+
+    Runs in the tf.data training pipeline (TensorFlow's JPEG codec, `tf.image.adjust_jpeg_quality`, one image at a
+    time); the pixel range stays 0-255. The default range ends at quality 30, the harshest compression
+    `python -m train.robustness` measures.
+    """
+
+    def __init__(self, rate: float = 0.3, quality: tuple[int, int] = (30, 90), seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.quality, self.seed = rate, tuple(quality), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or self.rate <= 0:
+            return images
+        import tensorflow as tf  # the training pipeline is tf.data; the codec has no backend-neutral op
+
+        n = keras.ops.shape(images)[0]
+        apply = keras.random.uniform((n,), 0.0, 1.0, seed=self.seed_generator) < self.rate
+        quality = keras.ops.cast(keras.random.uniform((n,), float(self.quality[0]), float(self.quality[1]) + 1.0,
+                                                      seed=self.seed_generator), "int32")
+        pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+
+        def one(args):
+            image, q, on = args
+            return tf.cond(on, lambda: tf.image.adjust_jpeg_quality(image, q), lambda: image)
+
+        out = tf.map_fn(one, (pixels, quality, apply), fn_output_signature=tf.TensorSpec(images.shape[1:], tf.uint8))
+        return tf.where(apply[:, None, None, None], tf.cast(out, images.dtype), images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "quality": list(self.quality), "seed": self.seed}
+
+
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
-                    blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False) -> keras.Sequential:
+                    blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
+                    jpeg_rate: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     # sigma 0.3-2 px at 256 px: from barely soft to the robustness check's blur and half resolution
     blur = [layers.RandomGaussianBlur((blur_rate, blur_rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
                                       seed=seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
+    jpeg = [RandomJpeg(jpeg_rate, seed=seed + 10)] if jpeg_rate > 0 else []
     return keras.Sequential(
         ink + [
             layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn
@@ -155,6 +195,7 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
             layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ] + blur + ring,  # last: the ring belongs to the camera's frame, not to the rotated and zoomed skin
+        ] + blur + ring + jpeg,  # the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
+        # camera or the upload compresses what it captured, frame included
         name="augmentation",
     )

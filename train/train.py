@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--blur-augment", type=float, default=0.0, metavar="RATE",
                    help="blur this share of training images a little (Gaussian, sigma 0.3-2 px), as a camera "
                         "slightly out of focus or of lower resolution does (default: 0, off)")
+    g.add_argument("--jpeg-augment", type=float, default=0.0, metavar="RATE",
+                   help="compress this share of training images as JPEG, quality 30-90, as a camera or an upload "
+                        "does (default: 0, off)")
     g.add_argument("--random-crop", action="store_true",
                    help="zoom height and width apart: random crops of about 40-100%% of the image with the aspect "
                         "ratio changed, in place of the one zoom for both (default: off)")
@@ -128,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     args = p.parse_args(argv)
     for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
-                       ("--blur-augment", args.blur_augment)):
+                       ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
     if args.mixup < 0.0:
@@ -471,7 +474,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
     augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
-                                args.random_crop)
+                                args.random_crop, getattr(args, "jpeg_augment", 0.0))
     ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
     steps = max(1, len(x_train) // args.batch_size)
 
