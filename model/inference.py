@@ -100,10 +100,13 @@ class Predictor:
         """The network's softmax for a uint8 batch (B, H, W, 3), averaged over TTA views: (B, 2)."""
         return self.raw_outputs(batch, tta_views)[0]
 
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The bundle's calibration (temperature, logit bias) applied to the network's softmax (B, 2)."""
+        return calibrated_malignant_probability(probs, self.temperature, self.logit_bias)
+
     def probability(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
         """Calibrated probability of malignancy for each image of a uint8 batch."""
-        return calibrated_malignant_probability(self.raw_probabilities(batch, tta_views), self.temperature,
-                                                self.logit_bias)
+        return self.calibrated(self.raw_probabilities(batch, tta_views))
 
     def verdict(self, pm: float) -> dict:
         malignant = pm >= self.threshold
@@ -145,7 +148,7 @@ class Predictor:
         if arrays:
             batch = np.stack(arrays)
             probs, features = self.raw_outputs(batch)
-            p = calibrated_malignant_probability(probs, self.temperature, self.logit_bias)
+            p = self.calibrated(probs)
             refused = self.not_a_lesion(features)
             for slot, pm, no in zip(slots, p.tolist(), refused.tolist()):
                 out[slot] = ({"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}

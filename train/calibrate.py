@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import card_path, load_bundle
-from model.inference import Predictor, calibrated_malignant_probability
+from model.inference import Predictor
 from train import data as data_mod
 from train.gate import indeterminate_band
 from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
@@ -43,7 +43,7 @@ def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray, 
         predictor.temperature, predictor.logit_bias = fit_temperature_and_bias(raw_val, y_val)
     else:
         predictor.temperature, predictor.logit_bias = fit_temperature(raw_val, y_val), 0.0
-    p_val = calibrated_malignant_probability(raw_val, predictor.temperature, predictor.logit_bias)
+    p_val = predictor.calibrated(raw_val)
     predictor.threshold = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
     validation = classification_metrics(p_val, y_val, predictor.threshold, bootstrap=500)
     validation.pop("reliability_bins", None)

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from sklearn import metrics as skm
 
 from model.bundle import load_bundle
-from model.inference import Predictor, calibrated_malignant_probability
+from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
 from train.metrics import expected_calibration_error, paired_auc_interval
@@ -124,7 +124,7 @@ def score_images(predictor: Predictor, images: list[Image.Image], batch_size: in
         chunk = images[start : start + batch_size]
         batch = np.stack([predictor.preprocess(img) for img in chunk])
         raw, features = predictor.raw_outputs(batch)
-        probs.append(calibrated_malignant_probability(raw, predictor.temperature, predictor.logit_bias))
+        probs.append(predictor.calibrated(raw))
         bad_quality = np.array([predictor.quality_refusal(img) is not None for img in chunk])
         refused.append(bad_quality | np.asarray(predictor.not_a_lesion(features), bool))
     return np.concatenate(probs), np.concatenate(refused)
