@@ -1,14 +1,15 @@
-"""The shortcut-cue audit: it finds a dermoscope ring, leaves dark lesions alone, and flags a ring that goes with
-melanoma in training."""
+"""The shortcut-cue audit: it finds a dermoscope ring and skin-marker ink, leaves dark lesions and purple pigment
+inside a lesion alone, and flags a cue that goes with melanoma in training."""
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import ISIC_FIXTURES, synthetic_lesion
 from train import audit
 from train import data as data_mod
+from train.augment import INK_RGB
 from train.robustness import _dermoscope_ring
 
 
@@ -27,6 +28,40 @@ def test_real_images_without_a_ring_are_not_flagged():
     paths = sorted(ISIC_FIXTURES.glob("*/*.jpg"))
     assert paths
     assert not any(audit.has_dark_corners(Image.open(p).convert("RGB")) for p in paths)
+
+
+def _ink_ring(img: Image.Image) -> Image.Image:
+    """A surgeon's gentian-violet circle drawn around the lesion."""
+    out = img.copy()
+    size = out.width
+    ImageDraw.Draw(out).ellipse([0.08 * size, 0.08 * size, 0.92 * size, 0.92 * size],
+                                outline=tuple(int(c) for c in INK_RGB), width=max(2, size // 64))
+    return out
+
+
+def _purple_pigment(img: Image.Image) -> Image.Image:
+    """Blue-violet pigment in the middle of the lesion, as a blue-white veil can look."""
+    out = img.copy()
+    size = out.width
+    ImageDraw.Draw(out).ellipse([0.42 * size, 0.42 * size, 0.58 * size, 0.58 * size], fill=(95, 60, 140))
+    return out
+
+
+def test_skin_marker_ink_is_found_and_purple_pigment_inside_the_lesion_is_not():
+    lesion = synthetic_lesion(size=256, seed=3)
+    assert audit.ink_share(lesion) == 0.0
+    assert audit.ink_share(_ink_ring(lesion)) > 5 * audit.INK_SHARE  # about 4.5% of the thumbnail
+    assert audit.has_ink(_ink_ring(lesion))
+    pigmented = _purple_pigment(lesion)
+    assert audit.ink_share(pigmented) == 0.0  # inside the lesion mask
+    assert audit.has_ink(_ink_ring(pigmented))
+
+
+def test_real_skin_marker_ink_is_found_and_clean_real_images_are_not():
+    # ISIC_0012414 has two purple ink marks beside a faint naevus; the other fixtures have none
+    paths = sorted(ISIC_FIXTURES.glob("*/*.jpg"))
+    inked = {p.name for p in paths if audit.has_ink(Image.open(p))}
+    assert inked == {"ISIC_0012414.jpg"}
 
 
 def test_cue_table_counts_and_fisher_test():
@@ -49,21 +84,26 @@ def _write(root, split, label, images):
         img.save(folder / f"{label}_{i}.png")
 
 
-def test_a_ring_that_goes_with_melanoma_in_training_is_flagged(tmp_path, capsys):
+@pytest.mark.parametrize("cue, add_cue, remedy", [("dark_corners", _dermoscope_ring, "--ring-augment"),
+                                                 ("skin_marker_ink", _ink_ring, "--ink-augment")])
+def test_a_cue_that_goes_with_melanoma_in_training_is_flagged(tmp_path, capsys, cue, add_cue, remedy):
     lesions = [synthetic_lesion(size=96, seed=s) for s in range(40)]
-    _write(tmp_path, "train", "malignant", [_dermoscope_ring(im) for im in lesions[:8]] + lesions[8:10])
-    _write(tmp_path, "train", "benign", [_dermoscope_ring(lesions[10])] + lesions[11:30])
+    _write(tmp_path, "train", "malignant", [add_cue(im) for im in lesions[:8]] + lesions[8:10])
+    _write(tmp_path, "train", "benign", [add_cue(lesions[10])] + lesions[11:30])
     for split in ("val", "test"):
         _write(tmp_path, split, "malignant", lesions[30:32])
         _write(tmp_path, split, "benign", lesions[32:36])
     result = audit.main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
-    cue = result["cues"]["dark_corners"]
-    assert cue["splits"]["train"]["with_cue"] == 9
-    assert cue["splits"]["train"]["malignant_with_cue"] == 8
-    assert cue["splits"]["val"]["with_cue"] == 0
-    assert cue["linked_to_malignant_in_training"]
-    assert json.loads((tmp_path / "out" / "audit.json").read_text())["cues"]["dark_corners"]["splits"]["train"]
-    assert "--ring-augment" in capsys.readouterr().out
+    found = result["cues"][cue]
+    assert found["splits"]["train"]["with_cue"] == 9
+    assert found["splits"]["train"]["malignant_with_cue"] == 8
+    assert found["splits"]["val"]["with_cue"] == 0
+    assert found["linked_to_malignant_in_training"]
+    other = {name: c for name, c in result["cues"].items() if name != cue}
+    assert other and not any(c["splits"]["train"]["with_cue"] for c in other.values())  # each cue only its own
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["cues"][cue]["splits"]["train"]
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and remedy in warnings[0]
 
 
 def test_a_ring_on_both_classes_alike_is_not_flagged(tmp_path, capsys):

@@ -44,6 +44,7 @@ def test_model_card_is_complete(trained):
     assert 0.0 < card["threshold"] < 1.0 and card["temperature"] > 0
     assert len(card["data"]["hash"]) == 64
     assert card["data"]["shortcut_cues"]["dark_corners"]["train_images_with_cue"] == 0  # no ring in tiny_data
+    assert card["data"]["shortcut_cues"]["skin_marker_ink"]["train_images_with_cue"] == 0  # nor ink
     assert card["training"]["command"].startswith("python -m train")
     assert card["training"]["cpu"] and card["training"]["cpu"] != "unknown"  # training time is read against it
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
@@ -89,6 +90,38 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     tta = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(tiny_data),
                              "--out", str(out / "tta"), "--tta", "4"])
     assert tta["tta_views"] == 4
+
+
+def test_evaluate_breaks_the_results_down_by_shortcut_cue(trained, tiny_data, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image, ImageDraw
+
+    from train.augment import INK_RGB
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    inked = sorted((data / "test" / "benign").glob("*.png"))[:2]
+    for path in inked:  # a surgeon's ink circle around two benign test lesions
+        img = Image.open(path).convert("RGB")
+        ImageDraw.Draw(img).ellipse([5, 5, 58, 58], outline=tuple(int(c) for c in INK_RGB), width=2)
+        img.save(path)
+    metrics = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(data),
+                                 "--out", str(tmp_path / "eval"), "--by-cue"])
+    ink = {row["diagnosis"]: row for row in metrics["by_cue"]["skin_marker_ink"]}
+    assert {name: row["n"] for name, row in ink.items()} == {"benign, with cue": 2, "benign, without cue": 4,
+                                                              "malignant, without cue": 6}
+    assert {name: row["n"] for name, row in
+            ((r["diagnosis"], r) for r in metrics["by_cue"]["dark_corners"])} == {"benign, without cue": 6,
+                                                                                  "malignant, without cue": 6}
+    # the share flagged among the inked images is that of their own predictions
+    from model.inference import Predictor
+
+    predictor = Predictor(load_bundle(trained / "bundle" / "tiny.keras"))
+    expected = (evaluate_cli.predict_split(predictor, inked) >= metrics["threshold"]).mean()
+    assert ink["benign, with cue"]["flagged"] == pytest.approx(expected)
+    assert ink["malignant, without cue"]["flagged"] == pytest.approx(metrics["sensitivity"])
+    assert "skin_marker_ink:" in capsys.readouterr().out
 
 
 def test_evaluate_updates_the_card_only_for_the_bundles_own_test_split(trained, tiny_data, tmp_path, capsys):

@@ -13,6 +13,13 @@ Cues:
 - `dark_corners`: at least half of the four corner patches (each 6/64 of the side) is near black (luminance below
   40 of 255): the ring of a contact dermoscope, or a strong vignette. Broken by `python -m train --ring-augment`.
   The same test decides when the preprocessing's frame fill (`--frame-fill`) acts.
+- `skin_marker_ink`: at least 0.5% of a 128 x 128 thumbnail is purple (gentian-violet surgical marker: hue 245-330
+  degrees, saturation at least 0.25) outside the lesion, the Otsu lesion mask of `train.features` widened by 4
+  pixels, so that blue-violet pigment inside the lesion (a blue-white veil among it, a melanoma sign) does not count.
+  A heuristic that errs towards missing ink: a purple lesion larger than its mask can pass for ink, and where the
+  ink is the darkest thing in view the mask takes it for the lesion and the image passes as clean. Surgeons mark
+  lesions they mean to cut out, so ink can go with melanoma in a training set (Winkler et al., JAMA Dermatology
+  2019, found markings raised a network's melanoma scores). Broken by `python -m train --ink-augment`.
 """
 from __future__ import annotations
 
@@ -23,11 +30,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from scipy.stats import fisher_exact
+from skimage import color
 
 from model import preprocessing
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
+from train.features import lesion_mask
 
 log = logging.getLogger("train.audit")
 
@@ -44,10 +54,34 @@ def has_dark_corners(img: Image.Image) -> bool:
     return dark_corner_share(img) >= preprocessing.DARK_CORNERS
 
 
+INK_THUMBNAIL = 128
+INK_HUE = (0.68, 0.92)  # purple to magenta, as a share of the hue circle
+INK_MIN_SATURATION, INK_VALUE = 0.25, (0.15, 0.90)
+INK_LESION_MARGIN = 4  # pixels of the thumbnail by which the lesion mask is widened
+INK_SHARE = 0.005
+
+
+def ink_share(img: Image.Image) -> float:
+    """Share of a 128 x 128 thumbnail's pixels that look like gentian-violet skin-marker ink and lie outside the
+    lesion (its Otsu mask widened by `INK_LESION_MARGIN` pixels)."""
+    rgb = np.asarray(img.convert("RGB").resize((INK_THUMBNAIL, INK_THUMBNAIL), Image.Resampling.BILINEAR),
+                     np.float64) / 255.0
+    hue, saturation, value = np.moveaxis(color.rgb2hsv(rgb), -1, 0)
+    purple = ((hue > INK_HUE[0]) & (hue < INK_HUE[1]) & (saturation > INK_MIN_SATURATION)
+              & (value > INK_VALUE[0]) & (value < INK_VALUE[1]))
+    outside = ~ndimage.binary_dilation(lesion_mask(rgb), iterations=INK_LESION_MARGIN)
+    return float((purple & outside).mean())
+
+
+def has_ink(img: Image.Image) -> bool:
+    return ink_share(img) >= INK_SHARE
+
+
 # name -> (what it is, its detector, the training option that breaks its link to the label)
 CUES = {
     "dark_corners": ("black corners: a contact dermoscope's field-of-view ring or a strong vignette",
                      has_dark_corners, "--ring-augment 0.3"),
+    "skin_marker_ink": ("purple surgical skin-marker ink outside the lesion", has_ink, "--ink-augment 0.3"),
 }
 
 

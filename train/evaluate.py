@@ -4,7 +4,9 @@
         --data ../shared/data/isic2017 --split test
 
 Prints a table, writes metrics.json and ROC / PR / confusion / reliability PNGs; with `--diagnosis CSV`, also a
-breakdown by finer diagnosis (melanoma, nevus, seborrheic keratosis for ISIC 2017). The test split is
+breakdown by finer diagnosis (melanoma, nevus, seborrheic keratosis for ISIC 2017); with `--by-cue`, a breakdown by
+the shortcut cues of `python -m train.audit` (dermoscope ring, skin-marker ink): for each label, the share flagged
+with and without the cue, so that a cue which sways the network shows. The test split is
 evaluated without the images that have an exact or near duplicate in train or val.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from model.bundle import card_path, load_bundle, load_card
 from model.inference import Predictor
+from model.preprocessing import decode
 from train import data as data_mod
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
@@ -51,6 +54,12 @@ def evaluate_split(predictor: Predictor, dataset: data_mod.Dataset, split: str, 
     return metrics, p, y
 
 
+def cue_groups(paths, labels, detect) -> list[str]:
+    """One group name per image, 'benign' or 'malignant' followed by 'with cue' or 'without cue'."""
+    return [f"{'malignant' if y else 'benign'}, {'with' if detect(decode(path)) else 'without'} cue"
+            for path, y in zip(paths, labels)]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[1])
     parser.add_argument("--model", required=True, help="bundle .keras file (its .json card beside it)")
@@ -68,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also break the results down by finer diagnosis (CSV with image_id or path, and "
                              "diagnosis; e.g. ../shared/data/isic2017/DIAGNOSIS.csv): share flagged and AUC against "
                              "the malignant images, per diagnosis")
+    parser.add_argument("--by-cue", action="store_true",
+                        help="also break the results down by the shortcut cues of python -m train.audit: for each "
+                             "label, the share flagged with and without each cue, and the AUC of the benign images "
+                             "with and without it against all malignant ones")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval_<bundle>_<split>)")
     parser.add_argument("--update-card", action="store_true",
                         help="write these test metrics into the bundle's model card (test split of the data the "
@@ -98,6 +111,11 @@ def main(argv=None) -> dict:
     if diagnoses is not None:
         metrics["by_diagnosis"] = diagnosis_breakdown(p, y, diagnoses, predictor.threshold)
         metrics["diagnosis_csv"] = str(args.diagnosis)
+    if args.by_cue:
+        from train.audit import CUES
+
+        metrics["by_cue"] = {name: diagnosis_breakdown(p, y, cue_groups(paths, y, detect), predictor.threshold)
+                             for name, (_, detect, _) in CUES.items()}
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
                     "data_hash": dataset.data_hash(), "runtime": predictor.runtime})
     out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
@@ -110,6 +128,8 @@ def main(argv=None) -> dict:
                                 f"TTA {metrics['tta_views']} views)"))
     if diagnoses is not None:
         print("\n" + format_diagnosis_table(metrics["by_diagnosis"], predictor.threshold))
+    for name, rows in metrics.get("by_cue", {}).items():
+        print(f"\n{name}:\n" + format_diagnosis_table(rows, predictor.threshold).replace("diagnosis", "group    ", 1))
     print(f"\nwritten: {out}/metrics.json and PNGs")
     if args.update_card:
         card = load_card(args.model)
