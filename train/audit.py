@@ -116,23 +116,27 @@ def cue_table(flags: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def cue_flags(paths) -> dict[str, np.ndarray]:
+    """For each cue, whether each image shows it (each image decoded once; an unreadable one shows none)."""
+    flags = {name: np.zeros(len(paths), bool) for name in CUES}
+    for i, path in enumerate(paths):
+        try:
+            img = decode(path)
+        except ImageError as exc:  # discover() lists files; a broken one is reported, not fatal here
+            log.warning("%s: %s", path, exc.message)
+            continue
+        for name, (_, detect, _) in CUES.items():
+            flags[name][i] = detect(img)
+    return flags
+
+
 def audit(dataset: data_mod.Dataset, alpha: float = 0.01) -> dict:
     """Every cue on every split of `dataset`; a cue is flagged when training links it to the label (p < alpha)."""
     result = {"alpha": alpha, "cues": {}}
-    for name, (description, detect, remedy) in CUES.items():
-        splits = {}
-        for split_name in ("train", "val", "test"):
-            split = dataset.splits.get(split_name)
-            if split is None or not split.paths:
-                continue
-            flags = []
-            for path in split.paths:
-                try:
-                    flags.append(detect(decode(path)))
-                except ImageError as exc:  # discover() lists files; a broken one is reported, not fatal here
-                    log.warning("%s: %s", path, exc.message)
-                    flags.append(False)
-            splits[split_name] = cue_table(np.array(flags), np.asarray(split.labels))
+    present = [name for name in ("train", "val", "test") if dataset.splits.get(name) and dataset.splits[name].paths]
+    flags = {name: cue_flags(dataset.splits[name].paths) for name in present}
+    for name, (description, _, remedy) in CUES.items():
+        splits = {split: cue_table(flags[split][name], np.asarray(dataset.splits[split].labels)) for split in present}
         train = splits.get("train", {})
         linked = bool(train.get("with_cue")) and train["fisher_p"] < alpha and (train["odds_ratio"] or 0) > 1
         result["cues"][name] = {"description": description, "remedy": remedy, "splits": splits,

@@ -22,7 +22,6 @@ import numpy as np
 
 from model.bundle import card_path, load_bundle, load_card
 from model.inference import Predictor
-from model.preprocessing import decode
 from train import data as data_mod
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
@@ -54,10 +53,9 @@ def evaluate_split(predictor: Predictor, dataset: data_mod.Dataset, split: str, 
     return metrics, p, y
 
 
-def cue_groups(paths, labels, detect) -> list[str]:
+def cue_groups(labels, flags) -> list[str]:
     """One group name per image, 'benign' or 'malignant' followed by 'with cue' or 'without cue'."""
-    return [f"{'malignant' if y else 'benign'}, {'with' if detect(decode(path)) else 'without'} cue"
-            for path, y in zip(paths, labels)]
+    return [f"{'malignant' if y else 'benign'}, {'with' if flag else 'without'} cue" for y, flag in zip(labels, flags)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,10 +110,10 @@ def main(argv=None) -> dict:
         metrics["by_diagnosis"] = diagnosis_breakdown(p, y, diagnoses, predictor.threshold)
         metrics["diagnosis_csv"] = str(args.diagnosis)
     if args.by_cue:
-        from train.audit import CUES
+        from train.audit import cue_flags
 
-        metrics["by_cue"] = {name: diagnosis_breakdown(p, y, cue_groups(paths, y, detect), predictor.threshold)
-                             for name, (_, detect, _) in CUES.items()}
+        metrics["by_cue"] = {name: diagnosis_breakdown(p, y, cue_groups(y, flags), predictor.threshold)
+                             for name, flags in cue_flags(paths).items()}
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
                     "data_hash": dataset.data_hash(), "runtime": predictor.runtime})
     out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
