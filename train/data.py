@@ -74,11 +74,11 @@ class Dataset:
         for name in SPLITS:
             s = self.splits[name]
             for path, label in sorted(zip(s.paths, s.labels)):
-                digest.update(f"{name}\t{_relative(path, self.root)}\t{label}\t{file_sha256(path)}\n".encode())
+                digest.update(f"{name}\t{relative_path(path, self.root)}\t{label}\t{file_sha256(path)}\n".encode())
         return digest.hexdigest()
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
     except ValueError:
@@ -284,6 +284,56 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
                 if "exact" in verdict or "confirmed" in verdict:
                     add(str(root / row["path_a"]), str(root / row["path_b"]), f"listed:{verdict}", None)
     return sorted(pairs.values(), key=lambda e: (e["path_a"], e["path_b"]))
+
+
+def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:
+    """A group number per image: images joined by exact or near-duplicate copies (within this list) share one."""
+    signatures, parent = [], list(range(len(paths)))
+    for p in paths:
+        try:
+            signatures.append(thumbnail_signature(p))
+        except ImageError as exc:
+            raise DataError(f"Unreadable image {p}: {exc.message}") from None
+    if not paths:
+        return []
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    signatures = np.stack(signatures)
+    canonical = signatures[:, 0, :]
+    for i in range(len(paths)):
+        for j in np.nonzero((signatures[i] @ canonical.T).max(axis=0) >= min_corr)[0]:
+            parent[root(int(j))] = root(i)
+    return [root(i) for i in range(len(paths))]
+
+
+def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarray:
+    """Indices of the training images that `python -m train --val-from-train SHARE` moves to validation.
+
+    About `share` of the training split, stratified by label and seeded. Near-duplicate copies inside the
+    training split move together (a copy left in training would leak into validation), and a training image
+    with a copy in val or test never moves (validation would count that picture twice). The same data, share
+    and seed always give the same images, so `python -m train.calibrate` can rebuild the set.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0.0 < share < 0.5:
+        raise DataError(f"--val-from-train is a share of the training images in (0, 0.5), e.g. 0.15; not {share}")
+    train = dataset.splits["train"]
+    crossing = {d[k] for d in dataset.duplicates for k in ("path_a", "path_b") if d[f"split_{k[-1]}"] == "train"}
+    movable = np.array([i for i, p in enumerate(train.paths) if str(p) not in crossing])
+    labels = np.asarray(train.labels)[movable]
+    if np.bincount(labels, minlength=2).min() < round(1 / share):
+        raise DataError(f"too few training images of one class to move a stratified share {share} to validation: "
+                        f"{dict(zip(CLASS_NAMES, np.bincount(labels, minlength=2).tolist()))}")
+    groups = near_duplicate_groups([train.paths[i] for i in movable])
+    folds = StratifiedGroupKFold(round(1 / share), shuffle=True, random_state=seed)
+    _, moved = next(folds.split(labels, labels, groups))
+    return np.sort(movable[moved])
 
 
 def read_diagnoses(csv_path: str | Path) -> dict[str, str]:

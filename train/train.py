@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     g.add_argument("--max-train-images", type=int, default=None, help="use a seeded random subset of N training "
                    "images, for smoke tests (default: all)")
+    g.add_argument("--val-from-train", type=float, default=0.0, metavar="SHARE",
+                   help="move a stratified, seeded share of the training images (near-duplicates together) to "
+                        "the validation split, which fixes checkpoint, calibration and threshold: more validation "
+                        "melanomas for fewer training images (default: 0, the data's own split)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES, help="(default: efficientnet_lite0)")
     g.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file (default: imagenet)")
@@ -134,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
+    if not 0.0 <= args.val_from_train < 0.5:
+        p.error(f"--val-from-train is a share of the training images in [0, 0.5) (0 = off, e.g. 0.15), "
+                f"not {args.val_from_train}")
     if args.mixup < 0.0:
         p.error(f"--mixup is the Beta distribution's alpha, 0 (off) or more (e.g. 0.2), not {args.mixup}")
     if not 0.0 <= args.ema < 1.0:
@@ -446,14 +453,24 @@ def train(args: argparse.Namespace) -> Bundle | None:
 
     spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill)
     train_split = dataset.splits["train"]
-    chosen = np.arange(len(train_split))
+    val_paths, val_labels = list(dataset.splits["val"].paths), list(dataset.splits["val"].labels)
+    moved = np.array([], dtype=int)
+    if args.val_from_train:
+        moved = data_mod.validation_from_train(dataset, args.val_from_train, args.seed)
+        val_paths += [train_split.paths[i] for i in moved]
+        val_labels += [train_split.labels[i] for i in moved]
+        (run_dir / "val_from_train.json").write_text(json.dumps(
+            [data_mod.relative_path(train_split.paths[i], dataset.root) for i in moved], indent=2) + "\n")
+        log.info("%d training images (%d malignant) moved to validation: %d validation images, %d malignant",
+                 len(moved), sum(train_split.labels[i] for i in moved), len(val_labels), sum(val_labels))
+    chosen = np.setdiff1d(np.arange(len(train_split)), moved)
     if args.max_train_images and args.max_train_images < len(chosen):
-        chosen = np.sort(np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images])
+        chosen = np.sort(chosen[np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images]])
     n_train = len(chosen)
     x_train = data_mod.load_images([train_split.paths[i] for i in chosen], spec)
     y_train = np.asarray(train_split.labels)[chosen]
-    x_val = data_mod.load_images(dataset.splits["val"].paths, spec)
-    y_val = np.asarray(dataset.splits["val"].labels)
+    x_val = data_mod.load_images(val_paths, spec)
+    y_val = np.asarray(val_labels)
     log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
 
     prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
@@ -541,6 +558,9 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "hash": dataset.data_hash(),
             "counts": {k: v.counts() for k, v in dataset.splits.items()},
             "train_images_used": int(n_train),
+            "val_images_used": int(len(y_val)),
+            "val_malignant_used": int(y_val.sum()),
+            "val_from_train": int(len(moved)),
             "duplicate_pairs_across_splits": len(dataset.duplicates),
             "duplicate_pairs_with_different_labels": len(conflicts),
             "test_images_dropped_as_duplicates": test_metrics["duplicates_dropped"],
@@ -564,12 +584,20 @@ def train(args: argparse.Namespace) -> Bundle | None:
                         "melanoma. Not a diagnosis; every suspicious or uncertain result needs a dermatologist.",
     })
     save_bundle(clean, card, bundle.path)
+    used = dataset  # the gate and its indeterminate band see the splits as this run drew them
+    if len(moved):
+        kept = np.setdiff1d(np.arange(len(train_split)), moved)
+        used = data_mod.Dataset(dataset.root, dataset.layout, {
+            "train": data_mod.Split([train_split.paths[i] for i in kept], [train_split.labels[i] for i in kept],
+                                    [train_split.groups[i] for i in kept]),
+            "val": data_mod.Split(val_paths, val_labels, [Path(p).stem for p in val_paths]),
+            "test": dataset.splits["test"]}, dataset.duplicates)
     if args.gate_layer == "auto":
         nonlesion = run_dir / "nonlesion_seed0"
         build_nonlesion(nonlesion, seed=0, with_browser=False)
-        fit_selected_gate(bundle.path, dataset, nonlesion, k=10, band_fraction=0.15)
+        fit_selected_gate(bundle.path, used, nonlesion, k=10, band_fraction=0.15)
     else:
-        fit_gate(bundle.path, dataset, k=10, percentile=99.5, band_fraction=0.15, layer=args.gate_layer)
+        fit_gate(bundle.path, used, k=10, percentile=99.5, band_fraction=0.15, layer=args.gate_layer)
     if args.output:
         copy_bundle(bundle.path, args.output)
         log.info("bundle written to %s", args.output)
