@@ -138,3 +138,48 @@ def test_diagnoses_are_read_by_image_id_or_path_and_a_missing_one_is_named(tmp_p
         read_diagnoses(no_column)
     with pytest.raises(DataError, match="cannot read the diagnosis CSV"):
         read_diagnoses(tmp_path / "missing.csv")
+
+
+def test_validation_from_train_is_stratified_seeded_and_keeps_copies_together(tmp_path):
+    from train.data import near_duplicate_groups, validation_from_train
+
+    seed = 0
+    for split, n in (("train", 20), ("val", 4), ("test", 4)):
+        for label, dark in (("benign", 0.1), ("malignant", 0.9)):
+            (tmp_path / split / label).mkdir(parents=True)
+            for _ in range(n):
+                synthetic_lesion(48, seed=seed, dark=dark).save(tmp_path / split / label / f"img_{seed:03d}.png")
+                seed += 1
+    ds = discover(tmp_path)
+    train = ds.splits["train"]
+    pairs = []
+    for i in (0, 5, 25):  # mirrored, recoloured copies of three training images, kept in training
+        copy = train.paths[i].with_name(f"copy_{i}.png")
+        arr = np.asarray(ImageOps.mirror(Image.open(train.paths[i]).convert("RGB")), np.float32) * [0.85, 1.0, 1.1]
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(copy)
+        train.paths.append(copy), train.labels.append(train.labels[i]), train.groups.append(copy.stem)
+        pairs.append((i, len(train.paths) - 1))
+    val_copy = train.paths[0].with_name("copy_of_val.png")  # a training image with a copy in validation
+    val_copy.write_bytes(ds.splits["val"].paths[0].read_bytes())
+    train.paths.append(val_copy), train.labels.append(ds.splits["val"].labels[0]), train.groups.append("v")
+    ds.duplicates = find_duplicates(ds)
+
+    groups = near_duplicate_groups(train.paths)
+    assert all(groups[a] == groups[b] for a, b in pairs)
+    assert len(set(groups)) == len(train.paths) - len(pairs)  # the synthetic lesions themselves stay apart
+
+    moved = {s: validation_from_train(ds, 0.25, seed=s) for s in range(6)}
+    assert np.array_equal(moved[1], validation_from_train(ds, 0.25, seed=1))
+    assert not np.array_equal(moved[1], moved[2])
+    labels = np.asarray(train.labels)
+    pair_moved = 0
+    for m in moved.values():
+        assert 3 <= (labels[m] == 0).sum() <= 8 and 3 <= (labels[m] == 1).sum() <= 8
+        assert len(train.paths) - 1 not in m  # the copy of a validation image stays in training
+        for a, b in pairs:
+            assert (a in m) == (b in m)
+            pair_moved += a in m
+    assert pair_moved > 0  # the copies were moved together at least once, not only kept together
+    for bad in (0.0, 0.5):
+        with pytest.raises(DataError, match="--val-from-train"):
+            validation_from_train(ds, bad, seed=1)

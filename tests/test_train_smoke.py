@@ -423,3 +423,28 @@ def test_evaluate_breaks_the_results_down_by_diagnosis(trained, tiny_data, tmp_p
     assert refused.value.code == 2
     assert f"test images have no diagnosis in {dx}, for example img_" in capsys.readouterr().err
     assert not (tmp_path / "dx2" / "metrics.json").exists()
+
+
+def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_split(tiny_data, tmp_path, capsys):
+    from model.bundle import copy_bundle, load_card
+    from train import calibrate
+
+    run = tmp_path / "run"
+    train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+                "--val-from-train", "0.25", "--seed", "3", "--run-dir", str(run)])
+    card = load_card(run / "melanoma_efficientnet.keras")
+    moved = json.loads((run / "val_from_train.json").read_text())
+    assert len(moved) == card["data"]["val_from_train"] == 6 and all(p.startswith("train/") for p in moved)
+    assert sum("/malignant/" in p for p in moved) == 3  # stratified: a quarter of each class's 12
+    assert card["data"]["val_images_used"] == 12 + 6 and card["data"]["val_malignant_used"] == 6 + 3
+    assert card["data"]["train_images_used"] == 24 - 6
+    assert card["validation"]["n"] == 18
+    # recalibrating on the same data rebuilds the same validation split, so it lands on the same operating point
+    bundle = copy_bundle(run / "melanoma_efficientnet.keras", tmp_path / "copy" / "tiny.keras")
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data)])
+    again = load_card(bundle)
+    assert again["calibration"]["validation_images_from_train"] == 6
+    assert abs(again["temperature"] - card["temperature"]) < 1e-3
+    assert abs(again["threshold"] - card["threshold"]) < 1e-4
+    assert again["validation"]["n"] == 18
