@@ -193,3 +193,30 @@ def test_the_operating_point_is_checked_only_when_asked():
     assert _failed(check(card(0.83, 0.64), card(0.84, 0.46), _rows(), _rows(), limits)) == [
         "test sensitivity at its threshold"]
     assert _failed(check(card(0.83, 0.64), card(0.93, 0.46), _rows(), _rows(), limits)) == []
+
+
+def test_the_level_shift_rule_compares_the_auc_under_each_shift_not_the_loss_from_clean():
+    def rows(clean, shifted):
+        return {"none": {"roc_auc": clean, "auc_change": 0.0},
+                "jpeg_q30": {"roc_auc": shifted, "auc_change": shifted - clean}}
+    base = rows(0.823, 0.816)
+    better_clean_same_shifted = rows(0.836, 0.816)   # loses 0.020 from its own clean AUC, the baseline 0.007
+    worse_shifted = rows(0.836, 0.804)
+    no_ring = Limits(held_shifts=())
+    assert _failed(check(_card(), _card(), base, better_clean_same_shifted, no_ring)) == ["jpeg_q30: AUC change"]
+    level = Limits(held_shifts=(), shift_rule="level")
+    conditions = check(_card(), _card(), base, better_clean_same_shifted, level)
+    assert _failed(conditions) == [] and [c.name for c in conditions][-1] == "jpeg_q30: AUC under it"
+    assert conditions[-1].baseline == 0.816 and conditions[-1].limit == ">= 0.806"
+    assert _failed(check(_card(), _card(), base, worse_shifted, level)) == ["jpeg_q30: AUC under it"]
+    with pytest.raises(ValueError, match="shift_rule"):
+        check(_card(), _card(), base, base, Limits(shift_rule="relative"))
+
+
+def test_card_validation_aucs_on_different_validation_images_are_not_compared():
+    moved = {**_card(), "data": {"val_from_train": 283}}
+    with pytest.raises(ValueError, match="--data"):
+        check(_card(), moved, _rows(), _rows(), Limits(held_shifts=()))
+    paired = {"val": {"difference_ci95": [-0.03, 0.03], "difference": 0.0, "n": 150, "n_malignant": 30,
+                      "baseline": 0.857, "candidate": 0.857}}
+    assert _failed(check(_card(), moved, _rows(), _rows(), Limits(held_shifts=()), paired)) == []

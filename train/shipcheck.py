@@ -29,6 +29,9 @@ from model.bundle import load_card
 from train.metrics import paired_auc_difference
 
 
+SHIFT_RULES = ("change", "level")
+
+
 @dataclass(frozen=True)
 class Limits:
     val_auc_margin: float = 0.005     # candidate's validation AUC at least the baseline's minus this
@@ -42,6 +45,8 @@ class Limits:
     paired_margin: float = 0.0        # paired AUC comparisons: upper end of the 95% interval at least -this
     min_test_sensitivity: float | None = None  # optional: test sensitivity at the candidate's own threshold
     min_test_specificity: float | None = None  # optional: test specificity at the candidate's own threshold
+    shift_rule: str = "change"        # shifts compared by AUC change from each model's own clean AUC, or "level":
+                                      # by the AUC under the shift (candidate at least the baseline's minus the margin)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,12 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
     if "val" in paired:
         conditions.append(_paired_condition("validation AUC, paired", paired["val"], limits.paired_margin))
     else:
+        moved = {role: (card.get("data") or {}).get("val_from_train") for role, card in
+                 (("baseline", baseline), ("candidate", candidate))}
+        if any(moved.values()):
+            raise ValueError("the cards' validation AUCs ran on different images (a bundle trained with "
+                             "--val-from-train validated on training images moved there); give --data to compare "
+                             "both on the data's own validation split, image by image")
         base_val, cand_val = baseline["validation"]["roc_auc"], candidate["validation"]["roc_auc"]
         floor = base_val - limits.val_auc_margin
         conditions.append(Condition("validation AUC", base_val, cand_val, f">= {floor:.3f}", cand_val >= floor))
@@ -108,12 +119,16 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
     minutes = candidate["training"]["seconds"] / 60.0
     conditions.append(Condition("training minutes", baseline["training"]["seconds"] / 60.0, minutes,
                                 f"<= {limits.max_train_minutes:g}", minutes <= limits.max_train_minutes))
+    if limits.shift_rule not in SHIFT_RULES:
+        raise ValueError(f"shift_rule must be one of {SHIFT_RULES}, not {limits.shift_rule!r}")
     for shift, cand in cand_rows.items():
         if shift == "none" or shift not in base_rows:
             continue
-        floor = base_rows[shift]["auc_change"] - limits.shift_margin
-        conditions.append(Condition(f"{shift}: AUC change", base_rows[shift]["auc_change"], cand["auc_change"],
-                                    f">= {floor:+.3f}", cand["auc_change"] >= floor))
+        key, label = ("auc_change", "AUC change") if limits.shift_rule == "change" else ("roc_auc", "AUC under it")
+        floor = base_rows[shift][key] - limits.shift_margin
+        conditions.append(Condition(f"{shift}: {label}", base_rows[shift][key], cand[key],
+                                    f">= {floor:+.3f}" if key == "auc_change" else f">= {floor:.3f}",
+                                    cand[key] >= floor))
     for shift in limits.held_shifts:
         if shift not in cand_rows:
             continue
@@ -175,6 +190,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"(default: {d.max_train_minutes:g})")
     parser.add_argument("--shift-margin", type=float, default=d.shift_margin,
                         help=f"largest extra AUC a shift may cost beyond the baseline's loss (default: {d.shift_margin})")
+    parser.add_argument("--shift-rule", choices=SHIFT_RULES, default=d.shift_rule,
+                        help="change: no shift may cost the candidate more AUC, from its own clean AUC, than it costs "
+                             "the baseline plus the margin; level: under each shift the candidate's AUC must be at "
+                             "least the baseline's minus the margin (default: change)")
     parser.add_argument("--held-shifts", default=",".join(d.held_shifts),
                         help=f"comma-separated shifts under which specificity and the gate must hold "
                              f"(default: {','.join(d.held_shifts)})")
@@ -209,7 +228,7 @@ def main(argv=None) -> int:
     limits = Limits(args.val_auc_margin, args.max_ece, args.max_train_minutes, args.shift_margin,
                     tuple(s.strip() for s in args.held_shifts.split(",") if s.strip()),
                     args.held_spec_margin, args.held_max_refused, args.min_test_auc_gain, args.paired_margin,
-                    args.min_test_sensitivity, args.min_test_specificity)
+                    args.min_test_sensitivity, args.min_test_specificity, args.shift_rule)
     try:
         report = json.loads(Path(args.robustness).read_text())
         cards = {"baseline": load_card(args.baseline), "candidate": load_card(args.candidate)}
