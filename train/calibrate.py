@@ -103,7 +103,8 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     }
     card_path(model).write_text(json.dumps(card, indent=2) + "\n")
     log.info("temperature %.3f -> %.3f, logit bias %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, "
-             "%d validation melanomas, %d validation images moved from training)", before.get("temperature") or float("nan"), point["temperature"],
+             "%d validation melanomas, %d validation images moved from training)",
+             before.get("temperature") or float("nan"), point["temperature"],
              before.get("logit_bias", 0.0), point["logit_bias"], before.get("threshold") or float("nan"),
              point["threshold"], target_sensitivity, int(y_val.sum()), moved)
     return card
