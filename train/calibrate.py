@@ -53,24 +53,21 @@ def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray, 
             "validation": validation}, p_val
 
 
-def validation_split(dataset: data_mod.Dataset, card: dict, data) -> tuple[list, list, int]:
+def validation_split(dataset: data_mod.Dataset, card: dict, data) -> tuple[data_mod.Split, int]:
     """The validation images for a bundle: the data's val split, plus, for a bundle trained on this same data with
     `--val-from-train`, the training images that run moved to validation (rebuilt from its share and seed)."""
-    val = dataset.splits["val"]
-    paths, labels = list(val.paths), list(val.labels)
     arguments = card.get("training", {}).get("arguments", {})
     share = float(arguments.get("val_from_train") or 0.0)
     if not share:
-        return paths, labels, 0
+        return dataset.splits["val"], 0
     if dataset.data_hash() != card.get("data", {}).get("hash"):
         log.info("the bundle moved training images to validation, but %s is not the data it trained on: its "
                  "validation split alone is used", data)
-        return paths, labels, 0
+        return dataset.splits["val"], 0
     known = Path(data) / "NEAR_DUPLICATES.csv" if Path(data).is_dir() else None
     dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
-    moved = data_mod.validation_from_train(dataset, share, int(arguments["seed"]))
-    train = dataset.splits["train"]
-    return paths + [train.paths[i] for i in moved], labels + [train.labels[i] for i in moved], int(len(moved))
+    drawn, moved = data_mod.with_validation_from_train(dataset, share, int(arguments["seed"]))
+    return drawn.splits["val"], int(len(moved))
 
 
 def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
@@ -80,9 +77,9 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     predictor = Predictor(bundle)
     dataset = data_mod.discover(data, images, seed=seed)
     card = bundle.card
-    val_paths, val_labels, moved = validation_split(dataset, card, data)
-    y_val = np.asarray(val_labels)  # discover() has checked that both classes are there
-    x_val = data_mod.load_images(val_paths, predictor.spec)
+    val, moved = validation_split(dataset, card, data)
+    y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
+    x_val = data_mod.load_images(val.paths, predictor.spec)
     before = {k: card.get(k) for k in ("calibration_method", "temperature", "logit_bias", "threshold",
                                        "target_sensitivity") if k in card}
     point, p_val = operating_point(predictor, x_val, y_val, target_sensitivity, calibration)

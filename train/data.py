@@ -227,6 +227,27 @@ def thumbnail_signature(path: Path) -> np.ndarray:
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)
 
 
+def _signatures(paths: list[Path]) -> np.ndarray:
+    """(n, 8, THUMB*THUMB) thumbnail signatures; an unreadable image stops with its name."""
+    signatures = []
+    for p in paths:
+        try:
+            signatures.append(thumbnail_signature(p))
+        except ImageError as exc:
+            raise DataError(f"Unreadable image {p}: {exc.message}") from None
+    return np.stack(signatures) if signatures else np.zeros((0, 8, THUMB * THUMB), np.float32)
+
+
+def _near_pairs(signatures: np.ndarray, min_corr: float):
+    """(i, j, correlation) for every two images whose best flip/rotation correlates at least `min_corr`."""
+    canonical = signatures[:, 0, :]  # (n, d)
+    for i in range(len(signatures)):
+        corr = (signatures[i] @ canonical.T).max(axis=0)  # best of image i's 8 views against each image
+        for j in np.nonzero(corr >= min_corr)[0]:
+            if j != i:
+                yield i, int(j), float(corr[j])
+
+
 def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, known: Path | None = None) -> list[dict]:
     """Exact (same bytes) and near (thumbnail correlation) duplicates between splits.
 
@@ -239,15 +260,8 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
     split_of = {str(p): name for name, p in entries}
     label_of = {str(p): CLASS_NAMES[label] for name in SPLITS
                 for p, label in zip(dataset.splits[name].paths, dataset.splits[name].labels)}
-    sha = {}
-    signatures = []
-    for _, p in entries:
-        sha[str(p)] = file_sha256(p)
-        try:
-            signatures.append(thumbnail_signature(p))
-        except ImageError as exc:
-            raise DataError(f"Unreadable image {p}: {exc.message}") from None
-    signatures = np.stack(signatures)  # (n, 8, THUMB*THUMB)
+    sha = {str(p): file_sha256(p) for _, p in entries}
+    signatures = _signatures([p for _, p in entries])
     pairs: dict[tuple[str, str], dict] = {}
 
     def add(a: str, b: str, kind: str, corr: float | None):
@@ -270,12 +284,8 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
         for i in range(len(group)):
             for j in range(i + 1, len(group)):
                 add(group[i], group[j], "exact", 1.0)
-    canonical = signatures[:, 0, :]  # (n, d)
-    for i, (_, p_i) in enumerate(entries):
-        corr = (signatures[i] @ canonical.T).max(axis=0)  # best of image i's 8 views against each image
-        for j in np.nonzero(corr >= min_corr)[0]:
-            if j != i:
-                add(str(p_i), str(entries[j][1]), "near", round(float(corr[j]), 4))
+    for i, j, corr in _near_pairs(signatures, min_corr):
+        add(str(entries[i][1]), str(entries[j][1]), "near", round(corr, 4))
     if known is not None and Path(known).exists():
         root = dataset.root
         with open(known, newline="") as f:
@@ -288,14 +298,7 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
 
 def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:
     """A group number per image: images joined by exact or near-duplicate copies (within this list) share one."""
-    signatures, parent = [], list(range(len(paths)))
-    for p in paths:
-        try:
-            signatures.append(thumbnail_signature(p))
-        except ImageError as exc:
-            raise DataError(f"Unreadable image {p}: {exc.message}") from None
-    if not paths:
-        return []
+    parent = list(range(len(paths)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -303,11 +306,8 @@ def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CO
             i = parent[i]
         return i
 
-    signatures = np.stack(signatures)
-    canonical = signatures[:, 0, :]
-    for i in range(len(paths)):
-        for j in np.nonzero((signatures[i] @ canonical.T).max(axis=0) >= min_corr)[0]:
-            parent[root(int(j))] = root(i)
+    for i, j, _ in _near_pairs(_signatures(paths), min_corr):
+        parent[root(j)] = root(i)
     return [root(i) for i in range(len(paths))]
 
 
@@ -334,6 +334,21 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
     folds = StratifiedGroupKFold(round(1 / share), shuffle=True, random_state=seed)
     _, moved = next(folds.split(labels, labels, groups))
     return np.sort(movable[moved])
+
+
+def with_validation_from_train(dataset: Dataset, share: float, seed: int) -> tuple[Dataset, np.ndarray]:
+    """`dataset` as a `--val-from-train` run draws it: the images `validation_from_train` picks moved from the
+    train split to the end of the val split. Returns that dataset and the moved images' training indices."""
+    moved = validation_from_train(dataset, share, seed)
+    train, val = dataset.splits["train"], dataset.splits["val"]
+
+    def pick(idx) -> Split:
+        return Split([train.paths[i] for i in idx], [train.labels[i] for i in idx], [train.groups[i] for i in idx])
+
+    extra = pick(moved)
+    splits = {**dataset.splits, "train": pick(np.setdiff1d(np.arange(len(train)), moved)),
+              "val": Split(val.paths + extra.paths, val.labels + extra.labels, val.groups + extra.groups)}
+    return Dataset(dataset.root, dataset.layout, splits, dataset.duplicates), moved
 
 
 def read_diagnoses(csv_path: str | Path) -> dict[str, str]:

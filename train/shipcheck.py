@@ -93,9 +93,7 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
     if "val" in paired:
         conditions.append(_paired_condition("validation AUC, paired", paired["val"], limits.paired_margin))
     else:
-        moved = {role: (card.get("data") or {}).get("val_from_train") for role, card in
-                 (("baseline", baseline), ("candidate", candidate))}
-        if any(moved.values()):
+        if any((card.get("data") or {}).get("val_from_train") for card in (baseline, candidate)):
             raise ValueError("the cards' validation AUCs ran on different images (a bundle trained with "
                              "--val-from-train validated on training images moved there); give --data to compare "
                              "both on the data's own validation split, image by image")
@@ -121,10 +119,10 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
                                 f"<= {limits.max_train_minutes:g}", minutes <= limits.max_train_minutes))
     if limits.shift_rule not in SHIFT_RULES:
         raise ValueError(f"shift_rule must be one of {SHIFT_RULES}, not {limits.shift_rule!r}")
+    key, label = ("auc_change", "AUC change") if limits.shift_rule == "change" else ("roc_auc", "AUC under it")
     for shift, cand in cand_rows.items():
         if shift == "none" or shift not in base_rows:
             continue
-        key, label = ("auc_change", "AUC change") if limits.shift_rule == "change" else ("roc_auc", "AUC under it")
         floor = base_rows[shift][key] - limits.shift_margin
         conditions.append(Condition(f"{shift}: {label}", base_rows[shift][key], cand[key],
                                     f">= {floor:+.3f}" if key == "auc_change" else f">= {floor:.3f}",

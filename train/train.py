@@ -452,25 +452,23 @@ def train(args: argparse.Namespace) -> Bundle | None:
             log.warning("%s (python -m train.audit)", cue_warning(name, cue))
 
     spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill)
-    train_split = dataset.splits["train"]
-    val_paths, val_labels = list(dataset.splits["val"].paths), list(dataset.splits["val"].labels)
-    moved = np.array([], dtype=int)
+    drawn, moved = dataset, np.array([], dtype=int)  # the splits as this run uses them
     if args.val_from_train:
-        moved = data_mod.validation_from_train(dataset, args.val_from_train, args.seed)
-        val_paths += [train_split.paths[i] for i in moved]
-        val_labels += [train_split.labels[i] for i in moved]
+        drawn, moved = data_mod.with_validation_from_train(dataset, args.val_from_train, args.seed)
         (run_dir / "val_from_train.json").write_text(json.dumps(
-            [data_mod.relative_path(train_split.paths[i], dataset.root) for i in moved], indent=2) + "\n")
+            [data_mod.relative_path(dataset.splits["train"].paths[i], dataset.root) for i in moved], indent=2) + "\n")
         log.info("%d training images (%d malignant) moved to validation: %d validation images, %d malignant",
-                 len(moved), sum(train_split.labels[i] for i in moved), len(val_labels), sum(val_labels))
-    chosen = np.setdiff1d(np.arange(len(train_split)), moved)
+                 len(moved), sum(dataset.splits["train"].labels[i] for i in moved), len(drawn.splits["val"]),
+                 drawn.splits["val"].counts()["malignant"])
+    train_split = drawn.splits["train"]
+    chosen = np.arange(len(train_split))
     if args.max_train_images and args.max_train_images < len(chosen):
-        chosen = np.sort(chosen[np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images]])
+        chosen = np.sort(np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images])
     n_train = len(chosen)
     x_train = data_mod.load_images([train_split.paths[i] for i in chosen], spec)
     y_train = np.asarray(train_split.labels)[chosen]
-    x_val = data_mod.load_images(val_paths, spec)
-    y_val = np.asarray(val_labels)
+    x_val = data_mod.load_images(drawn.splits["val"].paths, spec)
+    y_val = np.asarray(drawn.splits["val"].labels)
     log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
 
     prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
@@ -584,20 +582,12 @@ def train(args: argparse.Namespace) -> Bundle | None:
                         "melanoma. Not a diagnosis; every suspicious or uncertain result needs a dermatologist.",
     })
     save_bundle(clean, card, bundle.path)
-    used = dataset  # the gate and its indeterminate band see the splits as this run drew them
-    if len(moved):
-        kept = np.setdiff1d(np.arange(len(train_split)), moved)
-        used = data_mod.Dataset(dataset.root, dataset.layout, {
-            "train": data_mod.Split([train_split.paths[i] for i in kept], [train_split.labels[i] for i in kept],
-                                    [train_split.groups[i] for i in kept]),
-            "val": data_mod.Split(val_paths, val_labels, [Path(p).stem for p in val_paths]),
-            "test": dataset.splits["test"]}, dataset.duplicates)
     if args.gate_layer == "auto":
         nonlesion = run_dir / "nonlesion_seed0"
         build_nonlesion(nonlesion, seed=0, with_browser=False)
-        fit_selected_gate(bundle.path, used, nonlesion, k=10, band_fraction=0.15)
+        fit_selected_gate(bundle.path, drawn, nonlesion, k=10, band_fraction=0.15)
     else:
-        fit_gate(bundle.path, used, k=10, percentile=99.5, band_fraction=0.15, layer=args.gate_layer)
+        fit_gate(bundle.path, drawn, k=10, percentile=99.5, band_fraction=0.15, layer=args.gate_layer)
     if args.output:
         copy_bundle(bundle.path, args.output)
         log.info("bundle written to %s", args.output)
