@@ -11,7 +11,8 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import RankingLoss, early_stop_epoch, fit_stage, main as train_main, make_dataset
+from train.train import (RankingLoss, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
+                         make_dataset)
 
 pytestmark = pytest.mark.slow
 
@@ -319,6 +320,25 @@ def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     assert early_stop_epoch(defaults) == 18
 
 
+def test_clip_norm_bounds_the_step_after_a_gradient_spike():
+    """Adam scales steps by the gradients' running size, so a spike after small gradients moves a weight about
+    three times the learning rate; clipped to a global norm (--clip-norm), the spike is no larger than the rest."""
+    steps = []
+    for clip in (0.0, 1e-3):
+        args = argparse.Namespace(lr=0.1, epochs=1, warmup_epochs=0, weight_decay=0.0, ema=0.0, clip_norm=clip)
+        optimizer = fine_tune_optimizer(args, steps=10**6)  # the rate stays about 0.1 over these steps
+        weight = keras.Variable(np.zeros(1, np.float32))
+        step = tf.function(lambda gradient: optimizer.apply_gradients([(gradient, weight)]))
+        for _ in range(2000):  # enough steps for Adam's bias corrections to fade
+            step(tf.constant([1e-3]))
+        before = float(weight.numpy()[0])
+        step(tf.constant([1e3]))
+        steps.append(before - float(weight.numpy()[0]))
+    unclipped, clipped = steps
+    assert unclipped > 0.25
+    assert 0.05 < clipped < 0.12
+
+
 def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
@@ -339,6 +359,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     ("--jpeg-augment", "-0.1", "--jpeg-augment is a share of training images in [0, 1]"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
+    ("--clip-norm", "-1", "--clip-norm is a gradient norm"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:

@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr", type=float, default=3e-4, help="stage 2 peak learning rate (default: 3e-4)")
     g.add_argument("--warmup-epochs", type=int, default=2, help="stage 2 linear warm-up epochs (default: 2)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay, Adam(W) (default: 1e-4)")
+    g.add_argument("--clip-norm", type=float, default=0.0, metavar="NORM",
+                   help="clip each step's gradients to this global norm, both stages (e.g. 1.0) (default: 0, off)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
     g.add_argument("--auc-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="add to the cross-entropy WEIGHT times a pairwise ranking loss: the mean squared hinge of "
@@ -145,6 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--mixup is the Beta distribution's alpha, 0 (off) or more (e.g. 0.2), not {args.mixup}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema is a momentum in [0, 1) (0 = off, e.g. 0.99), not {args.ema}")
+    if args.clip_norm < 0.0:
+        p.error(f"--clip-norm is a gradient norm, 0 (off) or more (e.g. 1.0), not {args.clip_norm}")
     if args.auc_loss < 0.0:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
     if args.auc_loss > 0 and args.distribute == "multi-worker":
@@ -243,6 +247,21 @@ class RankingLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "margin": self.margin,
                 "label_smoothing": self.label_smoothing}
+
+
+def clip_norm(args) -> float | None:
+    """The optimizers' `global_clipnorm`: None (no clipping) unless --clip-norm is above 0."""
+    return getattr(args, "clip_norm", 0.0) or None
+
+
+def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
+    """AdamW for stage 2: linear warm-up to --lr over --warmup-epochs, then cosine decay to 1% of it; weight
+    decay, the weights' moving average (--ema) and gradient clipping (--clip-norm) as asked."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
+        warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
+    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
+                                  ema_momentum=args.ema or 0.99, global_clipnorm=clip_norm(args))
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
@@ -495,7 +514,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
 
     freeze_backbone(model)
     with strategy.scope():
-        head_optimizer = keras.optimizers.Adam(args.head_lr)
+        head_optimizer = keras.optimizers.Adam(args.head_lr, global_clipnorm=clip_norm(args))
     fit_stage(fitted, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy,
               steps=steps)
     if args.epochs > 0:
@@ -504,11 +523,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
         log.info("fine-tuning %d layers from block %d, BatchNormalization %s", n, args.unfreeze_from,
                  "frozen" if pretrained else "trained (no pretrained statistics)")
         with strategy.scope():
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
-                warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
-            optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
-                                               ema_momentum=args.ema or 0.99)
+            optimizer = fine_tune_optimizer(args, steps)
         fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
                   initial_epoch=args.head_epochs, strategy=strategy, steps=steps,
                   early_stop_from=early_stop_epoch(args))
