@@ -469,3 +469,12 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     assert abs(again["temperature"] - card["temperature"]) < 1e-3
     assert abs(again["threshold"] - card["threshold"]) < 1e-4
     assert again["validation"]["n"] == 18
+    # refitting the gate rebuilds the same splits too: the same 18 training images, the same distance threshold
+    from train import gate
+    layer, percentile = card["gate"]["layer"], card["gate"]["percentile_of_training_images"]
+    gate.main(["--model", str(bundle), "--data", str(tiny_data), "--fit", "--layer", layer,
+               "--percentile", str(percentile), "--out", str(tmp_path / "gate")])
+    refit = load_card(bundle)
+    assert np.load(bundle.with_suffix(".gate.npz"))["features"].shape[0] == 18
+    assert abs(refit["gate"]["distance_threshold"] - card["gate"]["distance_threshold"]) < 1e-5
+    assert np.allclose(refit["indeterminate_band"], card["indeterminate_band"], atol=1e-5)

@@ -54,20 +54,9 @@ def operating_point(predictor: Predictor, x_val: np.ndarray, y_val: np.ndarray, 
 
 
 def validation_split(dataset: data_mod.Dataset, card: dict, data) -> tuple[data_mod.Split, int]:
-    """The validation images for a bundle: the data's val split, plus, for a bundle trained on this same data with
-    `--val-from-train`, the training images that run moved to validation (rebuilt from its share and seed)."""
-    arguments = card.get("training", {}).get("arguments", {})
-    share = float(arguments.get("val_from_train") or 0.0)
-    if not share:
-        return dataset.splits["val"], 0
-    if dataset.data_hash() != card.get("data", {}).get("hash"):
-        log.info("the bundle moved training images to validation, but %s is not the data it trained on: its "
-                 "validation split alone is used", data)
-        return dataset.splits["val"], 0
-    known = Path(data) / "NEAR_DUPLICATES.csv" if Path(data).is_dir() else None
-    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
-    drawn, moved = data_mod.with_validation_from_train(dataset, share, int(arguments["seed"]))
-    return drawn.splits["val"], int(len(moved))
+    """The validation images for a bundle (see `dataset_as_trained`) and how many came from the training split."""
+    drawn, moved = data_mod.dataset_as_trained(dataset, card, data)
+    return drawn.splits["val"], moved
 
 
 def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,

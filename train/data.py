@@ -336,6 +336,24 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
     return np.sort(movable[moved])
 
 
+def dataset_as_trained(dataset: Dataset, card: dict, data) -> tuple[Dataset, int]:
+    """The splits a bundle was fitted on: `dataset` as it is or, for a bundle trained on this same data with
+    `--val-from-train`, with the training images that run moved to validation moved again (rebuilt from its share
+    and seed); and how many were moved."""
+    arguments = card.get("training", {}).get("arguments", {})
+    share = float(arguments.get("val_from_train") or 0.0)
+    if not share:
+        return dataset, 0
+    if dataset.data_hash() != card.get("data", {}).get("hash"):
+        log.info("the bundle moved training images to validation, but %s is not the data it trained on: its "
+                 "splits are used as they are", data)
+        return dataset, 0
+    known = Path(data) / "NEAR_DUPLICATES.csv" if Path(data).is_dir() else None
+    dataset.duplicates = find_duplicates(dataset, known=known)
+    drawn, moved = with_validation_from_train(dataset, share, int(arguments["seed"]))
+    return drawn, int(len(moved))
+
+
 def with_validation_from_train(dataset: Dataset, share: float, seed: int) -> tuple[Dataset, np.ndarray]:
     """`dataset` as a `--val-from-train` run draws it: the images `validation_from_train` picks moved from the
     train split to the end of the val split. Returns that dataset and the moved images' training indices."""

@@ -250,6 +250,9 @@ def main(argv=None) -> dict:
     if args.select and not args.fit:
         parser.error("--select chooses the layer of a gate being fitted: add --fit")
     dataset = data_mod.discover(args.data)
+    dataset, moved = data_mod.dataset_as_trained(dataset, load_bundle(args.model).card, args.data)
+    if moved:
+        log.info("%d training images moved to validation, as when the bundle trained (--val-from-train)", moved)
     out = Path(args.out or f"runs/gate_{Path(args.model).stem}")
     if args.fit and args.select:
         from train.nonlesion import build
