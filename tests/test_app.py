@@ -35,6 +35,9 @@ def test_about_page_shows_the_model_card(client, app):
     card = app.extensions["melanoma_model"].card
     assert f"{card['test']['roc_auc']:.3f}" in html
     assert f"on the {card['validation']['n_malignant']} melanomas of" in html  # what the threshold rests on
+    # the images it learnt from, not those of the training split: --val-from-train moves some to validation
+    trained_on = card["data"].get("train_images_used") or sum(card["data"]["counts"]["train"].values())
+    assert f"fine-tuned on\n{trained_on:,} dermoscopic images" in html
     assert "Intended use" in html and "Known limits" in html
     # the shipped network was trained without the frame fill: the page warns about dermoscope frames
     assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
