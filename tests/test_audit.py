@@ -10,14 +10,14 @@ from conftest import ISIC_FIXTURES, synthetic_lesion
 from train import audit
 from train import data as data_mod
 from train.augment import INK_RGB
-from train.robustness import _dermoscope_ring
+from train.robustness import dermoscope_ring
 
 
 def test_a_dermoscope_ring_is_found_and_a_dark_lesion_is_not():
     lesion = synthetic_lesion(size=256, seed=3, dark=0.9)
     assert audit.dark_corner_share(lesion) == 0.0
-    assert audit.dark_corner_share(_dermoscope_ring(lesion)) > 0.9
-    assert audit.has_dark_corners(_dermoscope_ring(lesion))
+    assert audit.dark_corner_share(dermoscope_ring(lesion)) > 0.9
+    assert audit.has_dark_corners(dermoscope_ring(lesion))
     # a near-black lesion filling the middle of the frame, as a large nodular melanoma does
     arr = np.full((450, 600, 3), (220, 170, 150), np.uint8)
     arr[60:390, 80:520] = (15, 10, 10)
@@ -84,7 +84,7 @@ def _write(root, split, label, images):
         img.save(folder / f"{label}_{i}.png")
 
 
-@pytest.mark.parametrize("cue, add_cue, remedy", [("dark_corners", _dermoscope_ring, "--ring-augment"),
+@pytest.mark.parametrize("cue, add_cue, remedy", [("dark_corners", dermoscope_ring, "--ring-augment"),
                                                  ("skin_marker_ink", _ink_ring, "--ink-augment")])
 def test_a_cue_that_goes_with_melanoma_in_training_is_flagged(tmp_path, capsys, cue, add_cue, remedy):
     lesions = [synthetic_lesion(size=96, seed=s) for s in range(40)]
@@ -108,7 +108,7 @@ def test_a_cue_that_goes_with_melanoma_in_training_is_flagged(tmp_path, capsys, 
 
 def test_a_ring_on_both_classes_alike_is_not_flagged(tmp_path, capsys):
     lesions = [synthetic_lesion(size=96, seed=s) for s in range(30)]
-    ringed = [_dermoscope_ring(im) if i % 2 else im for i, im in enumerate(lesions)]
+    ringed = [dermoscope_ring(im) if i % 2 else im for i, im in enumerate(lesions)]
     _write(tmp_path, "train", "malignant", ringed[:10])
     _write(tmp_path, "train", "benign", ringed[10:30])
     for split in ("val", "test"):

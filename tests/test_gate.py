@@ -108,3 +108,21 @@ def test_gate_rule_breaks_ties_by_lesions_then_by_order_and_falls_back_to_the_fe
     assert choose(over)["layer"] == "c"
     with pytest.raises(ValueError):
         choose([])
+
+
+def test_gate_rule_skips_layers_that_refuse_ringed_lesions_and_falls_back_when_all_do():
+    from train.gate import choose
+
+    def ringed(layer, lesions, nonlesion, ring):
+        return {**_row(layer, 99.5, lesions, nonlesion), "val_ringed_refused": ring}
+
+    # a tie on non-lesions went to the layer refusing fewer plain lesions, though it refused a third of ringed ones
+    rows = [ringed("block4c_add", 0.014, 1.0, 0.02), ringed("block5c_add", 0.012, 1.0, 0.34)]
+    assert choose(rows)["layer"] == "block4c_add"
+    assert choose(rows, max_ringed_refusal=0.5)["layer"] == "block5c_add"
+    # a layer within the ring limit wins even when another refuses more non-lesions
+    rows = [ringed("a", 0.01, 1.0, 0.20), ringed("b", 0.01, 0.95, 0.05)]
+    assert choose(rows)["layer"] == "b"
+    # when every layer is over the ring limit, the lesion limit alone decides, as before
+    rows = [ringed("a", 0.03, 1.0, 0.20), ringed("b", 0.01, 0.95, 0.30), ringed("c", 0.01, 0.90, 0.25)]
+    assert choose(rows)["layer"] == "b"

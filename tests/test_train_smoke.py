@@ -461,6 +461,9 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     assert card["data"]["val_images_used"] == 12 + 6 and card["data"]["val_malignant_used"] == 6 + 3
     assert card["data"]["train_images_used"] == 24 - 6
     assert card["validation"]["n"] == 18
+    # the gate's layer was chosen with the validation lesions also seen through a dermoscope ring
+    candidates = card["gate"]["selection"]["candidates"]
+    assert candidates and all(0.0 <= c["val_ringed_refused"] <= 1.0 for c in candidates)
     # recalibrating on the same data rebuilds the same validation split, so it lands on the same operating point
     bundle = copy_bundle(run / "melanoma_efficientnet.keras", tmp_path / "copy" / "tiny.keras")
     calibrate.main(["--model", str(bundle), "--data", str(tiny_data)])

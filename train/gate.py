@@ -31,6 +31,7 @@ from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
 from model.runtime import make_forward
 from train import data as data_mod
+from train.robustness import dermoscope_ring
 
 log = logging.getLogger("train.gate")
 
@@ -57,25 +58,31 @@ def indeterminate_band(p_val: np.ndarray, threshold: float, fraction: float) -> 
 GATE_CANDIDATES = (("block4c_add", 99.5), ("block4c_add", 99.0), ("block5c_add", 99.5), ("block5c_add", 99.0),
                    ("block6d_add", 99.5), ("block6d_add", 99.0))
 MAX_VAL_LESION_REFUSAL = 0.02
+MAX_RINGED_LESION_REFUSAL = 0.10  # as python -m train.shipcheck's limit under the simulated ring
 
 
-def choose(rows: list[dict], max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL) -> dict:
+def choose(rows: list[dict], max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL,
+           max_ringed_refusal: float = MAX_RINGED_LESION_REFUSAL) -> dict:
     """The selection rule, over sweep rows in candidate order.
 
-    Among the candidates that refuse at most `max_val_lesion_refusal` of the validation lesions, the
-    one that refuses the most non-lesion images; ties go to fewer lesions refused, then to the earlier
-    candidate. When none is within the limit, the one refusing the fewest lesions.
+    Among the candidates that refuse at most `max_val_lesion_refusal` of the validation lesions and at most
+    `max_ringed_refusal` of the same lesions seen through a contact dermoscope's ring (rows without
+    `val_ringed_refused` are not held to that), the one that refuses the most non-lesion images; ties go to
+    fewer lesions refused, then to the earlier candidate. When none meets both limits, the lesion limit
+    alone decides; when none meets that, the candidate refusing the fewest lesions.
     """
     if not rows:
         raise ValueError("no gate candidates to choose from")
-    eligible = [r for r in rows if r["val_lesions_refused"] <= max_val_lesion_refusal]
+    within = [r for r in rows if r["val_lesions_refused"] <= max_val_lesion_refusal]
+    eligible = [r for r in within if r.get("val_ringed_refused", 0.0) <= max_ringed_refusal] or within
     if not eligible:
         return min(rows, key=lambda r: (r["val_lesions_refused"], -r["nonlesion_refused"]))
     return max(eligible, key=lambda r: (r["nonlesion_refused"], -r["val_lesions_refused"]))
 
 
-def _screen(paths: list[Path], spec, limits: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Decode each file as serving does; (refused before the network, preprocessed arrays of the rest)."""
+def _screen(paths: list[Path], spec, limits: dict, shift=None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each file as serving does, `shift` (a PIL image function) applied after decoding when given;
+    (refused before the network, preprocessed arrays of the rest)."""
     refused, arrays = np.zeros(len(paths), bool), []
     for i, path in enumerate(paths):
         try:
@@ -83,6 +90,8 @@ def _screen(paths: list[Path], spec, limits: dict) -> tuple[np.ndarray, np.ndarr
         except ImageError:
             refused[i] = True
             continue
+        if shift is not None:
+            image = shift(image)
         if check_quality(image, limits):
             refused[i] = True
         else:
@@ -93,7 +102,8 @@ def _screen(paths: list[Path], spec, limits: dict) -> tuple[np.ndarray, np.ndarr
 
 def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k: int = 10,
           candidates=GATE_CANDIDATES) -> tuple[list[dict], dict[str, np.ndarray], dict]:
-    """Refusal rates of every candidate (layer, percentile) on the validation lesions and the non-lesion set.
+    """Refusal rates of every candidate (layer, percentile) on the validation lesions, the same lesions through a
+    contact dermoscope's black ring (`train.robustness.dermoscope_ring`), and the non-lesion set.
 
     The whole gate is measured (unreadable or poor-quality images refused before the network, then the
     k-NN distance), from one forward pass per image through every candidate layer. Returns the rows,
@@ -129,8 +139,9 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
     train = dataset.splits["train"]
     limits = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
     bank = features(data_mod.load_images(train.paths, spec))
-    screened = {name: _screen(paths, spec, limits)
-                for name, paths in (("val", dataset.splits["val"].paths), ("nonlesion", nonlesion))}
+    val = dataset.splits["val"].paths
+    screened = {"val": _screen(val, spec, limits), "val_ringed": _screen(val, spec, limits, dermoscope_ring),
+                "nonlesion": _screen(nonlesion, spec, limits)}
     feats = {name: features(arrays) for name, (_, arrays) in screened.items()}
     rows = []
     for layer, percentile in candidates:
@@ -145,9 +156,11 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
             refused[~before] = gate.refuse(feats[name][j]) if len(feats[name][j]) else []
             rates[name] = float(refused.mean()) if len(refused) else 0.0
         rows.append({"layer": layer, "percentile": percentile, "distance_threshold": threshold,
-                     "val_lesions_refused": rates["val"], "nonlesion_refused": rates["nonlesion"]})
-        log.info("gate candidate %s at %.1f: validation lesions refused %.1f%%, non-lesion images %.1f%%",
-                 layer, percentile, 100 * rates["val"], 100 * rates["nonlesion"])
+                     "val_lesions_refused": rates["val"], "val_ringed_refused": rates["val_ringed"],
+                     "nonlesion_refused": rates["nonlesion"]})
+        log.info("gate candidate %s at %.1f: validation lesions refused %.1f%% (%.1f%% with a dermoscope ring), "
+                 "non-lesion images %.1f%%", layer, percentile, 100 * rates["val"], 100 * rates["val_ringed"],
+                 100 * rates["nonlesion"])
     return rows, dict(zip(layers, bank)), limits
 
 
@@ -161,8 +174,9 @@ def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Pa
     chosen = choose(rows, max_val_lesion_refusal)
     log.info("gate: %s at percentile %.1f chosen", chosen["layer"], chosen["percentile"])
     selection = {
-        "rule": f"of the candidates refusing at most {max_val_lesion_refusal:.0%} of the validation lesions, the one "
-                f"refusing the most non-lesion images; ties to fewer lesions refused, then to the earlier candidate",
+        "rule": f"of the candidates refusing at most {max_val_lesion_refusal:.0%} of the validation lesions and at "
+                f"most {MAX_RINGED_LESION_REFUSAL:.0%} of them with a dermoscope ring, the one refusing the most "
+                f"non-lesion images; ties to fewer lesions refused, then to the earlier candidate",
         "nonlesion_images": len(rows_n),
         "nonlesion_set": "python -m train.nonlesion --seed 0 --no-browser",
         "candidates": rows,

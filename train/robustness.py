@@ -60,7 +60,7 @@ def _low_resolution(factor: float) -> Callable[[Image.Image], Image.Image]:
     return shift
 
 
-def _dermoscope_ring(img: Image.Image) -> Image.Image:
+def dermoscope_ring(img: Image.Image) -> Image.Image:
     """Black outside the inscribed circle, as a contact dermoscope's field of view leaves it."""
     mask = Image.new("L", img.size, 0)
     ImageDraw.Draw(mask).ellipse((0, 0, img.width - 1, img.height - 1), fill=255)
@@ -82,7 +82,7 @@ SHIFTS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
     "blur": ("slightly out of focus: Gaussian blur, radius 1.5 px per 256 px of the shorter side",
              lambda img: img.filter(ImageFilter.GaussianBlur(1.5 * min(img.size) / 256))),
     "low_resolution": ("half the resolution, upscaled back", _low_resolution(0.5)),
-    "dermoscope_ring": ("black field-of-view ring of a contact dermoscope", _dermoscope_ring),
+    "dermoscope_ring": ("black field-of-view ring of a contact dermoscope", dermoscope_ring),
 }
 
 
