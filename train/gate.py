@@ -25,13 +25,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from model.bundle import card_path, load_bundle
+from model.bundle import card_path, load_bundle, load_card
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
 from model.runtime import make_forward
 from train import data as data_mod
 from train.robustness import dermoscope_ring
+from train.shipcheck import Limits
 
 log = logging.getLogger("train.gate")
 
@@ -58,7 +59,7 @@ def indeterminate_band(p_val: np.ndarray, threshold: float, fraction: float) -> 
 GATE_CANDIDATES = (("block4c_add", 99.5), ("block4c_add", 99.0), ("block5c_add", 99.5), ("block5c_add", 99.0),
                    ("block6d_add", 99.5), ("block6d_add", 99.0))
 MAX_VAL_LESION_REFUSAL = 0.02
-MAX_RINGED_LESION_REFUSAL = 0.10  # as python -m train.shipcheck's limit under the simulated ring
+MAX_RINGED_LESION_REFUSAL = Limits.held_max_refused  # python -m train.shipcheck's limit under the simulated ring
 
 
 def choose(rows: list[dict], max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL,
@@ -264,7 +265,7 @@ def main(argv=None) -> dict:
     if args.select and not args.fit:
         parser.error("--select chooses the layer of a gate being fitted: add --fit")
     dataset = data_mod.discover(args.data)
-    dataset, moved = data_mod.dataset_as_trained(dataset, load_bundle(args.model).card, args.data)
+    dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
     if moved:
         log.info("%d training images moved to validation, as when the bundle trained (--val-from-train)", moved)
     out = Path(args.out or f"runs/gate_{Path(args.model).stem}")
