@@ -12,7 +12,7 @@ from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
 from train.train import (RankingLoss, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
-                         make_dataset)
+                         make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -351,6 +351,62 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
 
 
+def _soup_case(tmp_path, second_scale: float):
+    """A linear softmax model, a checkpoint that ranks the validation images perfectly and a second one: that
+    checkpoint's weights times `second_scale`."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    good = [np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32), np.zeros(2, np.float32)]
+    paths = [tmp_path / "best_copy1.weights.h5", tmp_path / "best_copy2.weights.h5"]
+    for path, scale in zip(paths, (1.0, second_scale)):
+        model.set_weights([w * scale for w in good])
+        model.save_weights(path)
+    return model, paths, x, y, good
+
+
+def test_soup_averages_the_copies_when_validation_does_not_get_worse(tmp_path):
+    model, paths, x, y, good = _soup_case(tmp_path, 3.0)
+    soup = make_soup(model, paths, x, y)
+    assert soup["used"] == "soup" and soup["val_auc_copies"] == [1.0, 1.0] and soup["val_auc_soup"] == 1.0
+    np.testing.assert_allclose(model.get_weights()[0], 2.0 * good[0])  # the mean of 1x and 3x
+
+
+def test_soup_falls_back_to_the_best_copy_when_averaging_hurts(tmp_path):
+    # the second copy ranks every pair the wrong way; their mean is all zeros and ranks nothing
+    model, paths, x, y, good = _soup_case(tmp_path, -1.0)
+    soup = make_soup(model, paths, x, y)
+    assert soup["val_auc_copies"] == [1.0, 0.0] and soup["val_auc_soup"] == 0.5
+    assert soup["used"] == "copy 1"
+    np.testing.assert_allclose(model.get_weights()[0], good[0])
+
+
+def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "0", "--dense-units", "16", "--soup", "2",
+        "--gate-layer", "block5c_add", "--run-dir", str(run),
+    ])
+    history = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["stage"] for r in history] == ["head"] + ["fine_tune_copy1"] * 2 + ["fine_tune_copy2"] * 2
+    card = load_bundle(run / "melanoma_efficientnet.keras").card
+    soup = card["training"]["soup"]
+    assert soup["copies"] == 2 and len(soup["val_auc_copies"]) == 2
+    assert card["training"]["best_val_auc"] == max(soup["val_auc_soup"], *soup["val_auc_copies"])
+    net = load_bundle(run / "melanoma_efficientnet.keras").model
+    head = lambda m: m.get_layer("head_dense").get_weights()[0]  # noqa: E731
+    copies = []
+    for i in (1, 2):
+        m = keras.models.clone_model(net)
+        m.load_weights(run / f"best_copy{i}.weights.h5")
+        copies.append(head(m))
+    assert not np.allclose(copies[0], copies[1])  # each copy saw its own data order and augmentation
+    expected = (copies[0] + copies[1]) / 2 if soup["used"] == "soup" else copies[int(soup["used"][-1]) - 1]
+    np.testing.assert_allclose(head(net), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--ema", "1.5", "--ema is a momentum in [0, 1)"),
     ("--ink-augment", "1.5", "--ink-augment is a share of training images in [0, 1]"),
@@ -360,6 +416,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
     ("--clip-norm", "-1", "--clip-norm is a gradient norm"),
+    ("--soup", "0", "--soup is a number of fine-tuned copies"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:

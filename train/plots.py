@@ -14,19 +14,26 @@ from sklearn import metrics as skm  # noqa: E402
 
 
 def training_curves(history_csv: Path, out: Path) -> Path:
+    """Loss and AUC per epoch, training and validation; the copies of a soup (`--soup`) each get their own lines,
+    drawn from the end of the head stage they share."""
     with open(history_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    x = np.arange(1, len(rows) + 1)
+    stages = list(dict.fromkeys(r.get("stage", "") for r in rows))
+    head_epochs = sum(1 for r in rows if r.get("stage") == "head")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in (("loss", axes[0]), ("auc", axes[1])):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = [float(r[prefix + key]) for r in rows if r.get(prefix + key) not in (None, "")]
-            if len(values) == len(rows):
-                ax.plot(x, values, style, label=(prefix or "train_") + key)
+        for n, stage in enumerate([s for s in stages if s != "head"] or ["head"]):
+            part = [r for r in rows if r.get("stage") in ("head", stage)]
+            x = np.arange(1, len(part) + 1)
+            suffix = "" if len(stages) <= 2 else f" ({stage.removeprefix('fine_tune_')})"
+            for prefix, style in (("", "-"), ("val_", "--")):
+                values = [float(r[prefix + key]) for r in part if r.get(prefix + key) not in (None, "")]
+                if len(values) == len(part):
+                    ax.plot(x, values, style, color=f"C{2 * n + (prefix == 'val_')}",
+                            label=(prefix or "train_") + key + suffix)
         ax.set_xlabel("epoch (head stage, then fine-tuning)")
-        ax.legend()
+        ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-    head_epochs = sum(1 for r in rows if r.get("stage") == "head")
     for ax in axes:
         ax.axvline(head_epochs + 0.5, color="grey", lw=0.8)
     fig.tight_layout()

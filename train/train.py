@@ -112,6 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--patience", type=int, default=10,
                    help="early stopping patience on val AUC, counted in the second half of the fine-tuning schedule "
                         "(default: 10)")
+    g.add_argument("--soup", type=int, default=1, metavar="COPIES",
+                   help="fine-tune this many copies from the one trained head, each with its own data order and "
+                        "augmentation draws (seeds SEED, SEED+1, ...), and average their weights: a uniform model "
+                        "soup (Wortsman et al. 2022), served at one network's cost. Kept when its validation AUC is "
+                        "at least the best copy's, else the best copy is. Training time grows with the copies "
+                        "(default: 1, no soup)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
     g = p.add_argument_group("distribution")
     g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multi-worker"),
@@ -151,6 +157,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--clip-norm is a gradient norm, 0 (off) or more (e.g. 1.0), not {args.clip_norm}")
     if args.auc_loss < 0.0:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
+    if args.soup < 1:
+        p.error(f"--soup is a number of fine-tuned copies, 1 (no soup) or more (e.g. 2), not {args.soup}")
+    if args.soup > 1 and args.distribute == "multi-worker":
+        p.error("--soup averages copies fine-tuned one after another in this process; use --distribute none or "
+                "mirrored")
     if args.auc_loss > 0 and args.distribute == "multi-worker":
         p.error("--auc-loss compares images across a batch, which the multi-worker loop splits; "
                 "use --distribute none or mirrored")
@@ -265,13 +276,14 @@ def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
-              strategy=None, steps=None, early_stop_from=0):
-    """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on."""
+              strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5"):
+    """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on.
+    The best epoch's weights are written to `run_dir / checkpoint_name`."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
     if getattr(args, "auc_loss", 0.0) > 0:
         loss = RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
-    checkpoint = run_dir / "best.weights.h5"
+    checkpoint = run_dir / checkpoint_name
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True,
@@ -296,6 +308,28 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
+
+
+def make_soup(model: keras.Model, checkpoints: list[Path], x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Average the weights of copies fine-tuned from one trained head (a uniform model soup, Wortsman et al.
+    2022) and leave in `model` the soup, or the best copy when the soup's validation AUC is below that copy's.
+
+    Every weight is averaged, the frozen ones too (they are the same in every copy). Returns what was measured.
+    """
+    weights, aucs = [], []
+    for path in checkpoints:
+        model.load_weights(path)
+        weights.append(model.get_weights())
+        aucs.append(float(roc_auc_score(y_val, predict_probs(model, x_val)[:, 1])))
+    model.set_weights([np.mean(np.stack(ws), axis=0).astype(ws[0].dtype) for ws in zip(*weights)])
+    soup_auc = float(roc_auc_score(y_val, predict_probs(model, x_val)[:, 1]))
+    best = int(np.argmax(aucs))
+    used = "soup" if soup_auc >= aucs[best] else f"copy {best + 1}"
+    if used != "soup":
+        model.set_weights(weights[best])
+    log.info("soup of %d copies: validation AUC %.4f (copies %s); the bundle keeps the %s", len(checkpoints),
+             soup_auc, ", ".join(f"{a:.4f}" for a in aucs), used)
+    return {"copies": len(checkpoints), "val_auc_copies": aucs, "val_auc_soup": soup_auc, "used": used}
 
 
 def early_stop_epoch(args: argparse.Namespace) -> int:
@@ -517,16 +551,35 @@ def train(args: argparse.Namespace) -> Bundle | None:
         head_optimizer = keras.optimizers.Adam(args.head_lr, global_clipnorm=clip_norm(args))
     fit_stage(fitted, ds, x_val, y_val, "head", args.head_epochs, head_optimizer, args, run_dir, strategy=strategy,
               steps=steps)
+    soup = None
     if args.epochs > 0:
         pretrained = args.weights not in ("none", "None")
         n = unfreeze_top_blocks(model, args.unfreeze_from, freeze_batchnorm=pretrained)
         log.info("fine-tuning %d layers from block %d, BatchNormalization %s", n, args.unfreeze_from,
                  "frozen" if pretrained else "trained (no pretrained statistics)")
-        with strategy.scope():
-            optimizer = fine_tune_optimizer(args, steps)
-        fit_stage(fitted, ds, x_val, y_val, "fine_tune", args.epochs, optimizer, args, run_dir,
-                  initial_epoch=args.head_epochs, strategy=strategy, steps=steps,
-                  early_stop_from=early_stop_epoch(args))
+        head_weights = fitted.get_weights() if args.soup > 1 else None
+        copies = []
+        for copy in range(args.soup):
+            name, stage = "best.weights.h5", "fine_tune"
+            if args.soup > 1:
+                name, stage = f"best_copy{copy + 1}.weights.h5", f"fine_tune_copy{copy + 1}"
+                log.info("soup: fine-tuning copy %d of %d from the trained head (seed %d)", copy + 1, args.soup,
+                         args.seed + copy)
+            if copy > 0:  # the same head, its own data order and augmentation draws
+                fitted.set_weights(head_weights)
+                keras.utils.set_random_seed(args.seed + copy)
+                augmenter = build_augmenter(args.seed + copy, args.ink_augment, args.ring_augment, args.blur_augment,
+                                            args.frame_fill, args.random_crop, getattr(args, "jpeg_augment", 0.0))
+                ds = make_dataset(x_train, y_train, args.batch_size, args.seed + copy, augmenter, y_aux, args.mixup)
+            with strategy.scope():
+                optimizer = fine_tune_optimizer(args, steps)
+            fit_stage(fitted, ds, x_val, y_val, stage, args.epochs, optimizer, args, run_dir,
+                      initial_epoch=args.head_epochs, strategy=strategy, steps=steps,
+                      early_stop_from=early_stop_epoch(args), checkpoint_name=name)
+            copies.append(run_dir / name)
+        if args.soup > 1:
+            soup = make_soup(fitted, copies, x_val, y_val)
+            fitted.save_weights(run_dir / "best.weights.h5")
     fitted.load_weights(run_dir / "best.weights.h5")
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
     if not is_chief():
@@ -586,8 +639,9 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "command": command,
             "arguments": vars(args),
             "epochs_run": len(history) - 1,
-            "best_val_auc": float(max(float(r.split(",")[history[0].split(",").index("val_auc")])
-                                      for r in history[1:])),
+            **({"soup": soup} if soup else {}),
+            "best_val_auc": float(max(soup["val_auc_soup"], *soup["val_auc_copies"])) if soup else
+            float(max(float(r.split(",")[history[0].split(",").index("val_auc")]) for r in history[1:])),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": os.cpu_count(),
             "cpu": cpu_model(),
