@@ -9,7 +9,9 @@ Two stages:
    tuned to benign-vs-malignant and place many non-lesions among lesions) are compared with those of
    the training images: the cosine distance to the k-th nearest training image (deep nearest
    neighbours, Sun et al. 2022). Past a threshold fitted on the training split, the image is refused.
-   The training features travel with the bundle (`<name>.gate.npz`).
+   The training features travel with the bundle (`<name>.gate.npz`); `train.gate` also stores each
+   training image slightly blurred and seen through a dermoscope ring, so that a lesion photographed
+   a little out of focus or through a contact dermoscope is not taken for something else.
 """
 from __future__ import annotations
 
@@ -91,11 +93,27 @@ class FeatureNeighbours:
         return self.scores(features) > self.threshold
 
     @staticmethod
-    def leave_one_out_scores(train_features: np.ndarray, k: int) -> np.ndarray:
+    def leave_one_out_scores(train_features: np.ndarray, k: int, n_images: int | None = None,
+                             chunk: int = 1024) -> np.ndarray:
+        """Each training image's distance to its k-th nearest neighbour among the other images.
+
+        `train_features` may hold every image more than once, seen in several views (`train.gate`'s bank:
+        plain, then slightly blurred, then through a dermoscope ring), stacked view after view, `n_images` rows
+        each; the scores are then the plain views' (the first `n_images` rows), every view of the image itself
+        left out. Computed `chunk` images at a time, so a large training set needs little memory.
+        """
         bank = _normalise(np.asarray(train_features, np.float32))
-        sims = bank @ bank.T
-        np.fill_diagonal(sims, -np.inf)
-        return 1.0 + np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        n = len(bank) if n_images is None else int(n_images)
+        if n <= 0 or len(bank) % n:
+            raise ValueError(f"{len(bank)} bank rows are not whole views of {n} images")
+        views = len(bank) // n
+        out = np.empty(n, np.float32)
+        for start in range(0, n, chunk):
+            rows = np.arange(start, min(start + chunk, n))
+            sims = bank[rows] @ bank.T
+            sims[np.arange(len(rows))[:, None], rows[:, None] + n * np.arange(views)[None, :]] = -np.inf
+            out[rows] = 1.0 + np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        return out
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, features=self.bank.astype(np.float16), k=self.k, threshold=self.threshold)

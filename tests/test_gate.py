@@ -126,3 +126,64 @@ def test_gate_rule_skips_layers_that_refuse_ringed_lesions_and_falls_back_when_a
     # when every layer is over the ring limit, the lesion limit alone decides, as before
     rows = [ringed("a", 0.03, 1.0, 0.20), ringed("b", 0.01, 0.95, 0.30), ringed("c", 0.01, 0.90, 0.25)]
     assert choose(rows)["layer"] == "b"
+
+
+def test_leave_one_out_leaves_out_every_view_of_the_image():
+    from model.gate import FeatureNeighbours
+
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(20, 8)).astype(np.float32)
+    # two more views of each image, nearly the same as it: stacked view after view
+    bank = np.concatenate([plain] + [plain + rng.normal(scale=1e-4, size=plain.shape).astype(np.float32)
+                                     for _ in range(2)])
+    scores = FeatureNeighbours.leave_one_out_scores(bank, 3, n_images=20)
+    # the image's own views left out, its 3rd nearest row is a view of its nearest other image
+    np.testing.assert_allclose(scores, FeatureNeighbours.leave_one_out_scores(plain, 1), atol=1e-3)
+    assert scores.min() > 0.01  # never its own copy
+    np.testing.assert_allclose(FeatureNeighbours.leave_one_out_scores(bank, 3, n_images=20, chunk=7), scores,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="not whole views of 7 images"):
+        FeatureNeighbours.leave_one_out_scores(bank, 3, n_images=7)
+
+
+def test_bank_holds_each_training_image_plain_then_blurred_then_ringed(tmp_path):
+    from model.preprocessing import PreprocessSpec
+    from train import data as data_mod
+    from train.gate import bank_arrays
+
+    paths = lesion_fixtures("malignant") + lesion_fixtures("benign")
+    spec = PreprocessSpec(256, "shades_of_gray", frame_fill=False)
+    arrays = bank_arrays(paths, spec, ("blur", "ring"), seed=0)
+    n = len(paths)
+    assert arrays.shape == (3 * n, 256, 256, 3) and arrays.dtype == np.uint8
+    np.testing.assert_array_equal(arrays[:n], data_mod.load_images(paths, spec))
+
+    def sharpness(a):
+        g = a.astype(float).mean(axis=-1)
+        return np.var(g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1])
+
+    ratios = [sharpness(arrays[n + i]) / sharpness(arrays[i]) for i in range(n)]
+    assert max(ratios) < 0.95 and np.mean(ratios) < 0.6, ratios  # sigma 0.5-2 px: from a little soft to blurred
+    corners = lambda a: np.concatenate([a[:8, :8], a[:8, -8:], a[-8:, :8], a[-8:, -8:]]).mean()  # noqa: E731
+    assert all(corners(arrays[2 * n + i]) < 0.5 * corners(arrays[i]) for i in range(n))  # dark outside the circle
+    np.testing.assert_array_equal(bank_arrays(paths, spec, ("blur", "ring"), seed=0), arrays)  # seeded
+    assert len(bank_arrays(paths, spec, (), seed=0)) == n
+
+
+def test_lesions_slightly_out_of_focus_are_not_taken_for_non_lesions(app):
+    """The robustness check's blur (`train.robustness`); the gate's bank holds the training images blurred too.
+    A gate fitted on the plain images alone took a blurred malignant fixture for something that is not a lesion."""
+    paths = lesion_fixtures("malignant") + lesion_fixtures("benign") + lesion_fixtures("cam")
+    images = [lesion(p) for p in paths]
+    blurred = [im.filter(ImageFilter.GaussianBlur(1.5 * min(im.size) / 256)) for im in images]
+    verdicts = app.extensions["melanoma_model"].predictor.assess(blurred)
+    assert not any(v.get("code") == "not_a_lesion" for v in verdicts), verdicts
+
+
+def test_an_unknown_bank_view_is_refused_with_a_message(tmp_path, capsys):
+    from train import gate
+
+    with pytest.raises(SystemExit) as info:
+        gate.main(["--model", str(tmp_path / "m.keras"), "--data", str(tmp_path), "--fit", "--bank-views", "blur,fog"])
+    assert info.value.code == 2
+    assert "unknown bank view fog; choose from blur, ring, or none" in capsys.readouterr().err

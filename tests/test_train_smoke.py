@@ -64,6 +64,9 @@ def test_the_gate_layer_is_chosen_by_the_rule_and_the_sweep_is_in_the_card(train
     assert min(r["nonlesion_refused"] for r in rows) > 0.1
     chosen = choose(rows)
     assert (gate["layer"], gate["percentile_of_training_images"]) == (chosen["layer"], chosen["percentile"])
+    assert gate["bank_views"] == ["plain", "blur", "ring"]
+    bank = np.load(trained / "melanoma_efficientnet.gate.npz")["features"]
+    assert bank.shape[0] == 3 * gate["bank_images"] == 3 * 24  # tiny_data's 24 training images, in three views
     # the stored gate is the chosen candidate's, refitted through the serving runtime
     assert gate["distance_threshold"] == pytest.approx(chosen["distance_threshold"], rel=0.02)
 
@@ -535,6 +538,8 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     gate.main(["--model", str(bundle), "--data", str(tiny_data), "--fit", "--layer", layer,
                "--percentile", str(percentile), "--out", str(tmp_path / "gate")])
     refit = load_card(bundle)
-    assert np.load(bundle.with_suffix(".gate.npz"))["features"].shape[0] == 18
+    # each training image plain, slightly blurred and through a ring
+    assert np.load(bundle.with_suffix(".gate.npz"))["features"].shape[0] == 3 * 18
+    assert refit["gate"]["bank_images"] == 18 and refit["gate"]["bank_views"] == ["plain", "blur", "ring"]
     assert abs(refit["gate"]["distance_threshold"] - card["gate"]["distance_threshold"]) < 1e-5
     assert np.allclose(refit["indeterminate_band"], card["indeterminate_band"], atol=1e-5)

@@ -5,7 +5,10 @@
 
 `--fit` stores in the bundle: quality limits and the training split's pooled features
 (`<name>.gate.npz`, with the k-NN distance threshold at `--percentile` of the training images'
-leave-one-out distances), and the indeterminate band, sized on the validation split. `--fit --select`
+leave-one-out distances), and the indeterminate band, sized on the validation split. The stored features
+hold every training image as it is and in the views of `--bank-views` (default: slightly blurred, and through
+a contact dermoscope's ring of random size), so that the gate does not take a lesion photographed a little out
+of focus or through a dermoscope for something that is not a lesion; the threshold stays the plain images'. `--fit --select`
 (what `python -m train` does) chooses the layer and percentile by a fixed rule instead: of the
 candidate pairs, the one that refuses the most images of the non-lesion set (`python -m train.nonlesion`,
 seed 0) while refusing at most 2% of the validation lesions; the sweep is stored in the card. Without
@@ -23,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from model.bundle import card_path, load_bundle, load_card
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
@@ -54,6 +57,44 @@ def indeterminate_band(p_val: np.ndarray, threshold: float, fraction: float) -> 
     centre = float(logit(np.array(threshold)))
     sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     return [float(sigmoid(centre - width)), float(sigmoid(centre + width))]
+
+
+def slight_blur(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Gaussian blur of sigma 0.5-2 px per 256 px of the shorter side: a camera a little out of focus, or an image of
+    lower resolution (the training augmentation's range, `--blur-augment`, less its barely visible end)."""
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0) * min(image.size) / 256))
+
+
+def random_ring(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Near-black outside a circle of radius 0.40-0.58 of the shorter side, its centre moved by up to 4%: a contact
+    dermoscope's field of view, as the training augmentation draws it (`--ring-augment`)."""
+    w, h = image.size
+    side = min(w, h)
+    r = rng.uniform(0.40, 0.58) * side
+    cx, cy = w / 2 + rng.uniform(-0.04, 0.04) * side, h / 2 + rng.uniform(-0.04, 0.04) * side
+    mask = Image.new("L", image.size, 0)
+    ImageDraw.Draw(mask).ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    black = tuple(int(v) for v in rng.uniform(0, 25, 3))
+    return Image.composite(image, Image.new("RGB", image.size, black), mask)
+
+
+BANK_VIEWS = {"blur": slight_blur, "ring": random_ring}
+DEFAULT_BANK_VIEWS = ("blur", "ring")
+
+
+def bank_arrays(paths: list[Path], spec, views=DEFAULT_BANK_VIEWS, seed: int = 0) -> np.ndarray:
+    """The training images through the one preprocessing path, as they are and then in each of `views`
+    (`BANK_VIEWS`), stacked view after view: (len(paths) * (1 + len(views)), size, size, 3) uint8."""
+    plain = data_mod.load_images(paths, spec)
+    if not views:
+        return plain
+    rng = np.random.default_rng(seed)
+    out = [plain]
+    for view in views:
+        shift = BANK_VIEWS[view]
+        out.append(np.stack([preprocess(shift(decode(Path(p).read_bytes(), draft_size=spec.image_size), rng), spec)
+                             for p in paths]))
+    return np.concatenate(out)
 
 
 GATE_CANDIDATES = (("block4c_add", 99.5), ("block4c_add", 99.0), ("block5c_add", 99.5), ("block5c_add", 99.0),
@@ -102,7 +143,7 @@ def _screen(paths: list[Path], spec, limits: dict, shift=None) -> tuple[np.ndarr
 
 
 def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k: int = 10,
-          candidates=GATE_CANDIDATES) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+          candidates=GATE_CANDIDATES, views=DEFAULT_BANK_VIEWS) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     """Refusal rates of every candidate (layer, percentile) on the validation lesions, the same lesions through a
     contact dermoscope's black ring (`train.robustness.dermoscope_ring`), and the non-lesion set.
 
@@ -139,7 +180,8 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
 
     train = dataset.splits["train"]
     limits = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
-    bank = features(data_mod.load_images(train.paths, spec))
+    bank = features(bank_arrays(train.paths, spec, views))
+    n_images = len(train.paths)
     val = dataset.splits["val"].paths
     screened = {"val": _screen(val, spec, limits), "val_ringed": _screen(val, spec, limits, dermoscope_ring),
                 "nonlesion": _screen(nonlesion, spec, limits)}
@@ -149,7 +191,7 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
         if layer not in layers:
             continue
         j = layers.index(layer)
-        threshold = float(np.percentile(FeatureNeighbours.leave_one_out_scores(bank[j], k), percentile))
+        threshold = float(np.percentile(FeatureNeighbours.leave_one_out_scores(bank[j], k, n_images), percentile))
         gate = FeatureNeighbours(bank[j], k, threshold)
         rates = {}
         for name, (before, _) in screened.items():
@@ -167,11 +209,12 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
 
 def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Path, k: int = 10,
                  band_fraction: float = 0.15, candidates=GATE_CANDIDATES,
-                 max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL) -> dict:
+                 max_val_lesion_refusal: float = MAX_VAL_LESION_REFUSAL, views=DEFAULT_BANK_VIEWS) -> dict:
     """Sweep the candidates on `nonlesion_dir` (a train.nonlesion folder), fit the chosen one, record the sweep."""
     nonlesion_dir = Path(nonlesion_dir)
     rows_n = list(csv.DictReader(open(nonlesion_dir / "MANIFEST.csv")))
-    rows, banks, limits = sweep(bundle_path, dataset, [nonlesion_dir / r["file"] for r in rows_n], k, candidates)
+    rows, banks, limits = sweep(bundle_path, dataset, [nonlesion_dir / r["file"] for r in rows_n], k, candidates,
+                                views)
     chosen = choose(rows, max_val_lesion_refusal)
     log.info("gate: %s at percentile %.1f chosen", chosen["layer"], chosen["percentile"])
     selection = {
@@ -183,14 +226,14 @@ def fit_selected(bundle_path: Path, dataset: data_mod.Dataset, nonlesion_dir: Pa
         "candidates": rows,
     }
     return fit(bundle_path, dataset, k, chosen["percentile"], band_fraction, chosen["layer"], selection,
-               train_features=banks[chosen["layer"]], quality=limits)
+               train_features=banks[chosen["layer"]], quality=limits, views=views)
 
 
 def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float, band_fraction: float,
         layer: str = DEFAULT_GATE_LAYER, selection: dict | None = None, train_features: np.ndarray | None = None,
-        quality: dict | None = None) -> dict:
+        quality: dict | None = None, views=DEFAULT_BANK_VIEWS) -> dict:
     """Fit the gate at `layer` and the band; `train_features` and `quality`, when a sweep already has them,
-    are the training images' pooled features at that layer and the quality limits."""
+    are the training images' pooled features at that layer (every view of `bank_arrays`) and the quality limits."""
     bundle = load_bundle(bundle_path)
     bundle.card["gate"] = {"layer": layer}
     predictor = Predictor(bundle)
@@ -199,8 +242,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         quality = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
     feats = train_features
     if feats is None:
-        _, feats = features_of(predictor, data_mod.load_images(train.paths, predictor.spec))
-    loo = FeatureNeighbours.leave_one_out_scores(feats, k)
+        _, feats = features_of(predictor, bank_arrays(train.paths, predictor.spec, views))
+    loo = FeatureNeighbours.leave_one_out_scores(feats, k, len(train.paths))
     threshold = float(np.percentile(loo, percentile))
     features_file = bundle_path.with_suffix(".gate.npz").name
     FeatureNeighbours(feats, k, threshold).save(bundle_path.parent / features_file)
@@ -214,6 +257,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         "k": k,
         "distance_threshold": threshold,
         "percentile_of_training_images": percentile,
+        "bank_views": ["plain", *views],
+        "bank_images": len(train.paths),
     }
     if selection:
         card["gate"]["selection"] = selection
@@ -258,12 +303,20 @@ def main(argv=None) -> dict:
                         help="training-image distance percentile used as threshold (default: 99.5)")
     parser.add_argument("--layer", default=DEFAULT_GATE_LAYER,
                         help=f"layer whose globally pooled output the gate compares (default: {DEFAULT_GATE_LAYER})")
+    parser.add_argument("--bank-views", default=",".join(DEFAULT_BANK_VIEWS),
+                        help="with --fit: views of each training image stored beside it, from: "
+                             f"{', '.join(BANK_VIEWS)}; none = the images as they are only "
+                             f"(default: {','.join(DEFAULT_BANK_VIEWS)})")
     parser.add_argument("--band-fraction", type=float, default=0.15,
                         help="fraction of validation images inside the indeterminate band (default: 0.15)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/gate_<bundle>)")
     args = parser.parse_args(argv)
     if args.select and not args.fit:
         parser.error("--select chooses the layer of a gate being fitted: add --fit")
+    views = () if args.bank_views == "none" else tuple(v for v in args.bank_views.split(",") if v)
+    unknown = [v for v in views if v not in BANK_VIEWS]
+    if unknown:
+        parser.error(f"unknown bank view {', '.join(unknown)}; choose from {', '.join(BANK_VIEWS)}, or none")
     dataset = data_mod.discover(args.data)
     dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
     if moved:
@@ -273,9 +326,9 @@ def main(argv=None) -> dict:
         from train.nonlesion import build
 
         build(out / "nonlesion_seed0", seed=0, with_browser=False)
-        fit_selected(Path(args.model), dataset, out / "nonlesion_seed0", args.k, args.band_fraction)
+        fit_selected(Path(args.model), dataset, out / "nonlesion_seed0", args.k, args.band_fraction, views=views)
     elif args.fit:
-        fit(Path(args.model), dataset, args.k, args.percentile, args.band_fraction, args.layer)
+        fit(Path(args.model), dataset, args.k, args.percentile, args.band_fraction, args.layer, views=views)
     predictor = Predictor(load_bundle(args.model))
     report = {"model": args.model, "split": args.split}
     val_rate, _ = refusal_rate(predictor, dataset.splits["val"].paths)
