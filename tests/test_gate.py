@@ -149,11 +149,11 @@ def test_leave_one_out_leaves_out_every_view_of_the_image():
 def test_bank_holds_each_training_image_plain_then_blurred_then_ringed(tmp_path):
     from model.preprocessing import PreprocessSpec
     from train import data as data_mod
-    from train.gate import bank_arrays
+    from train.gate import bank_views
 
     paths = lesion_fixtures("malignant") + lesion_fixtures("benign")
     spec = PreprocessSpec(256, "shades_of_gray", frame_fill=False)
-    arrays = bank_arrays(paths, spec, ("blur", "ring"), seed=0)
+    arrays = np.concatenate(list(bank_views(paths, spec, ("blur", "ring"), seed=0)))
     n = len(paths)
     assert arrays.shape == (3 * n, 256, 256, 3) and arrays.dtype == np.uint8
     np.testing.assert_array_equal(arrays[:n], data_mod.load_images(paths, spec))
@@ -166,8 +166,9 @@ def test_bank_holds_each_training_image_plain_then_blurred_then_ringed(tmp_path)
     assert max(ratios) < 0.95 and np.mean(ratios) < 0.6, ratios  # sigma 0.5-2 px: from a little soft to blurred
     corners = lambda a: np.concatenate([a[:8, :8], a[:8, -8:], a[-8:, :8], a[-8:, -8:]]).mean()  # noqa: E731
     assert all(corners(arrays[2 * n + i]) < 0.5 * corners(arrays[i]) for i in range(n))  # dark outside the circle
-    np.testing.assert_array_equal(bank_arrays(paths, spec, ("blur", "ring"), seed=0), arrays)  # seeded
-    assert len(bank_arrays(paths, spec, (), seed=0)) == n
+    np.testing.assert_array_equal(np.concatenate(list(bank_views(paths, spec, ("blur", "ring"), seed=0))),
+                                  arrays)  # seeded
+    assert [len(a) for a in bank_views(paths, spec, (), seed=0)] == [n]
 
 
 def test_lesions_slightly_out_of_focus_are_not_taken_for_non_lesions(app):

@@ -82,19 +82,16 @@ BANK_VIEWS = {"blur": slight_blur, "ring": random_ring}
 DEFAULT_BANK_VIEWS = ("blur", "ring")
 
 
-def bank_arrays(paths: list[Path], spec, views=DEFAULT_BANK_VIEWS, seed: int = 0) -> np.ndarray:
+def bank_views(paths: list[Path], spec, views=DEFAULT_BANK_VIEWS, seed: int = 0):
     """The training images through the one preprocessing path, as they are and then in each of `views`
-    (`BANK_VIEWS`), stacked view after view: (len(paths) * (1 + len(views)), size, size, 3) uint8."""
-    plain = data_mod.load_images(paths, spec)
-    if not views:
-        return plain
+    (`BANK_VIEWS`): one (len(paths), size, size, 3) uint8 array per view, made when asked for, so that only one
+    view's images are in memory at a time. Their features, stacked in this order, make the gate's bank."""
+    yield data_mod.load_images(paths, spec)
     rng = np.random.default_rng(seed)
-    out = [plain]
     for view in views:
         shift = BANK_VIEWS[view]
-        out.append(np.stack([preprocess(shift(decode(Path(p).read_bytes(), draft_size=spec.image_size), rng), spec)
-                             for p in paths]))
-    return np.concatenate(out)
+        yield np.stack([preprocess(shift(decode(Path(p).read_bytes(), draft_size=spec.image_size), rng), spec)
+                        for p in paths])
 
 
 GATE_CANDIDATES = (("block4c_add", 99.5), ("block4c_add", 99.0), ("block5c_add", 99.5), ("block5c_add", 99.0),
@@ -180,7 +177,8 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
 
     train = dataset.splits["train"]
     limits = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
-    bank = features(bank_arrays(train.paths, spec, views))
+    per_view = [features(arrays) for arrays in bank_views(train.paths, spec, views)]
+    bank = [np.concatenate(parts) for parts in zip(*per_view)]  # per layer, view after view
     n_images = len(train.paths)
     val = dataset.splits["val"].paths
     screened = {"val": _screen(val, spec, limits), "val_ringed": _screen(val, spec, limits, dermoscope_ring),
@@ -233,7 +231,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         layer: str = DEFAULT_GATE_LAYER, selection: dict | None = None, train_features: np.ndarray | None = None,
         quality: dict | None = None, views=DEFAULT_BANK_VIEWS) -> dict:
     """Fit the gate at `layer` and the band; `train_features` and `quality`, when a sweep already has them,
-    are the training images' pooled features at that layer (every view of `bank_arrays`) and the quality limits."""
+    are the training images' pooled features at that layer (every view of `bank_views`) and the quality limits."""
     bundle = load_bundle(bundle_path)
     bundle.card["gate"] = {"layer": layer}
     predictor = Predictor(bundle)
@@ -242,7 +240,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         quality = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
     feats = train_features
     if feats is None:
-        _, feats = features_of(predictor, bank_arrays(train.paths, predictor.spec, views))
+        feats = np.concatenate([features_of(predictor, arrays)[1]
+                                for arrays in bank_views(train.paths, predictor.spec, views)])
     loo = FeatureNeighbours.leave_one_out_scores(feats, k, len(train.paths))
     threshold = float(np.percentile(loo, percentile))
     features_file = bundle_path.with_suffix(".gate.npz").name
