@@ -187,4 +187,4 @@ def test_an_unknown_bank_view_is_refused_with_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         gate.main(["--model", str(tmp_path / "m.keras"), "--data", str(tmp_path), "--fit", "--bank-views", "blur,fog"])
     assert info.value.code == 2
-    assert "unknown bank view fog; choose from blur, ring, or none" in capsys.readouterr().err
+    assert "unknown bank view fog; choose from blur, ring, exposure, or none" in capsys.readouterr().err

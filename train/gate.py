@@ -78,7 +78,14 @@ def random_ring(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.composite(image, Image.new("RGB", image.size, black), mask)
 
 
-BANK_VIEWS = {"blur": slight_blur, "ring": random_ring}
+def exposure(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """All channels times a gain of 0.7-1.3, clipped: under- or overexposure. Not among the default views: on the
+    shipped model it let non-lesions through (README, the gate)."""
+    gain = rng.uniform(0.7, 1.3)
+    return image.point(lambda v: min(255, int(v * gain + 0.5)))
+
+
+BANK_VIEWS = {"blur": slight_blur, "ring": random_ring, "exposure": exposure}
 DEFAULT_BANK_VIEWS = ("blur", "ring")
 
 
