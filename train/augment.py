@@ -89,6 +89,13 @@ class RandomInk(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "bank_size": self.bank_size, "seed": self.seed}
 
 
+# A contact dermoscope's field of view as drawn here and in the gate's ringed view (`train.gate.random_ring`): radius
+# as a share of the side, largest move of the centre as a share of the side, and the outside's top value per channel.
+RING_RADIUS = (0.40, 0.58)
+RING_SHIFT = 0.04
+RING_BLACK = 25.0
+
+
 class RandomDermoscopeRing(layers.Layer):
     """Darkens everything outside a random centred circle with probability `rate` (training only).
 
@@ -116,13 +123,13 @@ class RandomDermoscopeRing(layers.Layer):
         def uniform(low, high):
             return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
 
-        cy, cx = uniform(-0.04, 0.04) * side, uniform(-0.04, 0.04) * side
-        radius, softness = uniform(0.40, 0.58) * side, uniform(0.01, 0.04) * side
+        cy, cx = uniform(-RING_SHIFT, RING_SHIFT) * side, uniform(-RING_SHIFT, RING_SHIFT) * side
+        radius, softness = uniform(*RING_RADIUS) * side, uniform(0.01, 0.04) * side
         distance = keras.ops.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
         inside = keras.ops.sigmoid((radius - distance) / softness)
         apply = keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
         outside = (1.0 - inside) * apply
-        black = keras.random.uniform((n, 1, 1, 3), 0.0, 25.0, seed=self.seed_generator)
+        black = keras.random.uniform((n, 1, 1, 3), 0.0, RING_BLACK, seed=self.seed_generator)
         if self.fill:  # the mean colour of a band 1/32 of the side wide just inside the circle
             band = keras.ops.cast((distance <= radius) & (distance > radius - side / 32), "float32")
             black = keras.ops.sum(images * band, axis=(1, 2), keepdims=True) / keras.ops.maximum(

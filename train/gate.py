@@ -34,6 +34,7 @@ from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
 from model.runtime import make_forward
 from train import data as data_mod
+from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
 from train.robustness import dermoscope_ring
 from train.shipcheck import Limits
 
@@ -67,20 +68,20 @@ def slight_blur(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def random_ring(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Near-black outside a circle of radius 0.40-0.58 of the shorter side, its centre moved by up to 4%: a contact
-    dermoscope's field of view, as the training augmentation draws it (`--ring-augment`)."""
+    dermoscope's field of view, drawn from the training augmentation's ranges (`train.augment.RING_*`)."""
     w, h = image.size
     side = min(w, h)
-    r = rng.uniform(0.40, 0.58) * side
-    cx, cy = w / 2 + rng.uniform(-0.04, 0.04) * side, h / 2 + rng.uniform(-0.04, 0.04) * side
+    r = rng.uniform(*RING_RADIUS) * side
+    cx, cy = w / 2 + rng.uniform(-RING_SHIFT, RING_SHIFT) * side, h / 2 + rng.uniform(-RING_SHIFT, RING_SHIFT) * side
     mask = Image.new("L", image.size, 0)
     ImageDraw.Draw(mask).ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-    black = tuple(int(v) for v in rng.uniform(0, 25, 3))
+    black = tuple(int(v) for v in rng.uniform(0, RING_BLACK, 3))
     return Image.composite(image, Image.new("RGB", image.size, black), mask)
 
 
 def exposure(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """All channels times a gain of 0.7-1.3, clipped: under- or overexposure. Not among the default views: on the
-    shipped model it let non-lesions through (README, the gate)."""
+    shipped model it made the gate refuse more plain lesions than the 2% target (README, the gate)."""
     gain = rng.uniform(0.7, 1.3)
     return image.point(lambda v: min(255, int(v * gain + 0.5)))
 

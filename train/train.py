@@ -541,9 +541,12 @@ def train(args: argparse.Namespace) -> Bundle | None:
     if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
-    augmenter = build_augmenter(args.seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
-                                args.random_crop, getattr(args, "jpeg_augment", 0.0))
-    ds = make_dataset(x_train, y_train, args.batch_size, args.seed, augmenter, y_aux, args.mixup)
+    def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
+        augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
+                                    args.random_crop, getattr(args, "jpeg_augment", 0.0))
+        return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup)
+
+    ds = training_data(args.seed)
     steps = max(1, len(x_train) // args.batch_size)
 
     freeze_backbone(model)
@@ -568,9 +571,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             if copy > 0:  # the same head, its own data order and augmentation draws
                 fitted.set_weights(head_weights)
                 keras.utils.set_random_seed(args.seed + copy)
-                augmenter = build_augmenter(args.seed + copy, args.ink_augment, args.ring_augment, args.blur_augment,
-                                            args.frame_fill, args.random_crop, getattr(args, "jpeg_augment", 0.0))
-                ds = make_dataset(x_train, y_train, args.batch_size, args.seed + copy, augmenter, y_aux, args.mixup)
+                ds = training_data(args.seed + copy)
             with strategy.scope():
                 optimizer = fine_tune_optimizer(args, steps)
             fit_stage(fitted, ds, x_val, y_val, stage, args.epochs, optimizer, args, run_dir,
