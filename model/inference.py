@@ -47,6 +47,9 @@ def average_views(probs: np.ndarray, n_views: int) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+MAX_FORWARD_IMAGES = 64  # images (TTA views included) per forward pass: bounds memory for any batch size
+
+
 class Predictor:
     """Thread-safe inference on a loaded bundle: everything it needs comes from the model card."""
 
@@ -92,9 +95,15 @@ class Predictor:
     def raw_outputs(self, batch: np.ndarray, tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The network's softmax averaged over TTA views (B, 2), and the gate's pooled features of the plain view."""
         views = int(tta_views or self.tta_views)
-        x = dihedral_views(np.asarray(batch), views).astype(np.float32)
-        probs, features = self._forward(x)
-        return average_views(probs, views), features[: len(batch)]
+        batch = np.asarray(batch)
+        step = max(1, MAX_FORWARD_IMAGES // views)  # a whole split in one pass would hold every activation at once
+        probs, features = [], []
+        for i in range(0, max(len(batch), 1), step):  # an empty batch still gets one (empty) pass
+            chunk = batch[i : i + step]
+            p, f = self._forward(dihedral_views(chunk, views).astype(np.float32))
+            probs.append(average_views(np.asarray(p), views))
+            features.append(np.asarray(f)[: len(chunk)])
+        return np.concatenate(probs), np.concatenate(features)
 
     def raw_probabilities(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
         """The network's softmax for a uint8 batch (B, H, W, 3), averaged over TTA views: (B, 2)."""

@@ -45,6 +45,23 @@ def test_predictor_uses_the_card(tiny_bundle):
         assert r["confidence"] >= 0.4 if r["label"] == "malignant" else r["confidence"] > 0.6
 
 
+def test_a_large_batch_goes_through_the_network_in_bounded_passes(tiny_bundle, monkeypatch):
+    """A whole split at once (train.gate's validation pass) must not be one forward pass: at 320 px that held
+    every activation of 433 images and the training command was killed for memory. Chunking changes nothing."""
+    _, path = tiny_bundle
+    predictor = Predictor(load_bundle(path))
+    batch = np.random.default_rng(3).integers(0, 255, (11, 64, 64, 3), dtype=np.uint8)
+    whole_probs, whole_feats = predictor.raw_outputs(batch, tta_views=2)
+    sizes, forward = [], predictor._forward
+    monkeypatch.setattr(predictor, "_forward", lambda x: sizes.append(len(x)) or forward(x))
+    monkeypatch.setattr("model.inference.MAX_FORWARD_IMAGES", 6)
+    probs, feats = predictor.raw_outputs(batch, tta_views=2)
+    assert sizes == [6, 6, 6, 4]  # 3 images x 2 views per pass, the last 2 images x 2 views
+    np.testing.assert_allclose(probs, whole_probs, atol=1e-6)
+    np.testing.assert_allclose(feats, whole_feats, atol=1e-5)
+    assert probs.shape == (11, 2) and feats.shape[0] == 11
+
+
 def test_temperature_softens_without_reordering():
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
     hot = calibrated_malignant_probability(probs, 2.0)
