@@ -30,10 +30,13 @@ class Refusal:
     message: str
 
 
-def quality_measures(image: Image.Image) -> dict:
-    """Cheap measures on a 256-pixel greyscale version of the image."""
+def quality_measures(image: Image.Image, square: np.ndarray | None = None) -> dict:
+    """Cheap measures on a 256-pixel greyscale version of the image; from `square`, the image already squashed to
+    the model's input (`model.preprocessing.squash`), when given: the same numbers for a 256-pixel image, and no
+    second resize of a large upload."""
     w, h = image.size
-    grey = np.asarray(image.convert("L").resize((256, 256), Image.Resampling.BILINEAR), np.float32)
+    source = image if square is None else Image.fromarray(square)
+    grey = np.asarray(source.convert("L").resize((256, 256), Image.Resampling.BILINEAR), np.float32)
     lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
     return {
         "min_side": float(min(w, h)),
@@ -44,8 +47,8 @@ def quality_measures(image: Image.Image) -> dict:
     }
 
 
-def check_quality(image: Image.Image, limits: dict) -> Refusal | None:
-    m = quality_measures(image)
+def check_quality(image: Image.Image, limits: dict, square: np.ndarray | None = None) -> Refusal | None:
+    m = quality_measures(image, square)
     if m["min_side"] < limits["min_side"]:
         return Refusal("too_small", f"The image is too small ({image.size[0]}x{image.size[1]} pixels) to judge; "
                                     f"at least {int(limits['min_side'])} pixels on each side are needed. {ADVICE}")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from model.bundle import CLASS_NAMES, Bundle
+from model.cues import cautions
 from model.gate import NOT_A_LESION, FeatureNeighbours, check_quality
-from model.preprocessing import PreprocessSpec, decode, preprocess
+from model.preprocessing import PreprocessSpec, decode, normalise, preprocess, squash
 from model.runtime import make_forward
 
 DEFAULT_GATE_LAYER = "block5c_add"
@@ -131,35 +133,41 @@ class Predictor:
         """Per image: label, calibrated probability of malignancy, confidence in that label, threshold."""
         return [self.verdict(pm) for pm in self.probability(batch).tolist()]
 
-    def quality_refusal(self, image):
-        """The quality gate's refusal for a decoded image, or None when it may go to the network."""
-        return check_quality(image, self.quality_limits) if self.quality_limits else None
+    def quality_refusal(self, image, square: np.ndarray | None = None):
+        """The quality gate's refusal for a decoded image (`square`: the same squashed, when at hand), or None when
+        it may go to the network."""
+        return check_quality(image, self.quality_limits, square) if self.quality_limits else None
 
     def not_a_lesion(self, features: np.ndarray) -> np.ndarray:
         """Whether each image's pooled gate features are too far from the training images to judge it."""
         return self.neighbours.refuse(features) if self.neighbours else np.zeros(len(features), bool)
 
     def assess(self, images: list) -> list[dict]:
-        """Decoded PIL images in; per image either a verdict or {"rejected": True, "code", "reason"}.
+        """Decoded PIL images in; per image either a verdict with its `cautions` (`model.cues`: dark corners or
+        skin-marker ink, rare in training) or {"rejected": True, "code", "reason"}.
 
         The quality gate runs before the network; the not-a-lesion gate uses the same forward pass
         that gives the verdict (its pooled features), so a refused image costs no extra inference.
         """
         out: list[dict | None] = [None] * len(images)
-        arrays, slots = [], []
+        arrays, squares, slots = [], [], []
         for i, image in enumerate(images):
-            refusal = self.quality_refusal(image)
+            square = squash(image, self.spec)
+            refusal = self.quality_refusal(image, square)
             if refusal:
                 out[i] = {"rejected": True, "code": refusal.code, "reason": refusal.message}
             else:
-                arrays.append(self.preprocess(image))
+                squares.append(square)
+                arrays.append(normalise(square, self.spec))
                 slots.append(i)
         if arrays:
             batch = np.stack(arrays)
             probs, features = self.raw_outputs(batch)
             p = self.calibrated(probs)
             refused = self.not_a_lesion(features)
-            for slot, pm, no in zip(slots, p.tolist(), refused.tolist()):
-                out[slot] = ({"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}
-                             if no else self.verdict(pm))
+            for slot, square, pm, no in zip(slots, squares, p.tolist(), refused.tolist()):
+                if no:
+                    out[slot] = {"rejected": True, "code": NOT_A_LESION.code, "reason": NOT_A_LESION.message}
+                else:  # the cues on the squashed picture, as the training images were when the audit counted them
+                    out[slot] = {**self.verdict(pm), "cautions": cautions(Image.fromarray(square), self.bundle.card)}
         return out

@@ -210,15 +210,25 @@ def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
 
     The image is squashed to a square (the training images were squashed from 4:3), resized
     with Pillow's antialiased bilinear filter, its dermoscope frame filled if the spec says so,
-    and colour-normalised as the spec says.
+    and colour-normalised as the spec says: `normalise(squash(data, spec), spec)`.
     """
+    return normalise(squash(data, spec), spec)
+
+
+def squash(data, spec: PreprocessSpec) -> np.ndarray:
+    """The first half of `preprocess`: decoded, RGB, squashed to the model's square size (uint8, read-only), as the
+    picture looks before its frame is filled and its colours normalised (what `model.cues` judges)."""
     img = data if isinstance(data, Image.Image) else decode(data, draft_size=spec.image_size)
     if img.mode != "RGB":
         img = to_rgb(img)
     size = spec.image_size
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
-    arr = np.asarray(img, dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalise(arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The second half of `preprocess`: the frame filled and the colours normalised as the spec says (a new array)."""
     if spec.frame_fill:  # before colour constancy: a black frame would also skew the illuminant estimate
         arr = fill_dark_frame(arr)
     if spec.colour_constancy == "shades_of_gray":

@@ -58,7 +58,8 @@ def test_api_predicts_real_lesions(client, app):
     assert [p["filename"] for p in preds] == [name for name, _ in files]
     threshold = app.extensions["melanoma_model"].predictor.threshold
     for p in preds:
-        assert set(p) == {"filename", "label", "probability_malignant", "confidence", "threshold", "indeterminate"}
+        assert set(p) == {"filename", "label", "probability_malignant", "confidence", "threshold", "indeterminate",
+                          "cautions"}
         assert p["label"] == ("malignant" if p["probability_malignant"] >= threshold else "benign")
         assert 0.5 <= p["confidence"] <= 1.0 or p["label"] == "malignant"
     by_name = {p["filename"]: p for p in preds}
@@ -233,3 +234,26 @@ def test_config_from_environment(monkeypatch):
     monkeypatch.setenv("MELANOMA_MAX_FILES", "3")
     app = create_app({"TESTING": True})
     assert app.config["MAX_FILES"] == 3 and app.config["MODEL_PATH"] == str(DEFAULT_BUNDLE)
+
+
+def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, benign_jpeg, malignant_jpeg):
+    """The fixture naevus ISIC_0012414 carries two purple ink marks; the fixture melanoma, seen through a contact
+    dermoscope's ring, has dark corners. Both are judged, with a caution that gives the card's training counts."""
+    from train.robustness import dermoscope_ring
+
+    ringed = encode(dermoscope_ring(Image.open(io.BytesIO(malignant_jpeg)).convert("RGB")), "JPEG", quality=95)
+    files = [("inked.jpg", benign_jpeg), ("ringed.jpg", ringed), ("plain.jpg", malignant_jpeg)]
+    res = upload(client, "/api/v1/predict", files)
+    assert res.status_code == 200
+    by_name = {p["filename"]: p for p in res.get_json()["predictions"]}
+    assert not any(p.get("rejected") for p in by_name.values())
+    cues = app.extensions["melanoma_model"].card["data"]["shortcut_cues"]
+    assert [c["code"] for c in by_name["inked.jpg"]["cautions"]] == ["skin_marker_ink"]
+    assert f"Only {cues['skin_marker_ink']['train_images_with_cue']} of the 2,000" in \
+        by_name["inked.jpg"]["cautions"][0]["message"]
+    assert [c["code"] for c in by_name["ringed.jpg"]["cautions"]] == ["dark_corners"]
+    assert by_name["plain.jpg"]["cautions"] == []
+
+    page = upload(client, "/predict", [("inked.jpg", benign_jpeg)]).get_data(as_text=True)
+    assert 'id="cautions"' in page and "skin-marker ink is visible" in page
+    assert 'id="cautions"' not in upload(client, "/predict", [("plain.jpg", malignant_jpeg)]).get_data(as_text=True)

@@ -9,12 +9,12 @@ out suspicious. For each cue and split this counts the images that show it, the 
 the split's, the odds ratio and Fisher's exact test, and says which augmentation breaks the link. It writes
 `audit.json` and prints a table.
 
-Cues:
+Cues (their detectors are in `model.cues`, which the app shares to caution beside a verdict):
 - `dark_corners`: at least half of the four corner patches (each 6/64 of the side) is near black (luminance below
   40 of 255): the ring of a contact dermoscope, or a strong vignette. Broken by `python -m train --ring-augment`.
   The same test decides when the preprocessing's frame fill (`--frame-fill`) acts.
 - `skin_marker_ink`: at least 0.5% of a 128 x 128 thumbnail is purple (gentian-violet surgical marker: hue 245-330
-  degrees, saturation at least 0.25) outside the lesion, the Otsu lesion mask of `train.features` widened by 4
+  degrees, saturation at least 0.25) outside the lesion, the Otsu lesion mask of `model.cues` widened by 4
   pixels, so that blue-violet pigment inside the lesion (a blue-white veil among it, a melanoma sign) does not count.
   A heuristic that errs towards missing ink: a purple lesion larger than its mask can pass for ink, and where the
   ink is the darkest thing in view the mask takes it for the lesion and the image passes as clean. Surgeons mark
@@ -29,53 +29,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from scipy import ndimage
 from scipy.stats import fisher_exact
-from skimage import color
 
-from model import preprocessing
+from model.cues import (INK_SHARE, dark_corner_share, has_dark_corners, has_ink,  # noqa: F401 (train.audit's API)
+                        ink_share)
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.features import lesion_mask
 
 log = logging.getLogger("train.audit")
-
-THUMBNAIL = 64
-
-
-def dark_corner_share(img: Image.Image) -> float:
-    """Share of the four corner patches' pixels that are near black, on a 64 x 64 thumbnail (as the preprocessing's
-    frame fill measures it)."""
-    return preprocessing.dark_corner_share(np.asarray(img.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)))
-
-
-def has_dark_corners(img: Image.Image) -> bool:
-    return dark_corner_share(img) >= preprocessing.DARK_CORNERS
-
-
-INK_THUMBNAIL = 128
-INK_HUE = (0.68, 0.92)  # purple to magenta, as a share of the hue circle
-INK_MIN_SATURATION, INK_VALUE = 0.25, (0.15, 0.90)
-INK_LESION_MARGIN = 4  # pixels of the thumbnail by which the lesion mask is widened
-INK_SHARE = 0.005
-
-
-def ink_share(img: Image.Image) -> float:
-    """Share of a 128 x 128 thumbnail's pixels that look like gentian-violet skin-marker ink and lie outside the
-    lesion (its Otsu mask widened by `INK_LESION_MARGIN` pixels)."""
-    rgb = np.asarray(img.convert("RGB").resize((INK_THUMBNAIL, INK_THUMBNAIL), Image.Resampling.BILINEAR),
-                     np.float64) / 255.0
-    hue, saturation, value = np.moveaxis(color.rgb2hsv(rgb), -1, 0)
-    purple = ((hue > INK_HUE[0]) & (hue < INK_HUE[1]) & (saturation > INK_MIN_SATURATION)
-              & (value > INK_VALUE[0]) & (value < INK_VALUE[1]))
-    outside = ~ndimage.binary_dilation(lesion_mask(rgb), iterations=INK_LESION_MARGIN)
-    return float((purple & outside).mean())
-
-
-def has_ink(img: Image.Image) -> bool:
-    return ink_share(img) >= INK_SHARE
-
 
 # name -> (what it is, its detector, the training option that breaks its link to the label)
 CUES = {

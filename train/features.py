@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage import color, feature, filters, measure, transform
+from skimage import color, feature, measure, transform
+
+from model.cues import lesion_mask  # noqa: F401 (shared with the app's ink caution)
 
 HSV_BINS = (16, 8, 8)
 LBP_POINTS, LBP_RADIUS = 8, 1
 GLCM_DISTANCES = (1, 3)
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
-
-
-def lesion_mask(rgb: np.ndarray) -> np.ndarray:
-    """Otsu threshold on the smoothed grey image (lesions are darker than skin), largest component, holes filled."""
-    grey = filters.gaussian(color.rgb2gray(rgb), sigma=2)
-    dark = grey < filters.threshold_otsu(grey)
-    labels = measure.label(dark)
-    if labels.max() == 0:
-        return np.ones_like(dark)
-    h, w = dark.shape
-    regions = measure.regionprops(labels)
-    # prefer large components near the centre over dark image corners (vignetting)
-    best = max(regions, key=lambda r: r.area / (1 + np.hypot(r.centroid[0] - h / 2, r.centroid[1] - w / 2) / h))
-    return ndimage.binary_fill_holes(labels == best.label)
 
 
 def colour_features(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ class Judgement:
     confidence: float | None = None
     threshold: float | None = None
     indeterminate: bool = False
+    cautions: list = field(default_factory=list)  # [{"code", "message"}]: what in the picture the model knows little of
     rejected: bool = False
     bad_input: bool = False
     reason: str | None = None
@@ -54,7 +55,7 @@ class Judgement:
             return {"filename": self.filename, "rejected": True, "reason": self.reason, "code": self.code}
         return {"filename": self.filename, "label": self.label, "probability_malignant": self.probability_malignant,
                 "confidence": self.confidence, "threshold": self.threshold, "indeterminate": self.indeterminate,
-                **self.extra}
+                "cautions": self.cautions, **self.extra}
 
 
 class ModelService:
@@ -109,7 +110,8 @@ class ModelService:
         """One Judgement per (filename, bytes), in order; all judgeable images go through one forward pass.
 
         A file that does not decode is `bad_input` (the request's fault); an image the gate refuses is
-        a normal answer: `rejected` with the reason.
+        a normal answer: `rejected` with the reason. A verdict carries `cautions` (`model.cues`): dark
+        corners or skin-marker ink in the picture, which the model saw little of in training.
         """
         results: list[Judgement] = []
         images, slots = [], []
@@ -134,6 +136,7 @@ class ModelService:
                     r.label, r.probability_malignant = verdict["label"], verdict["probability_malignant"]
                     r.confidence, r.threshold = verdict["confidence"], verdict["threshold"]
                     r.indeterminate = verdict["indeterminate"]
+                    r.cautions = verdict["cautions"]
                     if explain:
                         r.extra["heatmap"] = self.heatmap(r.image)
         return results
