@@ -128,8 +128,8 @@ CUES = {
         has_ink,
         "purple surgical skin-marker ink outside the lesion",
         "Purple skin-marker ink is visible next to the lesion. Only {with_cue} of the {images} images of the "
-        "model's training split carried ink, and marks can sway a network's score either way. Do not let a benign result reassure "
-        "you; where possible, photograph the lesion before it is marked.",
+        "model's training split carried ink, and marks can sway a network's score either way. Do not let a benign "
+        "result reassure you; where possible, photograph the lesion before it is marked.",
     ),
 }
 
