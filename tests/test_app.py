@@ -38,7 +38,7 @@ def test_about_page_shows_the_model_card(client, app):
     # the images it learnt from, not those of the training split: --val-from-train moves some to validation
     trained_on = card["data"].get("train_images_used") or sum(card["data"]["counts"]["train"].values())
     assert f"fine-tuned on\n{trained_on:,} dermoscopic images" in html
-    assert "Intended use" in html and "Known limits" in html
+    assert "Intended use" in html and "Known limits" in html and "comes with a caution" in html
     # the shipped network was trained without the frame fill: the page warns about dermoscope frames
     assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
 
