@@ -114,22 +114,21 @@ def _could_be_purple(thumb: np.ndarray) -> np.ndarray:
             & np.where(b >= r, 100 * (r - g) >= 7 * delta, 100 * (b - g) >= 47 * delta))
 
 
-# name -> (detector, what it is, the caution shown beside a verdict; {with_cue} and {images} are the card's counts
-# over the training split `python -m train.audit` ran on)
+# name -> (detector, what it is, the caution shown beside a verdict; {rare} is how many training images showed it)
 CUES = {
     "dark_corners": (
         has_dark_corners,
         "black corners: a contact dermoscope's field-of-view ring or a strong vignette",
-        "The picture has dark corners, as a contact dermoscope's ring or strong vignetting gives. Only {with_cue} "
-        "of the {images} images of the model's training split were taken like this, so it knows little of such "
-        "pictures. Weigh this result with extra care and, if you can, also check a picture without the ring.",
+        "The picture has dark corners, as a contact dermoscope's ring or strong vignetting gives. {rare} were taken "
+        "like this, so it knows little of such pictures. Weigh this result with extra care and, if you can, also "
+        "check a picture without the ring.",
     ),
     "skin_marker_ink": (
         has_ink,
         "purple surgical skin-marker ink outside the lesion",
-        "Purple skin-marker ink is visible next to the lesion. Only {with_cue} of the {images} images of the "
-        "model's training split carried ink, and marks can sway a network's score either way. Do not let a benign "
-        "result reassure you; where possible, photograph the lesion before it is marked.",
+        "Purple skin-marker ink is visible next to the lesion. {rare} carried ink, and marks can sway a network's "
+        "score either way. Do not let a benign result reassure you; where possible, photograph the lesion before it "
+        "is marked.",
     ),
 }
 
@@ -151,12 +150,10 @@ def cautions(image: Image.Image, card: dict | None = None) -> list[dict]:
         if not detect(image):
             continue
         known = (counts.get(code) or {}).get("train_images_with_cue")
-        if known is not None and images:
-            if known >= RARE * images:
-                continue
-            text = message.format(with_cue=f"{known:,}", images=f"{images:,}")
-        else:
-            text = message.replace("Only {with_cue} of the {images} images of the model's training split", "Few of "
-                                   "the images the model was trained on")
+        if known is not None and images and known >= RARE * images:
+            continue
+        rare = (f"Only {known:,} of the {images:,} images of the model's training split" if known is not None and images
+                else "Few of the images the model was trained on")
+        text = message.format(rare=rare)
         out.append({"code": code, "message": text})
     return out

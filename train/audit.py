@@ -31,19 +31,16 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import fisher_exact
 
-from model.cues import (INK_SHARE, dark_corner_share, has_dark_corners, has_ink,  # noqa: F401 (train.audit's API)
-                        ink_share)
+from model import cues
+from model.cues import INK_SHARE, dark_corner_share, has_dark_corners, has_ink, ink_share  # noqa: F401 (its API)
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
 
 log = logging.getLogger("train.audit")
 
+REMEDIES = {"dark_corners": "--ring-augment 0.3", "skin_marker_ink": "--ink-augment 0.3"}
 # name -> (what it is, its detector, the training option that breaks its link to the label)
-CUES = {
-    "dark_corners": ("black corners: a contact dermoscope's field-of-view ring or a strong vignette",
-                     has_dark_corners, "--ring-augment 0.3"),
-    "skin_marker_ink": ("purple surgical skin-marker ink outside the lesion", has_ink, "--ink-augment 0.3"),
-}
+CUES = {name: (description, detect, REMEDIES[name]) for name, (detect, description, _) in cues.CUES.items()}
 
 
 def remedy_applied(remedy: str, args) -> bool:
