@@ -35,6 +35,30 @@ def test_unfreeze_keeps_batchnorm_frozen_and_lower_blocks_fixed():
     assert not any(l.trainable for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
 
 
+def test_train_batchnorm_fine_tunes_the_statistics_of_the_unfrozen_blocks_only():
+    import argparse
+
+    from train.train import batchnorm_frozen, parse_args
+
+    assert batchnorm_frozen(argparse.Namespace(weights="imagenet", train_batchnorm=False))
+    assert not batchnorm_frozen(argparse.Namespace(weights="imagenet", train_batchnorm=True))
+    assert not batchnorm_frozen(argparse.Namespace(weights="none", train_batchnorm=False))
+    assert parse_args(["--data", "d", "--train-batchnorm"]).train_batchnorm
+    assert not parse_args(["--data", "d"]).train_batchnorm
+
+    keras.utils.set_random_seed(0)
+    model = build_model("efficientnet_lite0", weights="none", image_size=32, dense_units=8)
+    freeze_backbone(model)
+    unfreeze_top_blocks(model, from_block=6, freeze_batchnorm=False)
+    upper, lower = model.get_layer("block6a_expand_bn"), model.get_layer("block5a_expand_bn")
+    assert upper.trainable and not lower.trainable
+    before = [np.array(layer.moving_variance) for layer in (upper, lower)]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    model.train_on_batch(x, keras.utils.to_categorical(np.arange(8) % 2, 2))
+    assert not np.allclose(np.array(upper.moving_variance), before[0])  # statistics re-estimated from the batch
+    np.testing.assert_array_equal(np.array(lower.moving_variance), before[1])  # a frozen block keeps its own
+
 def test_bad_arguments_say_what_was_received():
     with pytest.raises(ValueError, match="Received: backbone='resnet'"):
         build_model("resnet", weights="none")

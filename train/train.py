@@ -3,8 +3,8 @@
     python -m train --data ../shared/data/isic2017 --output model/shipped/melanoma_efficientnet.keras
 
 Stage 1 trains the head with the backbone frozen; stage 2 fine-tunes the backbone from
-`--unfreeze-from` upwards with every BatchNormalization frozen, at a lower learning rate with
-warm-up and cosine decay. The best epoch on validation ROC AUC is kept; temperature scaling and
+`--unfreeze-from` upwards with every BatchNormalization frozen (trained with `--train-batchnorm`),
+at a lower learning rate with warm-up and cosine decay. The best epoch on validation ROC AUC is kept; temperature scaling and
 the decision threshold (for `--target-sensitivity`) are fitted on the validation split; the test
 split (without duplicates of train/val images) is evaluated once, at the end.
 """
@@ -109,6 +109,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
                         "checkpoints and the bundle use the averaged weights (default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
+    g.add_argument("--train-batchnorm", action="store_true",
+                   help="fine-tune the BatchNormalization layers of those blocks too: scale and offset learnt, "
+                        "statistics re-estimated on the training images instead of ImageNet's (default: frozen; "
+                        "always trained with --weights none)")
     g.add_argument("--patience", type=int, default=10,
                    help="early stopping patience on val AUC, counted in the second half of the fine-tuning schedule "
                         "(default: 10)")
@@ -258,6 +262,13 @@ class RankingLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "margin": self.margin,
                 "label_smoothing": self.label_smoothing}
+
+
+def batchnorm_frozen(args: argparse.Namespace) -> bool:
+    """Whether stage 2 keeps BatchNormalization frozen: yes for pretrained weights (their ImageNet statistics)
+    unless --train-batchnorm; a network without pretrained weights has no statistics worth keeping."""
+    pretrained = args.weights not in ("none", "None")
+    return pretrained and not getattr(args, "train_batchnorm", False)
 
 
 def clip_norm(args) -> float | None:
@@ -556,10 +567,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
               steps=steps)
     soup = None
     if args.epochs > 0:
-        pretrained = args.weights not in ("none", "None")
-        n = unfreeze_top_blocks(model, args.unfreeze_from, freeze_batchnorm=pretrained)
+        frozen_bn = batchnorm_frozen(args)
+        n = unfreeze_top_blocks(model, args.unfreeze_from, freeze_batchnorm=frozen_bn)
         log.info("fine-tuning %d layers from block %d, BatchNormalization %s", n, args.unfreeze_from,
-                 "frozen" if pretrained else "trained (no pretrained statistics)")
+                 "frozen" if frozen_bn else "trained")
         head_weights = fitted.get_weights() if args.soup > 1 else None
         copies = []
         for copy in range(args.soup):
