@@ -11,8 +11,8 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import (RankingLoss, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
-                         make_dataset, make_soup)
+from train.train import (ConsistencyLoss, RankingLoss, build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage,
+                         main as train_main, make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -420,6 +420,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
     ("--clip-norm", "-1", "--clip-norm is a gradient norm"),
     ("--soup", "0", "--soup is a number of fine-tuned copies"),
+    ("--consistency", "-1", "--consistency is the divergence's weight"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:
@@ -464,6 +465,55 @@ def test_ranking_loss_trains_from_the_command_line(tiny_data, tmp_path):
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert all(np.isfinite(float(r["loss"])) for r in history)
 
+
+def test_consistency_loss_is_the_clean_cross_entropy_plus_the_jensen_shannon_divergence_of_each_pair():
+    y = np.eye(2, dtype=np.float32)[[1, 0, 0]]
+    clean, shifted = _probs([2.0, -1.0, 0.5]), _probs([0.0, -1.0, 2.5])
+    batch_y, batch_p = np.concatenate([y, y]), np.concatenate([clean, shifted])
+    cross_entropy = float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(y, clean))
+
+    def js(p, q):
+        m = (p + q) / 2
+        return 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
+
+    expected = cross_entropy + 12.0 * np.mean([js(p, q) for p, q in zip(clean.astype(np.float64), shifted)])
+    loss = ConsistencyLoss(12.0, label_smoothing=0.1)
+    np.testing.assert_allclose(float(loss(batch_y, batch_p)), expected, rtol=1e-5)
+    # a copy answered as the clean image: the cross-entropy of the clean half alone, whatever the weight
+    np.testing.assert_allclose(float(loss(batch_y, np.concatenate([clean, clean]))), cross_entropy, rtol=1e-5)
+    assert js(clean[0], shifted[0]) > 0.01 and js(clean[1], shifted[1]) < 1e-9
+
+
+def test_consistency_batches_are_the_augmented_images_then_their_shifted_copies():
+    x = np.random.default_rng(0).uniform(0, 255, (12, 32, 32, 3)).astype(np.float32)
+    y = np.array([0, 1] * 6)
+    identity = keras.Sequential([keras.layers.Identity()])
+    plain = next(iter(make_dataset(x, y, 4, seed=3, augmenter=identity)))
+    shifted = make_dataset(x, y, 4, seed=3, augmenter=identity, shift=keras.Sequential([keras.layers.Rescaling(0.5)]))
+    images, targets = next(iter(shifted))
+    assert images.shape == (8, 32, 32, 3) and targets.shape == (8, 2)
+    np.testing.assert_array_equal(images[:4], plain[0])  # the clean half is what a run without the shift sees
+    np.testing.assert_allclose(images[4:], plain[0].numpy() * 0.5)
+    np.testing.assert_array_equal(targets[4:], targets[:4])
+    # the shift the command uses compresses every copy: no copy comes out unchanged
+    copies = build_shift(1)(x[:4], training=True).numpy()
+    assert all(np.abs(copies[i] - x[i]).mean() > 1.0 for i in range(4))
+
+
+def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_combine_with(tiny_data, tmp_path,
+                                                                                             capsys):
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--consistency", "12",
+        "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    assert bundle.card["training"]["arguments"]["consistency"] == 12.0
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert all(np.isfinite(float(r["loss"])) for r in history)
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--consistency", "12", "--mixup", "0.2"])
+    assert "does not combine with --mixup" in capsys.readouterr().err
 
 def test_mixup_mixes_images_and_every_target_with_the_same_weights():
     """Class 1 images are all 255 and class 0 all 0, so a mixed image's mean is its weight of class 1."""

@@ -34,7 +34,7 @@ from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
-from train.augment import build_augmenter
+from train.augment import RandomJpeg, build_augmenter
 from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
@@ -99,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--jpeg-augment", type=float, default=0.0, metavar="RATE",
                    help="compress this share of training images as JPEG, quality 30-90, as a camera or an upload "
                         "does (default: 0, off)")
+    g.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
+                   help="pair each augmented training image with a copy compressed as JPEG (quality 30-90), half "
+                        "of the copies blurred first, and add WEIGHT times the Jensen-Shannon divergence between the "
+                        "two predictions to the cross-entropy, which sees the uncompressed images only (AugMix's "
+                        "consistency loss; e.g. 12); twice the images per step (default: 0, off)")
     g.add_argument("--random-crop", action="store_true",
                    help="zoom height and width apart: random crops of about 40-100%% of the image with the aspect "
                         "ratio changed, in place of the one zoom for both (default: off)")
@@ -161,6 +166,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--clip-norm is a gradient norm, 0 (off) or more (e.g. 1.0), not {args.clip_norm}")
     if args.auc_loss < 0.0:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
+    if args.consistency < 0.0:
+        p.error(f"--consistency is the divergence's weight, 0 (off) or more (e.g. 12), not {args.consistency}")
+    if args.consistency > 0:
+        for flag, on in (("--mixup", args.mixup > 0), ("--auc-loss", args.auc_loss > 0),
+                         ("--aux-diagnosis", bool(args.aux_diagnosis)), ("--distribute", args.distribute != "none")):
+            if on:
+                p.error(f"--consistency pairs each image with its compressed copy in one batch; it does not combine "
+                        f"with {flag}")
     if args.soup < 1:
         p.error(f"--soup is a number of fine-tuned copies, 1 (no soup) or more (e.g. 2), not {args.soup}")
     if args.soup > 1 and args.distribute == "multi-worker":
@@ -211,7 +224,9 @@ def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter,
-                 y_aux: np.ndarray | None = None, mixup: float = 0.0) -> tf.data.Dataset:
+                 y_aux: np.ndarray | None = None, mixup: float = 0.0, shift=None) -> tf.data.Dataset:
+    """The shuffled, augmented training batches. With `shift` (see `ConsistencyLoss`), each batch is the B augmented
+    images followed by the same images shifted, and the targets repeated."""
     onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
     targets = onehot if y_aux is None else (onehot, y_aux.astype(np.float32))
     ds = tf.data.Dataset.from_tensor_slices((x, targets))
@@ -228,6 +243,9 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
                 lambda t: mix.transform_labels(t, transformation, training=True), targets)
 
         ds = ds.map(mix_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if shift is not None:
+        ds = ds.map(lambda a, b: (tf.concat([a, shift(a, training=True)], 0), tf.concat([b, b], 0)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -264,6 +282,45 @@ class RankingLoss(keras.losses.Loss):
                 "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable(package="melanoma")
+class ConsistencyLoss(keras.losses.Loss):
+    """Cross-entropy on the first half of the batch plus `weight` times the Jensen-Shannon divergence between
+    each image's prediction and that of its shifted copy in the second half (Hendrycks et al. 2020, AugMix).
+
+    `make_dataset(..., shift=...)` lays a batch out that way: B augmented images, then the same B shifted, the
+    labels repeated. The shifted copies teach the network to answer as it does on the clean image, without being
+    a training target themselves. Returns one value per pair.
+    """
+
+    def __init__(self, weight: float, label_smoothing: float = 0.0, name="consistency_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.weight, self.label_smoothing = weight, label_smoothing
+
+    def call(self, y_true, y_pred):
+        half = ops.shape(y_pred)[0] // 2
+        clean, shifted = y_pred[:half], y_pred[half:]
+        cross_entropy = keras.losses.categorical_crossentropy(y_true[:half], clean,
+                                                              label_smoothing=self.label_smoothing)
+        p, q = ops.clip(clean, 1e-7, 1.0), ops.clip(shifted, 1e-7, 1.0)
+        m = (p + q) / 2.0
+        divergence = 0.5 * ops.sum(p * ops.log(p / m), axis=-1) + 0.5 * ops.sum(q * ops.log(q / m), axis=-1)
+        return cross_entropy + self.weight * divergence
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight, "label_smoothing": self.label_smoothing}
+
+
+def build_shift(seed: int) -> keras.Sequential:
+    """The camera shift `--consistency` pairs each training image with: a slight blur on half of them (sigma
+    0.3-2 px at 256 px), then JPEG compression at quality 30-90 on all; its own seeds, so the clean images'
+    augmentation draws are those of a run without it."""
+    return keras.Sequential([
+        keras.layers.RandomGaussianBlur((0.5, 0.5), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
+                                        seed=seed + 21),
+        RandomJpeg(1.0, seed=seed + 22),
+    ], name="consistency_shift")
+
+
 def batchnorm_frozen(args: argparse.Namespace) -> bool:
     """Whether stage 2 keeps BatchNormalization frozen: yes for pretrained weights (their ImageNet statistics)
     unless --train-batchnorm; a network without pretrained weights has no statistics worth keeping."""
@@ -294,6 +351,8 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
     if getattr(args, "auc_loss", 0.0) > 0:
         loss = RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
+    if getattr(args, "consistency", 0.0) > 0:
+        loss = ConsistencyLoss(args.consistency, label_smoothing=args.label_smoothing)
     checkpoint = run_dir / checkpoint_name
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
@@ -555,7 +614,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0))
-        return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup)
+        shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
+        return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift)
 
     ds = training_data(args.seed)
     steps = max(1, len(x_train) // args.batch_size)
