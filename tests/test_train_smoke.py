@@ -454,16 +454,21 @@ def test_ranking_loss_adds_the_squared_hinge_of_pairs_ranked_closer_than_the_mar
                                rtol=1e-5)
 
 
-def test_ranking_loss_trains_from_the_command_line(tiny_data, tmp_path):
+def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
+    """A one-epoch-per-stage tiny run with `flags`; returns its card, after checking every epoch's loss is finite."""
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--auc-loss", "0.5",
-        "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+        "--gate-layer", "block5c_add", "--run-dir", str(run_dir), *flags,
     ])
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
-    assert bundle.card["training"]["arguments"]["auc_loss"] == 0.5
-    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    history = list(csv.DictReader(open(run_dir / "history.csv")))
     assert all(np.isfinite(float(r["loss"])) for r in history)
+    return load_bundle(run_dir / "melanoma_efficientnet.keras").card
+
+
+def test_ranking_loss_trains_from_the_command_line(tiny_data, tmp_path):
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--auc-loss", "0.5")
+    assert card["training"]["arguments"]["auc_loss"] == 0.5
 
 
 def test_consistency_loss_is_the_clean_cross_entropy_plus_the_jensen_shannon_divergence_of_each_pair():
@@ -502,15 +507,8 @@ def test_consistency_batches_are_the_augmented_images_then_their_shifted_copies(
 
 def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_combine_with(tiny_data, tmp_path,
                                                                                              capsys):
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--consistency", "12",
-        "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
-    ])
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
-    assert bundle.card["training"]["arguments"]["consistency"] == 12.0
-    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-    assert all(np.isfinite(float(r["loss"])) for r in history)
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--consistency", "12")
+    assert card["training"]["arguments"]["consistency"] == 12.0
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--consistency", "12", "--mixup", "0.2"])
     assert "does not combine with --mixup" in capsys.readouterr().err
