@@ -181,13 +181,24 @@ class RandomJpeg(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "quality": list(self.quality), "seed": self.seed}
 
 
+def slight_blur(rate: float, seed: int) -> layers.Layer:
+    """Gaussian blur on a share (`rate`) of the images, sigma 0.3-2 px at 256 px: from barely soft to the robustness
+    check's blur and half resolution."""
+    return layers.RandomGaussianBlur((rate, rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255), seed=seed)
+
+
+def build_consistency_shift(seed: int) -> keras.Sequential:
+    """The camera shift `python -m train --consistency` pairs each training image with: a slight blur on half of
+    them, then JPEG compression at quality 30-90 on all; its own seeds, so the clean images' augmentation draws are
+    those of a run without it."""
+    return keras.Sequential([slight_blur(0.5, seed + 21), RandomJpeg(1.0, seed=seed + 22)], name="consistency_shift")
+
+
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
                     jpeg_rate: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
-    # sigma 0.3-2 px at 256 px: from barely soft to the robustness check's blur and half resolution
-    blur = [layers.RandomGaussianBlur((blur_rate, blur_rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
-                                      seed=seed + 9)] if blur_rate > 0 else []
+    blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
     jpeg = [RandomJpeg(jpeg_rate, seed=seed + 10)] if jpeg_rate > 0 else []
     return keras.Sequential(

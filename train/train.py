@@ -34,7 +34,8 @@ from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
-from train.augment import RandomJpeg, build_augmenter
+from train.augment import build_augmenter
+from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split
 from train.gate import fit as fit_gate
@@ -308,17 +309,6 @@ class ConsistencyLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "label_smoothing": self.label_smoothing}
-
-
-def build_shift(seed: int) -> keras.Sequential:
-    """The camera shift `--consistency` pairs each training image with: a slight blur on half of them (sigma
-    0.3-2 px at 256 px), then JPEG compression at quality 30-90 on all; its own seeds, so the clean images'
-    augmentation draws are those of a run without it."""
-    return keras.Sequential([
-        keras.layers.RandomGaussianBlur((0.5, 0.5), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255),
-                                        seed=seed + 21),
-        RandomJpeg(1.0, seed=seed + 22),
-    ], name="consistency_shift")
 
 
 def batchnorm_frozen(args: argparse.Namespace) -> bool:
