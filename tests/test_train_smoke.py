@@ -11,7 +11,7 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import (ConsistencyLoss, RankingLoss, build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage,
+from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage,
                          main as train_main, make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
@@ -512,6 +512,45 @@ def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_com
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--consistency", "12", "--mixup", "0.2"])
     assert "does not combine with --mixup" in capsys.readouterr().err
+
+def test_sharpness_aware_step_applies_the_gradient_taken_at_the_moved_weights_to_the_weights_themselves():
+    """One SGD step by hand: w - lr * grad(w + rho * g / ||g||), not the plain step w - lr * g."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 16)]
+    w0 = [rng.normal(size=(3, 2)).astype(np.float32), np.array([0.3, -0.2], np.float32)]
+    rho, lr = 0.5, 0.1
+    loss = keras.losses.CategoricalCrossentropy()
+
+    def gradient(weights):
+        variables = [tf.Variable(w) for w in weights]
+        with tf.GradientTape() as tape:
+            value = loss(y, tf.nn.softmax(x @ variables[0] + variables[1]))
+        return [g.numpy() for g in tape.gradient(value, variables)]
+
+    g = gradient(w0)
+    norm = np.sqrt(sum(float(np.sum(v ** 2)) for v in g))
+    g_moved = gradient([w + rho * v / norm for w, v in zip(w0, g)])
+    expected = [w - lr * v for w, v in zip(w0, g_moved)]
+
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, activation="softmax")(inputs)
+    model = SharpnessAware(inputs, outputs, rho=rho)
+    model.set_weights(w0)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for got, want, plain in zip(model.get_weights(), expected, [w - lr * v for w, v in zip(w0, g)]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, plain, rtol=1e-3, atol=1e-4)  # the move changed the step
+
+
+def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, tmp_path, capsys):
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--sam", "0.05")
+    assert card["training"]["arguments"]["sam"] == 0.05
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--sam", "-0.1"])
+    assert "--sam is the radius" in capsys.readouterr().err
+
 
 def test_mixup_mixes_images_and_every_target_with_the_same_weights():
     """Class 1 images are all 255 and class 0 all 0, so a mixed image's mean is its weight of class 1."""

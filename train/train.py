@@ -114,6 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
                    help="fine-tune with an exponential moving average of the weights (e.g. 0.99); validation, "
                         "checkpoints and the bundle use the averaged weights (default: 0, off)")
+    g.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation (Foret et al. 2021), both stages: each step's gradient is "
+                        "taken at the weights moved RHO along the normalised gradient and applied at the weights "
+                        "themselves, which seeks flat minima (e.g. 0.05); two forward and backward passes per step "
+                        "(default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
     g.add_argument("--train-batchnorm", action="store_true",
                    help="fine-tune the BatchNormalization layers of those blocks too: scale and offset learnt, "
@@ -175,6 +180,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             if on:
                 p.error(f"--consistency pairs each image with its compressed copy in one batch; it does not combine "
                         f"with {flag}")
+    if args.sam < 0.0:
+        p.error(f"--sam is the radius of the weights' move, 0 (off) or more (e.g. 0.05), not {args.sam}")
+    if args.sam > 0 and args.distribute == "multi-worker":
+        p.error("--sam needs Keras's fit, which the multi-worker loop replaces; use --distribute none or mirrored")
     if args.soup < 1:
         p.error(f"--soup is a number of fine-tuned copies, 1 (no soup) or more (e.g. 2), not {args.soup}")
     if args.soup > 1 and args.distribute == "multi-worker":
@@ -309,6 +318,39 @@ class ConsistencyLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "label_smoothing": self.label_smoothing}
+
+
+class SharpnessAware(keras.Model):
+    """A functional model trained by sharpness-aware minimisation (Foret et al. 2021).
+
+    Each step takes the gradient g at the weights w, moves them to w + rho * g / ||g|| (to first order the
+    worst point within rho), lets Keras's own step compute the gradient there and apply it, then takes the move
+    back: the optimizer's update is that of the gradient at the moved weights, applied at w. Built as
+    `SharpnessAware(model.inputs, model.outputs, rho=...)`, it shares the model's layers, so training it trains the
+    model. The loss and metrics it reports are those at the moved weights.
+    """
+
+    def __init__(self, *args, rho: float = 0.05, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rho = rho
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), sample_weight=sample_weight,
+                                     training=True)
+        grads = tape.gradient(loss, weights)
+        scale = self.rho / (tf.linalg.global_norm([g for g in grads if g is not None]) + 1e-12)
+        moves = [None if g is None else g * scale for g in grads]
+        for weight, move in zip(weights, moves):
+            if move is not None:
+                weight.assign_add(move)
+        logs = super().train_step(data)  # the gradient at w + move, applied by the optimizer
+        for weight, move in zip(weights, moves):
+            if move is not None:
+                weight.assign_sub(move)
+        return logs
 
 
 def batchnorm_frozen(args: argparse.Namespace) -> bool:
@@ -598,6 +640,9 @@ def train(args: argparse.Namespace) -> Bundle | None:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
+        if args.sam > 0:
+            fitted = SharpnessAware(fitted.inputs, fitted.outputs if aux_classes else fitted.outputs[0],
+                                    rho=args.sam, name=f"{fitted.name}_sam")
     if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
