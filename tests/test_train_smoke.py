@@ -11,8 +11,8 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage,
-                         main as train_main, make_dataset, make_soup)
+from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, build_shift, early_stop_epoch,
+                         fine_tune_optimizer, fit_stage, main as train_main, make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -512,6 +512,7 @@ def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_com
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--consistency", "12", "--mixup", "0.2"])
     assert "does not combine with --mixup" in capsys.readouterr().err
+
 
 def test_sharpness_aware_step_applies_the_gradient_taken_at_the_moved_weights_to_the_weights_themselves():
     """One SGD step by hand: w - lr * grad(w + rho * g / ||g||), not the plain step w - lr * g."""

@@ -340,16 +340,14 @@ class SharpnessAware(keras.Model):
         with tf.GradientTape() as tape:
             loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), sample_weight=sample_weight,
                                      training=True)
-        grads = tape.gradient(loss, weights)
-        scale = self.rho / (tf.linalg.global_norm([g for g in grads if g is not None]) + 1e-12)
-        moves = [None if g is None else g * scale for g in grads]
-        for weight, move in zip(weights, moves):
-            if move is not None:
-                weight.assign_add(move)
+        pairs = [(w, g) for w, g in zip(weights, tape.gradient(loss, weights)) if g is not None]
+        scale = self.rho / (tf.linalg.global_norm([g for _, g in pairs]) + 1e-12)
+        moves = [(weight, grad * scale) for weight, grad in pairs]
+        for weight, move in moves:
+            weight.assign_add(move)
         logs = super().train_step(data)  # the gradient at w + move, applied by the optimizer
-        for weight, move in zip(weights, moves):
-            if move is not None:
-                weight.assign_sub(move)
+        for weight, move in moves:
+            weight.assign_sub(move)
         return logs
 
 
@@ -641,8 +639,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
                 model.get_layer("head_dropout_2").output)
             fitted = keras.Model(model.inputs, [model.output, aux], name=f"{model.name}_with_aux")
         if args.sam > 0:
-            fitted = SharpnessAware(fitted.inputs, fitted.outputs if aux_classes else fitted.outputs[0],
-                                    rho=args.sam, name=f"{fitted.name}_sam")
+            fitted = SharpnessAware(fitted.inputs, fitted.output, rho=args.sam, name=f"{fitted.name}_sam")
     if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
