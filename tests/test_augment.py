@@ -2,7 +2,8 @@
 import numpy as np
 import tensorflow as tf
 
-from train.augment import INK_RGB, RandomDermoscopeRing, RandomInk, RandomJpeg, build_augmenter, ink_masks
+from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomInk, RandomJpeg, build_augmenter,
+                           ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -121,3 +122,28 @@ def test_jpeg_compresses_the_chosen_share_with_the_real_codec_in_training_only()
     assert 0 < same.sum() < 16  # a share of the images is compressed, the rest passes untouched
     assert build_augmenter(seed=5, ring_rate=0.3, jpeg_rate=0.3).layers[-1].name.startswith("random_jpeg")
     assert not any(layer.name.startswith("random_jpeg") for layer in build_augmenter(seed=5).layers)
+
+
+def test_cutout_covers_one_square_with_the_mean_colour_in_training_only():
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0, 255, (12, 40, 40, 3)).astype(np.float32)
+    layer = RandomCutout(1.0, seed=3)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomCutout(0.0, seed=3)(x, training=True)), x)
+    out = np.asarray(layer(x, training=True))
+    for image, before in zip(out, x):
+        changed = (image != before).any(axis=-1)
+        rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+        assert rows.size and cols.size
+        box = changed[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.all()  # one filled rectangle, nothing changed outside it
+        assert box.sum() == changed.sum()
+        assert max(rows.size, cols.size) <= np.ceil(0.375 * 40) + 1  # no side longer than 37.5% of the image
+        inside = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        np.testing.assert_allclose(inside, np.broadcast_to(before.mean(axis=(0, 1)), inside.shape), rtol=1e-5)
+    half = np.asarray(RandomCutout(0.5, seed=3)(x, training=True))
+    untouched = (half == x).all(axis=(1, 2, 3))
+    assert 0 < untouched.sum() < 12  # a share of the images is covered, the rest passes untouched
+    names = [layer.name for layer in build_augmenter(seed=5, ring_rate=0.3, cutout_rate=0.5).layers]
+    assert names[-2].startswith("random_cutout") and names[-1].startswith("random_dermoscope_ring")
+    assert not any(name.startswith("random_cutout") for name in (l.name for l in build_augmenter(seed=5).layers))

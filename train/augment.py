@@ -12,6 +12,9 @@ Optionally, what other cameras do to an image: `--ring-augment RATE` paints the 
 of view that contact dermoscopes leave around the image, `--blur-augment RATE` blurs a little, as an
 image slightly out of focus or of lower resolution looks, `--jpeg-augment RATE` compresses as a camera or
 a browser upload does (JPEG quality 30-90). `python -m train.robustness` measures what each costs a bundle.
+
+Optionally (`--cutout RATE`), occlusion: one random square covered with the image's mean colour (Cutout, DeVries and
+Taylor 2017, which the winning ISIC 2020 solution used), so that no one patch of skin or lesion decides the answer.
 """
 from __future__ import annotations
 
@@ -181,6 +184,46 @@ class RandomJpeg(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "quality": list(self.quality), "seed": self.seed}
 
 
+class RandomCutout(layers.Layer):
+    """Cover one square of each of a share (`rate`) of the images with that image's mean colour (training only).
+
+    The square's side is drawn uniformly from `size` (shares of the image's shorter side; the default ends at 0.375,
+    as in the winning ISIC 2020 solution) and its centre anywhere in the image, so the border may clip it (Cutout,
+    DeVries and Taylor 2017). The mean colour rather than black: black is what a dermoscope's frame looks like,
+    which the ring augmentation and the preprocessing's frame fill deal with.
+    """
+
+    def __init__(self, rate: float = 0.5, size: tuple[float, float] = (0.1, 0.375), seed: int | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.size, self.seed = rate, tuple(size), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or self.rate <= 0:
+            return images
+        n = keras.ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+
+        def uniform(low, high):
+            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
+
+        half = uniform(*self.size) * float(min(height, width)) / 2.0
+        cy, cx = uniform(0.0, float(height)), uniform(0.0, float(width))
+        ys = (keras.ops.arange(height, dtype="float32") + 0.5)[None, :, None, None]
+        xs = (keras.ops.arange(width, dtype="float32") + 0.5)[None, None, :, None]
+        inside = keras.ops.cast((keras.ops.abs(ys - cy) <= half) & (keras.ops.abs(xs - cx) <= half), "float32")
+        hole = inside * keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
+        mean = keras.ops.mean(images, axis=(1, 2), keepdims=True)
+        return images * (1.0 - hole) + mean * hole
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "size": list(self.size), "seed": self.seed}
+
+
 def slight_blur(rate: float, seed: int) -> layers.Layer:
     """Gaussian blur on a share (`rate`) of the images, sigma 0.3-2 px at 256 px: from barely soft to the robustness
     check's blur and half resolution."""
@@ -196,11 +239,12 @@ def build_consistency_shift(seed: int) -> keras.Sequential:
 
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
-                    jpeg_rate: float = 0.0) -> keras.Sequential:
+                    jpeg_rate: float = 0.0, cutout_rate: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
     jpeg = [RandomJpeg(jpeg_rate, seed=seed + 10)] if jpeg_rate > 0 else []
+    cutout = [RandomCutout(cutout_rate, seed=seed + 11)] if cutout_rate > 0 else []
     return keras.Sequential(
         ink + [
             layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn
@@ -213,7 +257,7 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
             layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ] + blur + ring + jpeg,  # the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
+        ] + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the camera does; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
         # camera or the upload compresses what it captured, frame included
         name="augmentation",
     )

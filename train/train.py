@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--jpeg-augment", type=float, default=0.0, metavar="RATE",
                    help="compress this share of training images as JPEG, quality 30-90, as a camera or an upload "
                         "does (default: 0, off)")
+    g.add_argument("--cutout", type=float, default=0.0, metavar="RATE",
+                   help="cover one random square, 10-37.5%% of the side, with the image's mean colour on this share "
+                        "of training images (Cutout, DeVries and Taylor 2017; e.g. 0.5) (default: 0, off)")
     g.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="pair each augmented training image with a copy compressed as JPEG (quality 30-90), half "
                         "of the copies blurred first, and add WEIGHT times the Jensen-Shannon divergence between the "
@@ -158,7 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     args = p.parse_args(argv)
     for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
-                       ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment)):
+                       ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment),
+                       ("--cutout", args.cutout)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
     if not 0.0 <= args.val_from_train < 0.5:
@@ -645,7 +649,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
                                  f"block output such as block5c_add")
     def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
-                                    args.random_crop, getattr(args, "jpeg_augment", 0.0))
+                                    args.random_crop, getattr(args, "jpeg_augment", 0.0),
+                                    getattr(args, "cutout", 0.0))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
         return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift)
 
