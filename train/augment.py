@@ -257,7 +257,8 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
             layers.RandomContrast(0.2, seed=seed + 4),
             layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
             layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ] + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the camera does; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
-        # camera or the upload compresses what it captured, frame included
+        ] + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the camera does; the ring
+        # belongs to the camera's frame, not to the rotated and zoomed skin; the camera or the upload compresses what
+        # it captured, frame included
         name="augmentation",
     )
