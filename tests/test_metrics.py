@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from train.metrics import (classification_metrics, diagnosis_breakdown, expected_calibration_error, fit_temperature,
-                           fit_temperature_and_bias, format_diagnosis_table, threshold_for_sensitivity)
+from train.metrics import (bootstrap_intervals, classification_metrics, diagnosis_breakdown, expected_calibration_error,
+                           fit_temperature, fit_temperature_and_bias, format_diagnosis_table, roc_auc,
+                           threshold_for_sensitivity)
 
 
 def test_temperature_recovers_an_overconfident_model():
@@ -125,3 +126,26 @@ def test_diagnosis_breakdown_marks_a_diagnosis_with_both_labels_and_needs_one_pe
     assert [r["label"] for r in rows] == ["mixed", "mixed"]
     with pytest.raises(ValueError, match="one diagnosis per scored image"):
         diagnosis_breakdown(p, y, ["a", "b"], threshold=0.5)
+
+
+def test_fast_auc_and_bootstrap_match_scikit_learn_ties_included():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.uniform(size=120) < 0.25).astype(int)
+    p = np.round(rng.uniform(size=120) * 0.6 + 0.4 * y, 1)  # one decimal: many tied scores across the classes
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    # the intervals are those of the same resamples scored by scikit-learn
+    intervals = bootstrap_intervals(p, y, threshold=0.5, n=200, seed=4)
+    draws, samples = np.random.default_rng(4), {"roc_auc": [], "accuracy": [], "f1_malignant": []}
+    for _ in range(200):
+        idx = draws.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        pred = (p[idx] >= 0.5).astype(int)
+        samples["roc_auc"].append(roc_auc_score(y[idx], p[idx]))
+        samples["accuracy"].append((pred == y[idx]).mean())
+        samples["f1_malignant"].append(f1_score(y[idx], pred, zero_division=0))
+    for name, values in samples.items():
+        np.testing.assert_allclose(intervals[name], np.percentile(values, [2.5, 97.5]), atol=1e-12)
+    assert bootstrap_intervals(p, y, threshold=2.0, n=50)["f1_malignant"] == (0.0, 0.0)  # nothing flagged: F1 is 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from model.bundle import CLASS_NAMES
@@ -79,6 +80,17 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -
     return float(ece), bins
 
 
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney statistic: the share of (malignant, benign) pairs ranked the right way, ties
+    counted half; `sklearn.metrics.roc_auc_score`'s value, without its input checks, which cost a bootstrap of 2,000
+    resamples most of its time."""
+    positive = np.asarray(y) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    ranks = rankdata(p)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def bootstrap_intervals(p: np.ndarray, y: np.ndarray, threshold: float, n: int = 2000,
                         seed: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap 95% intervals of ROC AUC, accuracy and F1 for malignant (resampling images)."""
@@ -88,10 +100,11 @@ def bootstrap_intervals(p: np.ndarray, y: np.ndarray, threshold: float, n: int =
         idx = rng.integers(0, len(y), len(y))
         if y[idx].min() == y[idx].max():
             continue
-        pred = (p[idx] >= threshold).astype(int)
-        samples["roc_auc"].append(skm.roc_auc_score(y[idx], p[idx]))
-        samples["accuracy"].append(float((pred == y[idx]).mean()))
-        samples["f1_malignant"].append(skm.f1_score(y[idx], pred, zero_division=0))
+        truth, pred = y[idx] == 1, p[idx] >= threshold
+        samples["roc_auc"].append(roc_auc(truth, p[idx]))
+        samples["accuracy"].append(float((pred == truth).mean()))
+        tp, wrong = int((pred & truth).sum()), int((pred != truth).sum())
+        samples["f1_malignant"].append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)  # F1 = 2TP / (2TP+FP+FN)
     return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items()}
 
 
@@ -114,7 +127,7 @@ def paired_auc_interval(y: np.ndarray, p_ref: np.ndarray, p: np.ndarray, n: int 
             idx = rng.integers(0, len(y), len(y))
             if y[idx].min() == y[idx].max():
                 continue
-        diffs.append(skm.roc_auc_score(y[idx], p[idx]) - skm.roc_auc_score(y[idx], p_ref[idx]))
+        diffs.append(roc_auc(y[idx], p[idx]) - roc_auc(y[idx], p_ref[idx]))
     if not diffs:
         return [float("nan"), float("nan")]
     return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
@@ -202,7 +215,7 @@ def diagnosis_breakdown(p: np.ndarray, y: np.ndarray, diagnoses, threshold: floa
             samples = []
             for _ in range(bootstrap):
                 draw = np.concatenate([rng.choice(pos, len(pos)), rng.choice(idx, len(idx))])
-                samples.append(skm.roc_auc_score(y[draw], p[draw]))
+                samples.append(roc_auc(y[draw], p[draw]))
             row["roc_auc_against_malignant_ci95"] = ([float(np.percentile(samples, 2.5)),
                                                       float(np.percentile(samples, 97.5))] if samples else None)
         rows.append(row)
