@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 TINY = ["--weights", "none", "--image-size", "64", "--batch-size", "4", "--head-epochs", "1", "--epochs", "1",
-        "--warmup-epochs", "0", "--dense-units", "16"]
+        "--warmup-epochs", "0", "--dense-units", "16", "--unfreeze-from", "6", "--gate-layer", "block5c_add"]
 
 
 def run_train(args, env=None, log_file=None):

@@ -16,6 +16,10 @@ from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, build_shi
 
 pytestmark = pytest.mark.slow
 
+# Runs that test one option, not the default path (the `trained` fixture covers that): fine-tuning from block 6
+# and a fixed gate layer spare each run tracing the whole backbone's backward pass and the gate's layer sweep.
+OPTION_RUN = ["--unfreeze-from", "6", "--gate-layer", "block5c_add"]
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
@@ -254,7 +258,7 @@ def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(t
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-        "--aux-diagnosis", str(tmp_path / "diagnosis.csv"), "--run-dir", str(tmp_path / "run"),
+        "--aux-diagnosis", str(tmp_path / "diagnosis.csv"), "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
     ])
     bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
     assert len(bundle.model.outputs) == 1 and bundle.model.output_shape == (None, 2)
@@ -346,7 +350,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "0", "--dense-units", "16", "--ema", "0.9",
-        "--run-dir", str(tmp_path / "run"),
+        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
     ])
     bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
     assert bundle.card["training"]["arguments"]["ema"] == 0.9
@@ -390,7 +394,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "0", "--dense-units", "16", "--soup", "2",
-        "--gate-layer", "block5c_add", "--run-dir", str(run),
+        "--run-dir", str(run), *OPTION_RUN,
     ])
     history = list(csv.DictReader(open(run / "history.csv")))
     assert [r["stage"] for r in history] == ["head"] + ["fine_tune_copy1"] * 2 + ["fine_tune_copy2"] * 2
@@ -460,7 +464,7 @@ def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-        "--gate-layer", "block5c_add", "--run-dir", str(run_dir), *flags,
+        "--run-dir", str(run_dir), *OPTION_RUN, *flags,
     ])
     history = list(csv.DictReader(open(run_dir / "history.csv")))
     assert all(np.isfinite(float(r["loss"])) for r in history)
@@ -602,7 +606,7 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     run = tmp_path / "run"
     train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
                 "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-                "--val-from-train", "0.25", "--seed", "3", "--run-dir", str(run)])
+                "--val-from-train", "0.25", "--seed", "3", "--unfreeze-from", "6", "--run-dir", str(run)])
     card = load_card(run / "melanoma_efficientnet.keras")
     moved = json.loads((run / "val_from_train.json").read_text())
     assert len(moved) == card["data"]["val_from_train"] == 6 and all(p.startswith("train/") for p in moved)
