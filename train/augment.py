@@ -58,21 +58,48 @@ def ink_masks(size: int, count: int = 64, seed: int = 0) -> np.ndarray:
     return masks
 
 
-class RandomInk(layers.Layer):
+class _OnAShare(layers.Layer):
+    """Base of the augmentation layers below: active in training only, on a share (`rate`) of the images, its draws
+    from its own seed. `augment` does the work; `options` names what `get_config` stores beside rate and seed."""
+
+    options: tuple[str, ...] = ()
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or self.rate <= 0:
+            return images
+        return self.augment(images)
+
+    def augment(self, images):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        options = {name: list(value) if isinstance(value := getattr(self, name), tuple) else value
+                   for name in self.options}
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed, **options}
+
+
+class RandomInk(_OnAShare):
     """Paints a random ink mask from a fixed bank on each image with probability `rate` (training only)."""
 
+    options = ("bank_size",)
+
     def __init__(self, rate: float = 0.3, bank_size: int = 64, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate, self.bank_size, self.seed = rate, bank_size, seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, seed, **kwargs)
+        self.bank_size = bank_size
         self._bank = None
 
     def build(self, input_shape):
         self._bank = keras.ops.convert_to_tensor(ink_masks(int(input_shape[1]), self.bank_size, self.seed or 0))
 
-    def call(self, images, training=None):
-        if not training or self.rate <= 0:
-            return images
+    def augment(self, images):
         n = keras.ops.shape(images)[0]
         index = keras.random.randint((n,), 0, self.bank_size, seed=self.seed_generator)
         masks = keras.ops.take(self._bank, index, axis=0)
@@ -85,12 +112,6 @@ class RandomInk(layers.Layer):
         weight = masks * alpha
         return images * (1.0 - weight) + colour * weight
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "bank_size": self.bank_size, "seed": self.seed}
-
 
 # A contact dermoscope's field of view as drawn here and in the gate's ringed view (`train.gate.random_ring`): radius
 # as a share of the side, largest move of the centre as a share of the side, and the outside's top value per channel.
@@ -99,7 +120,7 @@ RING_SHIFT = 0.04
 RING_BLACK = 25.0
 
 
-class RandomDermoscopeRing(layers.Layer):
+class RandomDermoscopeRing(_OnAShare):
     """Darkens everything outside a random centred circle with probability `rate` (training only).
 
     The radius is 0.40-0.58 of the side (from a circle that cuts deep into the corners to one that only
@@ -109,14 +130,13 @@ class RandomDermoscopeRing(layers.Layer):
     (`model.preprocessing.fill_dark_frame`) paints a real frame, so that a filled frame is seen on both classes.
     """
 
-    def __init__(self, rate: float = 0.3, seed: int | None = None, fill: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.rate, self.seed, self.fill = rate, seed, fill
-        self.seed_generator = keras.random.SeedGenerator(seed)
+    options = ("fill",)
 
-    def call(self, images, training=None):
-        if not training or self.rate <= 0:
-            return images
+    def __init__(self, rate: float = 0.3, seed: int | None = None, fill: bool = False, **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        self.fill = fill
+
+    def augment(self, images):
         n = keras.ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
         side = float(min(height, width))
@@ -139,14 +159,8 @@ class RandomDermoscopeRing(layers.Layer):
                 keras.ops.sum(band, axis=(1, 2), keepdims=True), 1.0)
         return images * (1.0 - outside) + black * outside
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "fill": self.fill}
-
-
-class RandomJpeg(layers.Layer):
+class RandomJpeg(_OnAShare):
     """Compress a share (`rate`) of the images of a batch as JPEG, at a quality drawn uniformly from `quality`.
 
     Runs in the tf.data training pipeline (TensorFlow's JPEG codec, `tf.image.adjust_jpeg_quality`, one image at a
@@ -154,14 +168,13 @@ class RandomJpeg(layers.Layer):
     `python -m train.robustness` measures.
     """
 
-    def __init__(self, rate: float = 0.3, quality: tuple[int, int] = (30, 90), seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate, self.quality, self.seed = rate, tuple(quality), seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+    options = ("quality",)
 
-    def call(self, images, training=None):
-        if not training or self.rate <= 0:
-            return images
+    def __init__(self, rate: float = 0.3, quality: tuple[int, int] = (30, 90), seed: int | None = None, **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        self.quality = tuple(quality)
+
+    def augment(self, images):
         import tensorflow as tf  # the training pipeline is tf.data; the codec has no backend-neutral op
 
         n = keras.ops.shape(images)[0]
@@ -177,14 +190,8 @@ class RandomJpeg(layers.Layer):
         out = tf.map_fn(one, (pixels, quality, apply), fn_output_signature=tf.TensorSpec(images.shape[1:], tf.uint8))
         return tf.where(apply[:, None, None, None], tf.cast(out, images.dtype), images)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "quality": list(self.quality), "seed": self.seed}
-
-
-class RandomCutout(layers.Layer):
+class RandomCutout(_OnAShare):
     """Cover one square of each of a share (`rate`) of the images with that image's mean colour (training only).
 
     The square's side is drawn uniformly from `size` (shares of the image's shorter side; the default ends at 0.375,
@@ -193,15 +200,14 @@ class RandomCutout(layers.Layer):
     which the ring augmentation and the preprocessing's frame fill deal with.
     """
 
+    options = ("size",)
+
     def __init__(self, rate: float = 0.5, size: tuple[float, float] = (0.1, 0.375), seed: int | None = None,
                  **kwargs):
-        super().__init__(**kwargs)
-        self.rate, self.size, self.seed = rate, tuple(size), seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, seed, **kwargs)
+        self.size = tuple(size)
 
-    def call(self, images, training=None):
-        if not training or self.rate <= 0:
-            return images
+    def augment(self, images):
         n = keras.ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
 
@@ -216,12 +222,6 @@ class RandomCutout(layers.Layer):
         hole = inside * keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
         mean = keras.ops.mean(images, axis=(1, 2), keepdims=True)
         return images * (1.0 - hole) + mean * hole
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "size": list(self.size), "seed": self.seed}
 
 
 def slight_blur(rate: float, seed: int) -> layers.Layer:
