@@ -77,6 +77,10 @@ class _OnAShare(layers.Layer):
     def augment(self, images):
         raise NotImplementedError
 
+    def per_image(self, n, low: float = 0.0, high: float = 1.0):
+        """One uniform draw per image of a batch of `n`, shaped to broadcast over height, width and channels."""
+        return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -105,8 +109,8 @@ class RandomInk(_OnAShare):
         masks = keras.ops.take(self._bank, index, axis=0)
         if masks.shape[1] != images.shape[1] or masks.shape[2] != images.shape[2]:
             masks = keras.ops.image.resize(masks, images.shape[1:3])
-        apply = keras.ops.cast(keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < self.rate, "float32")
-        alpha = keras.random.uniform((n, 1, 1, 1), 0.5, 0.9, seed=self.seed_generator) * apply
+        apply = keras.ops.cast(self.per_image(n) < self.rate, "float32")
+        alpha = self.per_image(n, 0.5, 0.9) * apply
         colour = keras.ops.convert_to_tensor(INK_RGB) + keras.random.uniform((n, 1, 1, 3), -25, 25,
                                                                            seed=self.seed_generator)
         weight = masks * alpha
@@ -142,15 +146,11 @@ class RandomDermoscopeRing(_OnAShare):
         side = float(min(height, width))
         ys = (keras.ops.arange(height, dtype="float32") + 0.5 - height / 2)[None, :, None, None]
         xs = (keras.ops.arange(width, dtype="float32") + 0.5 - width / 2)[None, None, :, None]
-
-        def uniform(low, high):
-            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
-
-        cy, cx = uniform(-RING_SHIFT, RING_SHIFT) * side, uniform(-RING_SHIFT, RING_SHIFT) * side
-        radius, softness = uniform(*RING_RADIUS) * side, uniform(0.01, 0.04) * side
+        cy, cx = self.per_image(n, -RING_SHIFT, RING_SHIFT) * side, self.per_image(n, -RING_SHIFT, RING_SHIFT) * side
+        radius, softness = self.per_image(n, *RING_RADIUS) * side, self.per_image(n, 0.01, 0.04) * side
         distance = keras.ops.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
         inside = keras.ops.sigmoid((radius - distance) / softness)
-        apply = keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
+        apply = keras.ops.cast(self.per_image(n) < self.rate, "float32")
         outside = (1.0 - inside) * apply
         black = keras.random.uniform((n, 1, 1, 3), 0.0, RING_BLACK, seed=self.seed_generator)
         if self.fill:  # the mean colour of a band 1/32 of the side wide just inside the circle
@@ -210,16 +210,12 @@ class RandomCutout(_OnAShare):
     def augment(self, images):
         n = keras.ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
-
-        def uniform(low, high):
-            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
-
-        half = uniform(*self.size) * float(min(height, width)) / 2.0
-        cy, cx = uniform(0.0, float(height)), uniform(0.0, float(width))
+        half = self.per_image(n, *self.size) * float(min(height, width)) / 2.0
+        cy, cx = self.per_image(n, 0.0, float(height)), self.per_image(n, 0.0, float(width))
         ys = (keras.ops.arange(height, dtype="float32") + 0.5)[None, :, None, None]
         xs = (keras.ops.arange(width, dtype="float32") + 0.5)[None, None, :, None]
         inside = keras.ops.cast((keras.ops.abs(ys - cy) <= half) & (keras.ops.abs(xs - cx) <= half), "float32")
-        hole = inside * keras.ops.cast(uniform(0.0, 1.0) < self.rate, "float32")
+        hole = inside * keras.ops.cast(self.per_image(n) < self.rate, "float32")
         mean = keras.ops.mean(images, axis=(1, 2), keepdims=True)
         return images * (1.0 - hole) + mean * hole
 
