@@ -74,6 +74,9 @@ def _mbconv(x, name, kernel, stride, expand, filters_in, filters_out, drop_rate)
     return x
 
 
+_KERAS_DROP_CONNECT = 0.2  # keras.applications.EfficientNetB0's stochastic depth at the last block
+
+
 def lite0_features(inputs, drop_connect_rate: float = 0.2):
     """EfficientNet-Lite0 up to its last feature map; layer names follow keras.applications.EfficientNetB0."""
     # (x - 127) / 128, the normalisation the Lite0 ImageNet weights were trained with.
@@ -142,6 +145,8 @@ def build_model(
 ) -> keras.Model:
     """Backbone + head (dropout, dense, dropout, 2-way softmax) as one flat functional model.
 
+    `drop_connect_rate` is stochastic depth: each residual block of the backbone is skipped in training with a
+    chance rising linearly from 0 at the first block to this rate at the last.
     `class_prior` (benign, malignant) initialises the output bias to the log prior, so the
     untrained head already predicts the base rate (the imbalance is handled there, not by
     reweighting, which would distort calibration).
@@ -161,6 +166,10 @@ def build_model(
             input_tensor=inputs,
         )
         features = base.output
+        if drop_connect_rate != _KERAS_DROP_CONNECT:  # keras.applications fixes 0.2; the rates scale with it
+            for layer in base.layers:
+                if layer.name.endswith("_drop") and layer.name.startswith("block"):
+                    layer.rate = layer.rate * drop_connect_rate / _KERAS_DROP_CONNECT
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)

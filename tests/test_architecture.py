@@ -23,6 +23,20 @@ def test_output_bias_starts_at_the_class_prior():
     np.testing.assert_allclose(np.exp(bias) / np.exp(bias).sum(), [0.8, 0.2], rtol=1e-5)
 
 
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.0])
+def test_stochastic_depth_rises_to_the_rate_alike_in_both_backbones(rate):
+    def rates(backbone):
+        model = build_model(backbone, weights="none", image_size=64, drop_connect_rate=rate)
+        drops = [l for l in model.layers if l.name.startswith("block") and l.name.endswith("_drop")]
+        return {l.name: l.rate for l in drops if l.rate > 0}  # a block with rate 0 may have no layer
+
+    lite0, b0 = rates("efficientnet_lite0"), rates("efficientnet_b0")
+    assert lite0.keys() == b0.keys()
+    for name in lite0:
+        assert lite0[name] == pytest.approx(b0[name])
+    assert lite0.get("block6d_drop", 0.0) == pytest.approx(rate * 14 / 16)  # the 15th of 16 blocks, from 0
+
+
 def test_unfreeze_keeps_batchnorm_frozen_and_lower_blocks_fixed():
     model = build_model("efficientnet_lite0", weights="none", image_size=64)
     freeze_backbone(model)

@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
+    g.add_argument("--drop-connect", type=float, default=0.2, metavar="RATE",
+                   help="stochastic depth: the backbone's residual blocks are skipped in training with a chance "
+                        "rising linearly to RATE at the last block, as EfficientNet was pretrained (default: 0.2)")
     g.add_argument("--aux-diagnosis", default=None, metavar="CSV",
                    help="train an auxiliary head on finer diagnoses (CSV with image_id or path, and diagnosis; "
                         "e.g. DATA/DIAGNOSIS.csv: melanoma, nevus, seborrheic_keratosis); used in training only, "
@@ -165,6 +168,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("--cutout", args.cutout)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
+    if not 0.0 <= args.drop_connect < 1.0:
+        p.error(f"--drop-connect is the last block's chance of being skipped, in [0, 1) (e.g. 0.2), not "
+                f"{args.drop_connect}")
     if not 0.0 <= args.val_from_train < 0.5:
         p.error(f"--val-from-train is a share of the training images in [0, 0.5) (0 = off, e.g. 0.15), "
                 f"not {args.val_from_train}")
@@ -636,7 +642,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
                  dict(zip(aux_classes, y_aux.sum(axis=0).astype(int).tolist())))
     with strategy.scope():
         model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
-                            class_prior=tuple(prior.tolist()))
+                            class_prior=tuple(prior.tolist()),
+                            drop_connect_rate=getattr(args, "drop_connect", 0.2))
         fitted = model  # what is trained: the model itself, or the model with the auxiliary head beside its own
         if aux_classes:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
