@@ -11,8 +11,8 @@ import tensorflow as tf
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, build_shift, early_stop_epoch,
-                         fine_tune_optimizer, fit_stage, main as train_main, make_dataset, make_soup)
+from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, WarmupCosineDecay, build_shift,
+                         early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main, make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -325,6 +325,27 @@ def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     # the defaults: 2 head epochs, 2 warm-up epochs, then half of the remaining 28 of 30 fine-tuning epochs
     defaults = argparse.Namespace(head_epochs=2, warmup_epochs=2, epochs=30)
     assert early_stop_epoch(defaults) == 18
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 10])
+def test_the_schedule_read_once_per_step_trains_exactly_as_keras_cosine_decay(warmup_steps):
+    def trained_weights(schedule_class):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(2, activation="softmax")])
+        schedule = schedule_class(initial_learning_rate=1e-4, decay_steps=20, warmup_target=1e-2,
+                                  warmup_steps=warmup_steps, alpha=0.01)
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.5), loss="categorical_crossentropy")
+        x = np.random.default_rng(1).normal(size=(64, 8)).astype("float32")
+        model.fit(x, np.eye(2)[np.arange(64) % 2], batch_size=8, epochs=4, verbose=0, shuffle=False)
+        return model.get_weights(), schedule
+
+    ours, schedule = trained_weights(WarmupCosineDecay)
+    keras_own, keras_schedule = trained_weights(keras.optimizers.schedules.CosineDecay)
+    for a, b in zip(ours, keras_own):  # through warm-up, decay and the floor past it, weight decay on every variable
+        np.testing.assert_array_equal(a, b)
+    for step in (0, 5, 10, 25, 40):
+        assert float(schedule(step)) == float(keras_schedule(step))
 
 
 def test_clip_norm_bounds_the_step_after_a_gradient_spike():

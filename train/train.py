@@ -20,6 +20,7 @@ import platform
 import shlex
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import keras
@@ -373,10 +374,33 @@ def clip_norm(args) -> float | None:
     return getattr(args, "clip_norm", 0.0) or None
 
 
+@keras.saving.register_keras_serializable(package="melanoma")
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras's `CosineDecay`, read once per traced step.
+
+    AdamW's weight decay reads the rate once per variable, and each read traces the schedule's warm-up `cond` anew:
+    about a hundred `cond`s, 8 s of tracing per training run even for the tiny test models. Within one graph, every
+    read at the same step variable gets the first read's tensor: the same value, since the optimizer moves its step
+    counter only after every variable is updated. Eager reads (callbacks, logs) are Keras's own.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._traced = weakref.WeakKeyDictionary()  # graph -> {id(step variable): rate tensor}
+
+    def __call__(self, step):
+        if tf.executing_eagerly():
+            return super().__call__(step)
+        rates = self._traced.setdefault(tf.compat.v1.get_default_graph(), {})
+        if id(step) not in rates:
+            rates[id(step)] = super().__call__(step)
+        return rates[id(step)]
+
+
 def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
     """AdamW for stage 2: linear warm-up to --lr over --warmup-epochs, then cosine decay to 1% of it; weight
     decay, the weights' moving average (--ema) and gradient clipping (--clip-norm) as asked."""
-    schedule = keras.optimizers.schedules.CosineDecay(
+    schedule = WarmupCosineDecay(
         initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
         warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
     return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
@@ -415,6 +439,8 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
                           metrics=[[keras.metrics.AUC(name="auc", multi_label=False)], []])
         else:
             model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
+        if not optimizer.built:  # its slot variables made in the first trace would make TF trace the step twice
+            optimizer.build(model.trainable_variables)
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
