@@ -493,9 +493,11 @@ def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
     return load_bundle(run_dir / "melanoma_efficientnet.keras").card
 
 
-def test_ranking_loss_trains_from_the_command_line(tiny_data, tmp_path):
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--auc-loss", "0.5")
+def test_ranking_loss_and_stochastic_depth_train_from_the_command_line(tiny_data, tmp_path):
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--auc-loss", "0.5", "--drop-connect", "0.4")
     assert card["training"]["arguments"]["auc_loss"] == 0.5
+    net = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras").model
+    assert net.get_layer("block6d_drop").rate == pytest.approx(0.4 * 14 / 16)  # the default 0.2 would give 0.175
 
 
 def test_consistency_loss_is_the_clean_cross_entropy_plus_the_jensen_shannon_divergence_of_each_pair():
