@@ -381,7 +381,8 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     AdamW's weight decay reads the rate once per variable, and each read traces the schedule's warm-up `cond` anew:
     about a hundred `cond`s, 8 s of tracing per training run even for the tiny test models. Within one graph, every
     read at the same step variable gets the first read's tensor: the same value, since the optimizer moves its step
-    counter only after every variable is updated. Eager reads (callbacks, logs) are Keras's own.
+    counter only after every variable is updated and every traced function here (fit's step, the multi-worker
+    loop's) takes one optimizer step. Eager reads (callbacks, logs) are Keras's own.
     """
 
     def __init__(self, *args, **kwargs):
