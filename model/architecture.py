@@ -74,10 +74,12 @@ def _mbconv(x, name, kernel, stride, expand, filters_in, filters_out, drop_rate)
     return x
 
 
-_KERAS_DROP_CONNECT = 0.2  # keras.applications.EfficientNetB0's stochastic depth at the last block
+# Stochastic depth at the last block as EfficientNet was pretrained, the default here and the rate
+# keras.applications.EfficientNetB0 fixes.
+DROP_CONNECT = 0.2
 
 
-def lite0_features(inputs, drop_connect_rate: float = 0.2):
+def lite0_features(inputs, drop_connect_rate: float = DROP_CONNECT):
     """EfficientNet-Lite0 up to its last feature map; layer names follow keras.applications.EfficientNetB0."""
     # (x - 127) / 128, the normalisation the Lite0 ImageNet weights were trained with.
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
@@ -141,7 +143,7 @@ def build_model(
     dropout: float = 0.3,
     dense_units: int = 256,
     class_prior: tuple[float, float] | None = None,
-    drop_connect_rate: float = 0.2,
+    drop_connect_rate: float = DROP_CONNECT,
 ) -> keras.Model:
     """Backbone + head (dropout, dense, dropout, 2-way softmax) as one flat functional model.
 
@@ -166,10 +168,10 @@ def build_model(
             input_tensor=inputs,
         )
         features = base.output
-        if drop_connect_rate != _KERAS_DROP_CONNECT:  # keras.applications fixes 0.2; the rates scale with it
+        if drop_connect_rate != DROP_CONNECT:  # keras.applications fixes DROP_CONNECT; the rates scale with it
             for layer in base.layers:
                 if layer.name.endswith("_drop") and layer.name.startswith("block"):
-                    layer.rate = layer.rate * drop_connect_rate / _KERAS_DROP_CONNECT
+                    layer.rate = layer.rate * drop_connect_rate / DROP_CONNECT
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)

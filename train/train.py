@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from model.architecture import BACKBONES, build_model, freeze_backbone, unfreeze_top_blocks
+from model.architecture import BACKBONES, DROP_CONNECT, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
@@ -70,9 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
-    g.add_argument("--drop-connect", type=float, default=0.2, metavar="RATE",
+    g.add_argument("--drop-connect", type=float, default=DROP_CONNECT, metavar="RATE",
                    help="stochastic depth: the backbone's residual blocks are skipped in training with a chance "
-                        "rising linearly to RATE at the last block, as EfficientNet was pretrained (default: 0.2)")
+                        f"rising linearly to RATE at the last block, as EfficientNet was pretrained (default: "
+                        f"{DROP_CONNECT})")
     g.add_argument("--aux-diagnosis", default=None, metavar="CSV",
                    help="train an auxiliary head on finer diagnoses (CSV with image_id or path, and diagnosis; "
                         "e.g. DATA/DIAGNOSIS.csv: melanoma, nevus, seborrheic_keratosis); used in training only, "
@@ -430,6 +431,9 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
         # early stopping look at it at the end of each epoch, and the raw ones are back before the next epoch.
         callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    with strategy.scope():
+        if not optimizer.built:  # its slot variables made in the first trace would make TF trace the step twice
+            optimizer.build(model.trainable_variables)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
                                 args.batch_size)
@@ -440,8 +444,6 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
                           metrics=[[keras.metrics.AUC(name="auc", multi_label=False)], []])
         else:
             model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
-        if not optimizer.built:  # its slot variables made in the first trace would make TF trace the step twice
-            optimizer.build(model.trainable_variables)
     verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                      verbose=verbose)
@@ -506,8 +508,7 @@ def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_ep
 def _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
                        global_batch) -> None:
     per_example = loss.__class__.from_config({**loss.get_config(), "reduction": None})
-    with strategy.scope():
-        optimizer.build(model.trainable_variables)
+    with strategy.scope():  # the optimizer is built by fit_stage
         auc = keras.metrics.AUC(name="auc", multi_label=False)
     batches = iter(strategy.experimental_distribute_dataset(ds.repeat()))
 
@@ -670,7 +671,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
     with strategy.scope():
         model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
                             class_prior=tuple(prior.tolist()),
-                            drop_connect_rate=getattr(args, "drop_connect", 0.2))
+                            drop_connect_rate=getattr(args, "drop_connect", DROP_CONNECT))
         fitted = model  # what is trained: the model itself, or the model with the auxiliary head beside its own
         if aux_classes:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
