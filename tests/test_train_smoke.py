@@ -7,12 +7,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
-from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, WarmupCosineDecay, build_shift,
-                         early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main, make_dataset, make_soup)
+from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, ValidationAUC, WarmupCosineDecay,
+                         build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
+                         make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -377,6 +379,30 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     assert bundle.card["training"]["arguments"]["ema"] == 0.9
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
+
+
+def test_validation_auc_traces_the_forward_pass_once_and_follows_the_weights(tmp_path):
+    """Each epoch's val_auc is the AUC of the model's eager outputs with the weights of that epoch, and the traced
+    forward pass is not traced again each epoch (one trace for the full batches, one for the shorter last one)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 2)).astype(np.float32)  # 64 + 6: a full batch and a shorter one
+    y = (x[:, 0] + 0.5 * rng.normal(size=70) > 0).astype(int)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    callback = ValidationAUC(x, y, "fine_tune", tmp_path / "history.csv")
+    callback.set_model(model)
+    ranks = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)
+    aucs = []
+    for epoch, kernel in enumerate([ranks, -ranks, rng.normal(size=(2, 2)).astype(np.float32)]):
+        model.set_weights([kernel, np.zeros(2, np.float32)])
+        logs = {}
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, logs)
+        eager = model(x, training=False).numpy()[:, 1]
+        assert logs["val_auc"] == pytest.approx(roc_auc_score(y, eager), abs=1e-9)
+        aucs.append(logs["val_auc"])
+    assert aucs[0] > 0.7 and aucs[1] == pytest.approx(1 - aucs[0])  # the weights of each epoch, not the first's
+    assert callback.forward.experimental_get_tracing_count() <= 2
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 4  # header and three epochs
 
 
 def _soup_case(tmp_path, second_scale: float):
