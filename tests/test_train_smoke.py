@@ -383,7 +383,7 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
 
 def test_validation_auc_traces_the_forward_pass_once_and_follows_the_weights(tmp_path):
     """Each epoch's val_auc is the AUC of the model's eager outputs with the weights of that epoch, and the traced
-    forward pass is not traced again each epoch (one trace for the full batches, one for the shorter last one)."""
+    forward pass is not traced again each epoch, nor for the shorter last batch."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(70, 2)).astype(np.float32)  # 64 + 6: a full batch and a shorter one
     y = (x[:, 0] + 0.5 * rng.normal(size=70) > 0).astype(int)
