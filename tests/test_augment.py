@@ -2,8 +2,10 @@
 import numpy as np
 import tensorflow as tf
 
-from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomInk, RandomJpeg, build_augmenter,
-                           ink_masks)
+import keras
+
+from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomGeometry, RandomInk, RandomJpeg,
+                           RandomSaturationHue, build_augmenter, ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -99,8 +101,8 @@ def _disk_aspects(zoom, count=16):
 
 
 def test_random_crop_changes_the_aspect_ratio_the_plain_zoom_keeps_it():
-    crop, plain = build_augmenter(seed=5, random_crop=True).layers[2], build_augmenter(seed=5).layers[2]
-    assert crop.name.startswith("random_zoom") and plain.name.startswith("random_zoom")
+    crop, plain = build_augmenter(seed=5, random_crop=True).layers[0], build_augmenter(seed=5).layers[0]
+    assert crop.name.startswith("random_geometry") and plain.name.startswith("random_geometry")
     assert np.allclose(_disk_aspects(plain), 1.0, atol=0.1)
     aspects = _disk_aspects(crop)
     assert (np.abs(aspects - 1.0) > 0.15).sum() >= 4  # most crops stretch one axis more than the other
@@ -147,3 +149,85 @@ def test_cutout_covers_one_square_with_the_mean_colour_in_training_only():
     names = [layer.name for layer in build_augmenter(seed=5, ring_rate=0.3, cutout_rate=0.5).layers]
     assert names[-2].startswith("random_cutout") and names[-1].startswith("random_dermoscope_ring")
     assert not any(name.startswith("random_cutout") for name in (l.name for l in build_augmenter(seed=5).layers))
+
+
+def _smooth(n=4, size=48):
+    """Smooth colour ramps and waves: bilinear resampling of them is close to exact."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+    image = np.stack([100 + 80 * np.sin(2 * xx + yy), 120 + 60 * np.cos(3 * yy), 90 + 50 * xx * yy], -1)
+    return np.repeat(image[None], n, axis=0).astype(np.float32)
+
+
+def _warp(images, flip, angle, zoom_y, zoom_x):
+    matrix = RandomGeometry.transforms(*(keras.ops.convert_to_tensor(np.asarray(v, np.float32))
+                                         for v in (flip, angle, zoom_y, zoom_x)), images.shape[1], images.shape[2])
+    return np.asarray(keras.ops.image.affine_transform(images, matrix, interpolation="bilinear", fill_mode="reflect"))
+
+
+def test_geometry_transforms_flip_turn_and_zoom_exactly_where_the_pixel_grid_allows():
+    x = _images(n=3, size=16, seed=1)
+    ones, zeros = np.ones(3), np.zeros(3)
+    np.testing.assert_allclose(_warp(x, zeros, zeros, ones, ones), x, atol=1e-3)  # the identity
+    np.testing.assert_allclose(_warp(x, ones, zeros, ones, ones), x[:, :, ::-1], atol=1e-3)  # the flip
+    quarter = _warp(x, zeros, np.full(3, np.pi / 2), ones, ones)  # a quarter turn maps the grid onto itself
+    assert any(np.allclose(quarter, np.rot90(x, k, axes=(1, 2)), atol=1e-3) for k in (1, 3))
+    x = _images(n=3, size=15, seed=1)  # an odd side: zoom 0.5 about the centre pixel (7, 7) maps odd rows to rows
+    half = _warp(x, zeros, zeros, np.full(3, 0.5), np.full(3, 0.5))
+    np.testing.assert_allclose(half[:, 1::2, 1::2], x[:, 4:11, 4:11], atol=1e-3)  # the middle, twice as large
+
+
+def test_geometry_is_the_flip_then_the_turn_then_the_zoom_in_one_resampling():
+    x = _smooth()
+    rng = np.random.default_rng(2)
+    flip, angle = np.array([0.0, 1.0, 1.0, 0.0]), rng.uniform(-np.pi, np.pi, 4)
+    zoom_y, zoom_x = rng.uniform(0.7, 1.05, 4), rng.uniform(0.7, 1.05, 4)
+    ones, zeros = np.ones(4), np.zeros(4)
+    one_by_one = _warp(_warp(_warp(x, flip, zeros, ones, ones), zeros, angle, ones, ones), zeros, zeros, zoom_y, zoom_x)
+    fused = _warp(x, flip, angle, zoom_y, zoom_x)
+    middle = slice(12, 36)  # away from the mirrored border, which the two orders fill differently
+    np.testing.assert_allclose(fused[:, middle, middle], one_by_one[:, middle, middle], atol=2.0)
+    assert np.abs(fused[:, middle, middle] - _warp(x, zeros, angle, zoom_y, zoom_x)[:, middle, middle]).max() > 20
+    other_order = _warp(_warp(x, zeros, zeros, zoom_y, zoom_x), zeros, angle, ones, ones)
+    assert np.abs(fused[:, middle, middle] - other_order[:, middle, middle]).max() > 5  # the order is seen
+
+
+def test_geometry_draws_every_flip_and_turn_and_zooms_in_its_range_in_training_only():
+    x = _images(n=4, size=16)
+    layer = RandomGeometry((-0.25, 0.1), seed=3)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    flip, angle, zoom_y, zoom_x = (np.asarray(v) for v in layer.draw(4000))
+    assert set(np.unique(flip)) == {0.0, 1.0} and abs(flip.mean() - 0.5) < 0.03
+    assert angle.min() < -3.0 and angle.max() > 3.0 and abs(np.histogram(angle, 8)[0] / 4000 - 1 / 8).max() < 0.02
+    assert 0.75 <= zoom_y.min() and zoom_y.max() <= 1.1 and np.array_equal(zoom_y, zoom_x)
+    crop = RandomGeometry((-0.35, 0.05), (-0.35, 0.05), seed=3)
+    _, _, crop_y, crop_x = (np.asarray(v) for v in crop.draw(4000))
+    assert 0.65 <= min(crop_y.min(), crop_x.min()) and max(crop_y.max(), crop_x.max()) <= 1.05
+    assert abs(np.corrcoef(crop_y, crop_x)[0, 1]) < 0.05  # height and width zoomed apart
+    out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(4).map(lambda a: layer(a, training=True)))).numpy()
+    assert out.shape == x.shape and np.isfinite(out).all()
+    assert RandomGeometry.from_config(crop.get_config()).width_zoom == (-0.35, 0.05)
+
+
+def test_saturation_and_hue_give_each_image_its_own_adjustment():
+    x = _smooth(n=3)
+    saturation, turn = np.array([0.6, 1.0, 1.8], np.float32), np.array([-0.02, 0.0, 0.015], np.float32)
+    out = np.asarray(RandomSaturationHue.adjust(x, keras.ops.convert_to_tensor(saturation),
+                                                keras.ops.convert_to_tensor(turn)))
+    for image, got, s, t in zip(x, out, saturation, turn):
+        expected = tf.image.adjust_hue(tf.image.adjust_saturation(image / 255.0, s), t).numpy() * 255.0
+        np.testing.assert_allclose(got, np.clip(expected, 0, 255), atol=0.5)
+    np.testing.assert_allclose(out[1], x[1], atol=0.05)  # saturation 1, no turn: the image itself
+
+
+def test_saturation_and_hue_draw_keras_ranges_in_training_only():
+    x = _smooth(n=64, size=8)
+    layer = RandomSaturationHue((0.35, 0.65), 0.04, seed=4)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = np.asarray(layer(x, training=True))
+    assert out.shape == x.shape and 0.0 <= out.min() and out.max() <= 255.0
+    hsv_in, hsv_out = tf.image.rgb_to_hsv(x / 255.0).numpy(), tf.image.rgb_to_hsv(out / 255.0).numpy()
+    ratio = (hsv_out[..., 1] / hsv_in[..., 1]).mean(axis=(1, 2))  # no pixel here is near full saturation
+    assert ratio.min() < 0.7 and ratio.max() > 1.5 and 0.35 / 0.65 - 0.01 <= ratio.min() and ratio.max() <= 0.65 / 0.35 + 0.01
+    turn = ((hsv_out[..., 0] - hsv_in[..., 0] + 0.5) % 1.0 - 0.5).mean(axis=(1, 2))
+    assert np.abs(turn).max() <= 0.02 + 1e-3 and turn.min() < -0.01 and turn.max() > 0.01
+    np.testing.assert_allclose(hsv_out[..., 2], hsv_in[..., 2], atol=1e-3)  # brightness is not theirs to change

@@ -1,8 +1,11 @@
-"""Augmentation, on the training path only: Keras preprocessing layers, inactive at inference.
+"""Augmentation, on the training path only: Keras layers, inactive at inference.
 
 The paper's four (rotation, flips, zoom, brightness) plus contrast, saturation and hue jitter,
 which make the model less dependent on one clinic's camera and lighting. Lesions have no
-canonical orientation, so rotations cover the full circle.
+canonical orientation, so rotations cover the full circle. The flip, turn and zoom are one resampling
+(`RandomGeometry`), saturation and hue one layer on TensorFlow's fused kernels (`RandomSaturationHue`): the
+augmentation runs on the same CPU cores as the training step, and as five separate Keras layers these took
+most of its time.
 
 Optionally (`--ink-augment RATE`), surgical skin-marker ink: purple strokes, dots and rings around
 the lesion painted on a share of the training images of both classes, so that ink tells the network
@@ -220,6 +223,105 @@ class RandomCutout(_OnAShare):
         return images * (1.0 - hole) + mean * hole
 
 
+class RandomGeometry(layers.Layer):
+    """A random flip, turn and zoom of each image as one resampling (training only).
+
+    Horizontal flip with probability 1/2, a turn through an angle drawn uniformly from the full circle, and a zoom
+    drawn uniformly from `zoom` (a share of the side added to 1: negative zooms in), the same for height and width
+    unless `width_zoom` gives the width its own range. Applied in that order, as Keras's `RandomFlip`,
+    `RandomRotation` and `RandomZoom` layers one after the other would, but composed into a single affine map and
+    sampled once (bilinear, mirrored at the border): three passes over every pixel become one, and the image is
+    interpolated once instead of twice.
+    """
+
+    def __init__(self, zoom: tuple[float, float] = (-0.25, 0.1), width_zoom: tuple[float, float] | None = None,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.zoom, self.width_zoom, self.seed = tuple(zoom), tuple(width_zoom) if width_zoom else None, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def draw(self, n):
+        """Per image: whether it is flipped (1.0) or not, the angle in radians, and the height and width zooms."""
+        flip = keras.ops.cast(keras.random.uniform((n,), seed=self.seed_generator) < 0.5, "float32")
+        angle = keras.random.uniform((n,), -np.pi, np.pi, seed=self.seed_generator)
+        zoom_y = keras.random.uniform((n,), 1.0 + self.zoom[0], 1.0 + self.zoom[1], seed=self.seed_generator)
+        zoom_x = zoom_y if self.width_zoom is None else keras.random.uniform(
+            (n,), 1.0 + self.width_zoom[0], 1.0 + self.width_zoom[1], seed=self.seed_generator)
+        return flip, angle, zoom_y, zoom_x
+
+    @staticmethod
+    def transforms(flip, angle, zoom_y, zoom_x, height: int, width: int):
+        """The (n, 8) transforms of `keras.ops.image.affine_transform`: for each output pixel p, the source pixel
+        c + F R Z (p - c), with c the image's centre, Z the zoom, R the turn and F the flip (x -> -x about c)."""
+        sign = 1.0 - 2.0 * flip  # -1 where flipped
+        cos, sin = keras.ops.cos(angle), keras.ops.sin(angle)
+        a00, a01 = sign * cos * zoom_x, -sign * sin * zoom_y
+        a10, a11 = sin * zoom_x, cos * zoom_y
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        zero = keras.ops.zeros_like(angle)
+        return keras.ops.stack([a00, a01, cx - a00 * cx - a01 * cy, a10, a11, cy - a10 * cx - a11 * cy, zero, zero],
+                               axis=1)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        matrix = self.transforms(*self.draw(keras.ops.shape(images)[0]), images.shape[1], images.shape[2])
+        return keras.ops.image.affine_transform(images, matrix, interpolation="bilinear", fill_mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "zoom": list(self.zoom),
+                "width_zoom": list(self.width_zoom) if self.width_zoom else None, "seed": self.seed}
+
+
+class RandomSaturationHue(layers.Layer):
+    """Saturation and hue jitter of 0-255 images in one layer (training only).
+
+    Saturation is multiplied by f / (1 - f) with f drawn uniformly from `saturation` (0.5 leaves it alone) and capped
+    at full; hue turns by a share of the circle drawn uniformly from +-`hue` / 2. These are the draws of Keras's
+    `RandomSaturation(saturation)` and `RandomHue(hue)`, which convert the batch to HSV and back once each (and let
+    saturation run past full, into negative channel values, before the hue layer clips them).
+    """
+
+    def __init__(self, saturation: tuple[float, float] = (0.35, 0.65), hue: float = 0.04, seed: int | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.saturation, self.hue, self.seed = tuple(saturation), hue, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        n = keras.ops.shape(images)[0]
+        f = keras.random.uniform((n,), *self.saturation, seed=self.seed_generator)
+        turn = keras.random.uniform((n,), -self.hue / 2, self.hue / 2, seed=self.seed_generator)
+        return self.adjust(images, f / (1.0 - f), turn)
+
+    @staticmethod
+    def adjust(images, saturation, turn):
+        """0-255 `images` with each one's saturation multiplied by `saturation` (capped at full) and its hue turned
+        by `turn` (a share of the circle), one value of each per image: TensorFlow's fused kernels, image by image,
+        half the time of converting the batch to HSV and back."""
+        import tensorflow as tf  # the training pipeline is tf.data; the fused kernels have no backend-neutral op
+
+        def one(args):
+            image, s, t = args
+            return tf.image.adjust_hue(tf.image.adjust_saturation(image, s), t)
+
+        images = tf.clip_by_value(tf.convert_to_tensor(images, tf.float32), 0.0, 255.0) / 255.0
+        out = tf.map_fn(one, (images, tf.cast(saturation, tf.float32), tf.cast(turn, tf.float32)),
+                        fn_output_signature=tf.float32)
+        return tf.clip_by_value(out, 0.0, 1.0) * 255.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "saturation": list(self.saturation), "hue": self.hue, "seed": self.seed}
+
+
 def slight_blur(rate: float, seed: int) -> layers.Layer:
     """Gaussian blur on a share (`rate`) of the images, sigma 0.3-2 px at 256 px: from barely soft to the robustness
     check's blur and half resolution."""
@@ -243,16 +345,14 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
     cutout = [RandomCutout(cutout_rate, seed=seed + 11)] if cutout_rate > 0 else []
     return keras.Sequential(
         ink + [
-            layers.RandomFlip("horizontal", seed=seed),  # with full rotations: every flip and turn
-            layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            # random_crop: height and width zoomed apart, crops of about 40-100% of the area with the aspect
-            # ratio changed (Perez et al. 2018's strongest augmentation on ISIC 2017); else one zoom for both
-            layers.RandomZoom((-0.35, 0.05), (-0.35, 0.05), fill_mode="reflect", seed=seed + 2) if random_crop
-            else layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed + 2),
+            # every flip and turn, and a zoom: one resampling. random_crop: height and width zoomed apart, crops of
+            # about 40-100% of the area with the aspect ratio changed (Perez et al. 2018's strongest augmentation on
+            # ISIC 2017); else one zoom for both
+            RandomGeometry((-0.35, 0.05), (-0.35, 0.05), seed=seed + 1) if random_crop
+            else RandomGeometry((-0.25, 0.1), seed=seed + 1),
             layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
             layers.RandomContrast(0.2, seed=seed + 4),
-            layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
-            layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
+            RandomSaturationHue((0.35, 0.65), 0.04, seed=seed + 5),
         ] + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the camera does; the ring
         # belongs to the camera's frame, not to the rotated and zoomed skin; the camera or the upload compresses what
         # it captured, frame included
