@@ -13,7 +13,7 @@ from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
 from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, ValidationAUC, WarmupCosineDecay,
-                         build_shift, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
+                         build_shift, code_version, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
                          make_dataset, make_soup)
 
 pytestmark = pytest.mark.slow
@@ -32,6 +32,22 @@ def trained(tiny_data, tmp_path_factory):
         "--run-dir", str(out), "--output", str(out / "bundle" / "tiny.keras"),
     ])
     return out
+
+
+def test_code_version_is_the_commit_and_whether_tracked_files_changed(tmp_path):
+    import subprocess
+
+    assert code_version(tmp_path) is None  # not a checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "a"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "b.py").write_text("untracked\n")  # untracked files are not the code that ran
+    assert code_version(tmp_path) == {"commit": head, "modified": False}
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == {"commit": head, "modified": True}
 
 
 def test_training_writes_a_complete_run_folder(trained):
@@ -54,6 +70,7 @@ def test_model_card_is_complete(trained):
     assert card["data"]["shortcut_cues"]["skin_marker_ink"]["train_images_with_cue"] == 0  # nor ink
     assert card["training"]["command"].startswith("python -m train")
     assert card["training"]["cpu"] and card["training"]["cpu"] != "unknown"  # training time is read against it
+    assert card["training"]["code"] == code_version()  # the checkout's commit, or None outside one
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
     for key in ("roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "ece", "brier", "accuracy", "macro"):
         assert key in card["test"], key

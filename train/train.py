@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 import weakref
@@ -603,6 +604,19 @@ def library_versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__, "scikit-learn": sklearn.__version__}
 
 
+def code_version(root: str | os.PathLike = Path(__file__).resolve().parent.parent) -> dict | None:
+    """The git commit of the code in `root` and whether its tracked files differ from it, so that a bundle can be
+    traced to the code that trained it (two runs of one command on different code are different recipes); None
+    outside a git checkout or without git."""
+    def git(*argv):
+        return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def cpu_model() -> str:
     """The processor's name, so that a training time can be read against the machine that took it."""
     try:
@@ -617,6 +631,7 @@ def cpu_model() -> str:
 def train(args: argparse.Namespace) -> Bundle | None:
     """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
     started = time.perf_counter()
+    code = code_version()  # now: the tree may move while a long run trains
     strategy = make_strategy(args)
     replicas = strategy.num_replicas_in_sync
     if replicas > 1:
@@ -802,6 +817,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": os.cpu_count(),
             "cpu": cpu_model(),
+            "code": code,
         },
         "libraries": library_versions(),
         "intended_use": "A decision aid for clinicians screening dermoscopic images of single skin lesions for "
