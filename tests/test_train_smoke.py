@@ -14,7 +14,7 @@ from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
 from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, ValidationAUC, WarmupCosineDecay,
                          build_shift, code_version, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
-                         make_dataset, make_soup)
+                         make_dataset, make_soup, training_loss)
 
 pytestmark = pytest.mark.slow
 
@@ -491,6 +491,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--clip-norm", "-1", "--clip-norm is a gradient norm"),
     ("--soup", "0", "--soup is a number of fine-tuned copies"),
     ("--consistency", "-1", "--consistency is the divergence's weight"),
+    ("--focal-gamma", "-2", "--focal-gamma is the focal loss's exponent"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:
@@ -541,6 +542,31 @@ def test_ranking_loss_and_stochastic_depth_train_from_the_command_line(tiny_data
     assert card["training"]["arguments"]["auc_loss"] == 0.5
     net = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras").model
     assert net.get_layer("block6d_drop").rate == pytest.approx(0.4 * 14 / 16)  # the default 0.2 would give 0.175
+
+
+def test_focal_loss_weighs_each_images_smoothed_cross_entropy_by_its_error_and_trains_from_the_command_line(
+        tiny_data, tmp_path, capsys):
+    y = np.eye(2, dtype=np.float32)[[1, 0, 0]]
+    probs = _probs([2.0, -3.0, 1.0])  # an easy melanoma, an easy benign image, a benign image called malignant
+    smoothed = y * 0.9 + 0.05
+    per_image = np.sum(-smoothed * (1 - probs) ** 2 * np.log(probs), axis=1)
+    loss = training_loss(argparse.Namespace(focal_gamma=2.0, label_smoothing=0.1, auc_loss=0.0, consistency=0.0))
+    np.testing.assert_allclose(float(loss(y, probs)), per_image.mean(), rtol=1e-5)
+    plain = np.sum(-smoothed * np.log(probs), axis=1)
+    # without smoothing, the misclassified image carries nearly all of the loss, more than its share of the plain
+    # cross-entropy (with it, the 0.05 target of the other class is weighed by its error too and keeps a floor)
+    unsmoothed = training_loss(argparse.Namespace(focal_gamma=2.0, label_smoothing=0.0, auc_loss=0.0,
+                                                  consistency=0.0))
+    shares = [float(unsmoothed(y[i:i + 1], probs[i:i + 1])) for i in range(3)]
+    shares_plain = -np.log(probs[[0, 1, 2], [1, 0, 0]])
+    assert shares[2] / sum(shares) > 0.99 > 0.9 > shares_plain[2] / shares_plain.sum()
+    default = training_loss(argparse.Namespace(focal_gamma=0.0, label_smoothing=0.1, auc_loss=0.0, consistency=0.0))
+    np.testing.assert_allclose(float(default(y, probs)), plain.mean(), rtol=1e-5)
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--focal-gamma", "2")
+    assert card["training"]["arguments"]["focal_gamma"] == 2.0
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--focal-gamma", "2", "--auc-loss", "0.5"])
+    assert "--focal-gamma replaces the cross-entropy" in capsys.readouterr().err
 
 
 def test_consistency_loss_is_the_clean_cross_entropy_plus_the_jensen_shannon_divergence_of_each_pair():

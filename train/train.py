@@ -95,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add to the cross-entropy WEIGHT times a pairwise ranking loss: the mean squared hinge of "
                         "every (malignant, benign) pair in a batch whose log-odds differ by less than 1, a surrogate "
                         "of 1 - AUC (e.g. 0.5) (default: 0, off)")
+    g.add_argument("--focal-gamma", type=float, default=0.0, metavar="GAMMA",
+                   help="focal loss in place of the cross-entropy: each image's cross-entropy times (1 - p)^GAMMA, "
+                        "p its predicted probability of its own class, which turns the weight from the many easy "
+                        "benign images to the hard ones (Lin et al. 2017; e.g. 2) (default: 0, the plain "
+                        "cross-entropy)")
     g.add_argument("--ink-augment", type=float, default=0.0, metavar="RATE",
                    help="paint skin-marker ink on this share of training images, both classes (default: 0, off)")
     g.add_argument("--ring-augment", type=float, default=0.0, metavar="RATE",
@@ -185,6 +190,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--clip-norm is a gradient norm, 0 (off) or more (e.g. 1.0), not {args.clip_norm}")
     if args.auc_loss < 0.0:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
+    if args.focal_gamma < 0.0:
+        p.error(f"--focal-gamma is the focal loss's exponent, 0 (off) or more (e.g. 2), not {args.focal_gamma}")
+    if args.focal_gamma > 0:
+        for flag, on in (("--auc-loss", args.auc_loss > 0), ("--consistency", args.consistency > 0)):
+            if on:
+                p.error(f"--focal-gamma replaces the cross-entropy that {flag} adds its term to; use one of them")
     if args.consistency < 0.0:
         p.error(f"--consistency is the divergence's weight, 0 (off) or more (e.g. 12), not {args.consistency}")
     if args.consistency > 0:
@@ -423,16 +434,25 @@ def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
                                   ema_momentum=args.ema or 0.99, global_clipnorm=clip_norm(args))
 
 
+def training_loss(args) -> keras.losses.Loss:
+    """The malignant/benign head's loss: label-smoothed cross-entropy, or focal loss (--focal-gamma), or the
+    cross-entropy plus the ranking (--auc-loss) or consistency (--consistency) term."""
+    if getattr(args, "focal_gamma", 0.0) > 0:  # alpha 1: the output bias, not a weight, handles the imbalance
+        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=args.focal_gamma,
+                                                         label_smoothing=args.label_smoothing)
+    if getattr(args, "auc_loss", 0.0) > 0:
+        return RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
+    if getattr(args, "consistency", 0.0) > 0:
+        return ConsistencyLoss(args.consistency, label_smoothing=args.label_smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
+
+
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
               strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5"):
     """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on.
     The best epoch's weights are written to `run_dir / checkpoint_name`."""
     strategy = strategy or tf.distribute.get_strategy()
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
-    if getattr(args, "auc_loss", 0.0) > 0:
-        loss = RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
-    if getattr(args, "consistency", 0.0) > 0:
-        loss = ConsistencyLoss(args.consistency, label_smoothing=args.label_smoothing)
+    loss = training_loss(args)
     checkpoint = run_dir / checkpoint_name
     callbacks = [
         ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
