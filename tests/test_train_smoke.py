@@ -667,6 +667,41 @@ def test_mixup_mixes_images_and_every_target_with_the_same_weights():
     assert set(np.unique(targets.numpy())) == {0.0, 1.0}
 
 
+def _epochs(ds, n):
+    """The image indices (each image's pixels are its index) and targets of `n` passes over `ds`."""
+    out = []
+    for _ in range(n):
+        batches = list(ds)
+        out.append((np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches]).astype(int),
+                    np.concatenate([b[1].numpy() for b in batches])))
+    return out
+
+
+def test_malignant_share_draws_each_epoch_with_that_chance_of_a_melanoma_and_the_right_targets(tiny_data, tmp_path,
+                                                                                               capsys):
+    y = np.array([1] * 10 + [0] * 50)  # a sixth malignant
+    x = np.broadcast_to(np.arange(60, dtype=np.float32)[:, None, None, None], (60, 4, 4, 3)).copy()
+    identity = keras.Sequential([keras.layers.Identity()])
+    epochs = _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity, malignant_share=0.5), 20)
+    for index, targets in epochs:
+        assert len(index) == 60  # an epoch is as long as the data
+        np.testing.assert_array_equal(targets, np.eye(2)[y[index]])  # every image keeps its own label
+    drawn = np.concatenate([index for index, _ in epochs])
+    assert 0.45 < y[drawn].mean() < 0.55  # 1,200 draws: a standard error of 0.014 around 0.5
+    assert len(set(drawn[y[drawn] == 1])) == 10 and len(set(drawn[y[drawn] == 0])) == 50  # every image is drawn
+    assert not np.array_equal(epochs[0][0], epochs[1][0])  # a fresh draw each epoch
+    again = _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity, malignant_share=0.5), 2)
+    np.testing.assert_array_equal(again[1][0], epochs[1][0])  # seeded
+    # off by default: each image once per epoch
+    for index, _ in _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity), 2):
+        assert sorted(index) == list(range(60))
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--malignant-share", "0.5", "--calibration", "platt")
+    assert card["training"]["arguments"]["malignant_share"] == 0.5
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--malignant-share", "1"])
+    assert "--malignant-share is a chance in [0, 1)" in capsys.readouterr().err
+
+
 def test_evaluate_breaks_the_results_down_by_diagnosis(trained, tiny_data, tmp_path, capsys):
     test = sorted((tiny_data / "test").rglob("*.png"))
     rows = [f"{p.stem},{'melanoma' if p.parent.name == 'malignant' else ('nevus' if i % 2 else 'keratosis')}"

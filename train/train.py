@@ -95,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add to the cross-entropy WEIGHT times a pairwise ranking loss: the mean squared hinge of "
                         "every (malignant, benign) pair in a batch whose log-odds differ by less than 1, a surrogate "
                         "of 1 - AUC (e.g. 0.5) (default: 0, off)")
+    g.add_argument("--malignant-share", type=float, default=0.0, metavar="SHARE",
+                   help="draw each epoch's training images with replacement, a malignant one with this chance "
+                        "(class-balanced sampling at 0.5; the output bias starts at it); the offset of the "
+                        "log-odds then moves, which --calibration platt fits on val (default: 0, each image once "
+                        "per epoch, the imbalance left to the output bias)")
     g.add_argument("--focal-gamma", type=float, default=0.0, metavar="GAMMA",
                    help="focal loss in place of the cross-entropy: each image's cross-entropy times (1 - p)^GAMMA, "
                         "p its predicted probability of its own class, which turns the weight from the many easy "
@@ -190,6 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--clip-norm is a gradient norm, 0 (off) or more (e.g. 1.0), not {args.clip_norm}")
     if args.auc_loss < 0.0:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
+    if not 0.0 <= args.malignant_share < 1.0:
+        p.error(f"--malignant-share is a chance in [0, 1) (0 = off, e.g. 0.5), not {args.malignant_share}")
     if args.focal_gamma < 0.0:
         p.error(f"--focal-gamma is the focal loss's exponent, 0 (off) or more (e.g. 2), not {args.focal_gamma}")
     if args.focal_gamma > 0:
@@ -271,13 +278,29 @@ def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, forwa
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter,
-                 y_aux: np.ndarray | None = None, mixup: float = 0.0, shift=None) -> tf.data.Dataset:
+                 y_aux: np.ndarray | None = None, mixup: float = 0.0, shift=None,
+                 malignant_share: float = 0.0) -> tf.data.Dataset:
     """The shuffled, augmented training batches. With `shift` (see `ConsistencyLoss`), each batch is the B augmented
-    images followed by the same images shifted, and the targets repeated."""
+    images followed by the same images shifted, and the targets repeated.
+
+    With `malignant_share` (0 < share < 1), each epoch is as many images as `x` drawn with replacement, a malignant
+    one with that chance and a benign one otherwise, each class's images in a reshuffled order (class-balanced
+    sampling at 0.5); at 0, each image once per epoch.
+    """
     onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
     targets = onehot if y_aux is None else (onehot, y_aux.astype(np.float32))
-    ds = tf.data.Dataset.from_tensor_slices((x, targets))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
+    if malignant_share > 0:
+        def one_class(label: int, offset: int) -> tf.data.Dataset:
+            idx = np.flatnonzero(y == label)
+            part = tf.data.Dataset.from_tensor_slices((x[idx], tf.nest.map_structure(lambda t: t[idx], targets)))
+            return part.shuffle(len(idx), seed=seed + offset, reshuffle_each_iteration=True).repeat()
+
+        ds = tf.data.Dataset.sample_from_datasets(
+            [one_class(0, 0), one_class(1, 1)], weights=[1.0 - malignant_share, malignant_share], seed=seed + 2,
+            rerandomize_each_iteration=True).take(len(x))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, targets)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda a, b: (augmenter(tf.cast(a, tf.float32), training=True), b),
                 num_parallel_calls=tf.data.AUTOTUNE)
     if mixup > 0:
@@ -711,6 +734,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     log.info("loaded %d train and %d val images at %d px", len(x_train), len(x_val), args.image_size)
 
     prior = (np.bincount(y_train, minlength=2) + 1) / (len(y_train) + 2)
+    if getattr(args, "malignant_share", 0.0) > 0:  # the untrained head predicts the base rate of what it is shown
+        prior = np.array([1.0 - args.malignant_share, args.malignant_share])
     y_aux, aux_classes = None, None
     if args.aux_diagnosis:
         aux_classes, y_aux = aux_targets(args.aux_diagnosis, [train_split.paths[i] for i in chosen])
@@ -735,7 +760,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
                                     getattr(args, "cutout", 0.0))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
-        return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift)
+        return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift,
+                            getattr(args, "malignant_share", 0.0))
 
     ds = training_data(args.seed)
     steps = max(1, len(x_train) // args.batch_size)
