@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
+from train.data import DataError
 from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, ValidationAUC, WarmupCosineDecay,
                          build_shift, code_version, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
                          make_dataset, make_soup, training_loss)
@@ -692,6 +693,8 @@ def test_malignant_share_draws_each_epoch_with_that_chance_of_a_melanoma_and_the
     assert not np.array_equal(epochs[0][0], epochs[1][0])  # a fresh draw each epoch
     again = _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity, malignant_share=0.5), 2)
     np.testing.assert_array_equal(again[1][0], epochs[1][0])  # seeded
+    with pytest.raises(DataError, match="draws from both classes"):  # an empty class would never be drawn from
+        make_dataset(x, np.zeros(60, dtype=int), 10, seed=3, augmenter=identity, malignant_share=0.5)
     # off by default: each image once per epoch
     for index, _ in _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity), 2):
         assert sorted(index) == list(range(60))
