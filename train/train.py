@@ -290,9 +290,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
     onehot = keras.utils.to_categorical(y, len(CLASS_NAMES)).astype(np.float32)
     targets = onehot if y_aux is None else (onehot, y_aux.astype(np.float32))
     if malignant_share > 0:
-        if np.bincount(y, minlength=2).min() == 0:  # a class with nothing to draw from would never yield an image
+        counts = np.bincount(y, minlength=2)
+        if counts.min() == 0:  # a class with nothing to draw from would never yield an image
             raise data_mod.DataError(f"--malignant-share draws from both classes, but the training images hold "
-                                     f"{dict(zip(CLASS_NAMES, np.bincount(y, minlength=2).tolist()))}")
+                                     f"{dict(zip(CLASS_NAMES, counts.tolist()))}")
 
         def one_class(label: int, offset: int) -> tf.data.Dataset:
             idx = np.flatnonzero(y == label)
