@@ -387,6 +387,24 @@ def test_clip_norm_bounds_the_step_after_a_gradient_spike():
     assert 0.05 < clipped < 0.12
 
 
+def test_momentum_swaps_adamw_for_nesterov_sgd():
+    """--momentum 0.9: stage 2 takes plain Nesterov steps, m <- 0.9 m - lr g and w <- w + 0.9 m - lr g (no Adam
+    scaling), on the same schedule; without it the optimizer is AdamW."""
+    args = argparse.Namespace(lr=0.1, epochs=1, warmup_epochs=0, weight_decay=0.0, ema=0.0, clip_norm=0.0,
+                              momentum=0.9)
+    optimizer = fine_tune_optimizer(args, steps=10**6)  # the rate stays 0.1 over these steps
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
+    weight = keras.Variable(np.zeros(1, np.float32))
+    m = w = 0.0
+    for gradient in (1.0, 1.0, -2.0):
+        optimizer.apply_gradients([(tf.constant([gradient]), weight)])
+        m = 0.9 * m - 0.1 * gradient
+        w = w + 0.9 * m - 0.1 * gradient
+        np.testing.assert_allclose(weight.numpy()[0], w, rtol=1e-4)
+    assert isinstance(fine_tune_optimizer(argparse.Namespace(**{**vars(args), "momentum": 0.0}), steps=10),
+                      keras.optimizers.AdamW)
+
+
 def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
@@ -494,6 +512,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--consistency", "-1", "--consistency is the divergence's weight"),
     ("--focal-gamma", "-2", "--focal-gamma is the focal loss's exponent"),
     ("--malignant-share", "1", "--malignant-share is a chance in [0, 1)"),
+    ("--momentum", "1", "--momentum is SGD's momentum"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:

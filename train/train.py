@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr", type=float, default=3e-4, help="stage 2 peak learning rate (default: 3e-4)")
     g.add_argument("--warmup-epochs", type=int, default=2, help="stage 2 linear warm-up epochs (default: 2)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay, Adam(W) (default: 1e-4)")
+    g.add_argument("--momentum", type=float, default=0.0, metavar="BETA",
+                   help="stage 2 optimizer: SGD with this Nesterov momentum (e.g. 0.9) in place of AdamW, same schedule "
+                        "and decoupled weight decay; SGD wants a far larger --lr (e.g. 1e-2) (default: 0, AdamW)")
     g.add_argument("--clip-norm", type=float, default=0.0, metavar="NORM",
                    help="clip each step's gradients to this global norm, both stages (e.g. 1.0) (default: 0, off)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="(default: 0.1)")
@@ -197,6 +200,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
     if not 0.0 <= args.malignant_share < 1.0:
         p.error(f"--malignant-share is a chance in [0, 1) (0 = off, e.g. 0.5), not {args.malignant_share}")
+    if not 0.0 <= args.momentum < 1.0:
+        p.error(f"--momentum is SGD's momentum, 0 (off: AdamW) up to but not 1 (e.g. 0.9), not {args.momentum}")
     if args.focal_gamma < 0.0:
         p.error(f"--focal-gamma is the focal loss's exponent, 0 (off) or more (e.g. 2), not {args.focal_gamma}")
     if args.focal_gamma > 0:
@@ -453,13 +458,17 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
 
 
 def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
-    """AdamW for stage 2: linear warm-up to --lr over --warmup-epochs, then cosine decay to 1% of it; weight
-    decay, the weights' moving average (--ema) and gradient clipping (--clip-norm) as asked."""
+    """AdamW (or SGD with Nesterov momentum, --momentum) for stage 2: linear warm-up to --lr over --warmup-epochs,
+    then cosine decay to 1% of it; weight decay, the weights' moving average (--ema) and gradient clipping
+    (--clip-norm) as asked."""
     schedule = WarmupCosineDecay(
         initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
         warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
-    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, use_ema=args.ema > 0,
-                                  ema_momentum=args.ema or 0.99, global_clipnorm=clip_norm(args))
+    shared = dict(weight_decay=args.weight_decay, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99,
+                  global_clipnorm=clip_norm(args))
+    if getattr(args, "momentum", 0.0) > 0:
+        return keras.optimizers.SGD(schedule, momentum=args.momentum, nesterov=True, **shared)
+    return keras.optimizers.AdamW(schedule, **shared)
 
 
 def training_loss(args) -> keras.losses.Loss:
