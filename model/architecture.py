@@ -22,6 +22,7 @@ import numpy as np
 from keras import layers
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_b0")
+POOLINGS = {"avg": "avg_pool", "gem": "gem_pool"}  # --pooling -> the name of the layer that starts the head
 LAST_CONV_LAYER = "top_activation"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MELANOMA_WEIGHTS_DIR", REPO_ROOT.parent / "shared" / "weights"))
@@ -136,6 +137,32 @@ def _resolve_weights(backbone: str, weights: str | None) -> str | None:
     return weights
 
 
+@keras.saving.register_keras_serializable(package="melanoma")
+class GeMPooling(layers.Layer):
+    """Generalised-mean pooling (Radenovic et al. 2018): (mean over the map of x^p)^(1/p), per channel, with one
+    learned exponent p for all channels. p = 1 is average pooling and p -> infinity max pooling, so the network
+    can learn how much a small, strong patch (a lesion's local structure) should outweigh the rest of the image.
+    Inputs are clamped at `eps` first, which the non-negative ReLU6 maps of Lite0 do not notice."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_p, self.eps = float(p), float(eps)
+
+    def build(self, input_shape):
+        self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.initial_p))
+
+    def call(self, x):
+        p = keras.ops.cast(self.p, x.dtype)
+        pooled = keras.ops.mean(keras.ops.power(keras.ops.maximum(x, self.eps), p), axis=(1, 2))
+        return keras.ops.power(pooled, 1.0 / p)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
+
+
 def build_model(
     backbone: str = "efficientnet_lite0",
     weights: str | None = "imagenet",
@@ -144,17 +171,21 @@ def build_model(
     dense_units: int = 256,
     class_prior: tuple[float, float] | None = None,
     drop_connect_rate: float = DROP_CONNECT,
+    pooling: str = "avg",
 ) -> keras.Model:
     """Backbone + head (dropout, dense, dropout, 2-way softmax) as one flat functional model.
 
     `drop_connect_rate` is stochastic depth: each residual block of the backbone is skipped in training with a
     chance rising linearly from 0 at the first block to this rate at the last.
+    `pooling` is how the last feature map becomes one vector: "avg" (global average) or "gem" (`GeMPooling`).
     `class_prior` (benign, malignant) initialises the output bias to the log prior, so the
     untrained head already predicts the base rate (the imbalance is handled there, not by
     reweighting, which would distort calibration).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone; choose one of {BACKBONES}. Received: backbone={backbone!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling; choose one of {tuple(POOLINGS)}. Received: pooling={pooling!r}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32. Received: image_size={image_size}")
     resolved = _resolve_weights(backbone, weights)
@@ -172,7 +203,10 @@ def build_model(
             for layer in base.layers:
                 if layer.name.endswith("_drop") and layer.name.startswith("block"):
                     layer.rate = layer.rate * drop_connect_rate / DROP_CONNECT
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    if pooling == "gem":
+        x = GeMPooling(name=POOLINGS["gem"])(features)
+    else:
+        x = layers.GlobalAveragePooling2D(name=POOLINGS["avg"])(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout_2")(x)
@@ -192,8 +226,8 @@ def build_model(
 
 def backbone_layers(model: keras.Model) -> list:
     """Every layer of the backbone: everything before the pooling that starts the head."""
-    names = [layer.name for layer in model.layers]
-    return model.layers[1 : names.index("avg_pool")]
+    start = next(i for i, layer in enumerate(model.layers) if layer.name in POOLINGS.values())
+    return model.layers[1:start]
 
 
 def _block_index(layer_name: str) -> float:

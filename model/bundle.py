@@ -7,6 +7,8 @@ from pathlib import Path
 
 import keras
 
+from model import architecture as _architecture  # noqa: F401  registers the network's own layers (GeMPooling) for load_model
+
 CLASS_NAMES = ("benign", "malignant")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "model" / "shipped" / "melanoma_efficientnet.keras"

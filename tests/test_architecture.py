@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.architecture import LAST_CONV_LAYER, build_model, freeze_backbone, load_npz_weights, unfreeze_top_blocks
+from model.architecture import (LAST_CONV_LAYER, GeMPooling, backbone_layers, build_model, freeze_backbone,
+                                load_npz_weights, unfreeze_top_blocks)
 from tests.conftest import SHARED_WEIGHTS
 
 
@@ -72,6 +73,33 @@ def test_train_batchnorm_fine_tunes_the_statistics_of_the_unfrozen_blocks_only()
     model.train_on_batch(x, keras.utils.to_categorical(np.arange(8) % 2, 2))
     assert not np.allclose(np.array(upper.moving_variance), before[0])  # statistics re-estimated from the batch
     np.testing.assert_array_equal(np.array(lower.moving_variance), before[1])  # a frozen block keeps its own
+
+def test_gem_pooling_is_the_generalised_mean_with_a_learned_exponent():
+    x = np.random.default_rng(0).uniform(0, 6, (2, 4, 5, 3)).astype("float32")
+    x[0, 0, 0, 0] = -1.0  # clamped to eps, as a swish map's small negatives would be
+    clamped = np.maximum(x.astype("float64"), 1e-6)
+    for p in (1.0, 3.0):
+        out = GeMPooling(p=p)(x).numpy()
+        np.testing.assert_allclose(out, np.mean(clamped ** p, axis=(1, 2)) ** (1 / p), rtol=1e-5)
+    np.testing.assert_allclose(GeMPooling(p=1.0)(np.abs(x)).numpy(), np.abs(x).mean(axis=(1, 2)), rtol=1e-5)
+    layer = GeMPooling(p=3.0)
+    layer(x)
+    assert [w.name for w in layer.trainable_weights] == ["p"]  # one exponent, learned with the head
+
+
+def test_gem_head_saves_loads_and_leaves_the_backbone_split_alone(tmp_path):
+    avg = build_model("efficientnet_lite0", weights="none", image_size=64)
+    gem = build_model("efficientnet_lite0", weights="none", image_size=64, pooling="gem")
+    assert [l.name for l in backbone_layers(gem)] == [l.name for l in backbone_layers(avg)]
+    assert gem.get_layer("gem_pool").output.shape == (None, 1280)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    gem.save(tmp_path / "gem.keras")
+    loaded = keras.models.load_model(tmp_path / "gem.keras", compile=False)
+    assert isinstance(loaded.get_layer("gem_pool"), GeMPooling)
+    np.testing.assert_allclose(loaded(x).numpy(), gem(x).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Received: pooling='max'"):
+        build_model("efficientnet_lite0", weights="none", image_size=64, pooling="max")
+
 
 def test_bad_arguments_say_what_was_received():
     with pytest.raises(ValueError, match="Received: backbone='resnet'"):

@@ -405,6 +405,18 @@ def test_momentum_swaps_adamw_for_nesterov_sgd():
                       keras.optimizers.AdamW)
 
 
+def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(tiny_data, tmp_path):
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--pooling", "gem",
+        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
+    assert bundle.card["training"]["arguments"]["pooling"] == "gem"
+    p = float(bundle.model.get_layer("gem_pool").p.numpy())
+    assert p != 3.0  # learned from its start
+
+
 def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",

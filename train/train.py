@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from model.architecture import BACKBONES, DROP_CONNECT, build_model, freeze_backbone, unfreeze_top_blocks
+from model.architecture import BACKBONES, DROP_CONNECT, POOLINGS, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
+    g.add_argument("--pooling", choices=tuple(POOLINGS), default="avg",
+                   help="how the last feature map becomes the head's input: global average, or generalised mean "
+                        "with a learned exponent (GeM, starting at 3) (default: avg)")
     g.add_argument("--drop-connect", type=float, default=DROP_CONNECT, metavar="RATE",
                    help="stochastic depth: the backbone's residual blocks are skipped in training with a chance "
                         f"rising linearly to RATE at the last block, as EfficientNet was pretrained (default: "
@@ -758,7 +761,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     with strategy.scope():
         model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
                             class_prior=tuple(prior.tolist()),
-                            drop_connect_rate=getattr(args, "drop_connect", DROP_CONNECT))
+                            drop_connect_rate=getattr(args, "drop_connect", DROP_CONNECT),
+                            pooling=getattr(args, "pooling", "avg"))
         fitted = model  # what is trained: the model itself, or the model with the auxiliary head beside its own
         if aux_classes:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
