@@ -39,6 +39,7 @@ class PreprocessSpec:
     colour_constancy: str = "shades_of_gray"  # or "none"
     shades_of_gray_p: int = 6
     frame_fill: bool = False  # paint a contact dermoscope's black frame in the colour of the skin next to it
+    hair_removal: bool = False  # paint long, thin dark strands (hairs, ruler lines) in the colour around them
 
     def to_dict(self) -> dict:
         return {
@@ -46,6 +47,7 @@ class PreprocessSpec:
             "colour_constancy": self.colour_constancy,
             "shades_of_gray_p": self.shades_of_gray_p,
             "frame_fill": self.frame_fill,
+            "hair_removal": self.hair_removal,
             "resample": "bilinear",
             "aspect": "squash",
         }
@@ -57,6 +59,7 @@ class PreprocessSpec:
             colour_constancy=d.get("colour_constancy", "none"),
             shades_of_gray_p=int(d.get("shades_of_gray_p", 6)),
             frame_fill=bool(d.get("frame_fill", False)),
+            hair_removal=bool(d.get("hair_removal", False)),
         )
 
 
@@ -205,12 +208,76 @@ def fill_dark_frame(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+HAIR_CLOSING = 1 / 48  # radius of the closing's disk, as a share of the side (5 px at 256): wider than a hair
+HAIR_CONTRAST = 15.0  # luminance (0-255) by which a pixel must be darker than its closing to be a hair candidate
+HAIR_MIN_LENGTH = 1 / 10  # a hair is a dark strand at least this long (share of the side)...
+HAIR_MAX_WIDTH = 1 / 40  # ...and on average at most this wide: globules, dots and pigment network are not
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def hair_mask(arr: np.ndarray) -> np.ndarray:
+    """The pixels of an RGB array that lie on a hair: long, thin, dark strands.
+
+    A greyscale closing by a small disk fills every dark structure narrower than the disk (the black-hat transform,
+    as in DullRazor, Lee et al. 1997); of the connected regions darker than their closing by HAIR_CONTRAST, only
+    those that are long (a straight segment of the same second moment at least HAIR_MIN_LENGTH of the side) and thin
+    (area over that length at most HAIR_MAX_WIDTH of the side) are hairs. Dots, globules and a lesion's pigment
+    network are short or meshed, so they stay; ruler lines and ink strokes that are long and thin go too.
+    """
+    from scipy import ndimage
+
+    side = min(arr.shape[:2])
+    gray = arr.astype(np.float32) @ _LUMA
+    dark = ndimage.grey_closing(gray, footprint=_disk(max(2, round(side * HAIR_CLOSING)))) - gray > HAIR_CONTRAST
+    labels, n = ndimage.label(dark, structure=np.ones((3, 3)))
+    if n == 0:
+        return dark
+    flat = labels.ravel()
+    y, x = (c.ravel().astype(np.float64) for c in np.indices(labels.shape))
+    sums = [np.bincount(flat, weights=w, minlength=n + 1)[1:] for w in (None, y, x, y * y, x * x, x * y)]
+    area = sums[0]
+    my, mx = sums[1] / area, sums[2] / area
+    vyy, vxx, vxy = sums[3] / area - my * my, sums[4] / area - mx * mx, sums[5] / area - mx * my
+    half_trace = (vyy + vxx) / 2
+    major = half_trace + np.sqrt(np.maximum(half_trace**2 - (vyy * vxx - vxy * vxy), 0.0))  # largest eigenvalue
+    length = np.sqrt(12.0 * major)  # a segment of length l has variance l^2 / 12 along it
+    hair = (length >= side * HAIR_MIN_LENGTH) & (area <= side * HAIR_MAX_WIDTH * np.maximum(length, 1.0))
+    return np.concatenate([[False], hair])[labels]
+
+
+def remove_hair(arr: np.ndarray) -> np.ndarray:
+    """Paint the hairs of an RGB uint8 array (`hair_mask`, widened by a pixel) in the colour around them: a
+    Gaussian-weighted mean of the pixels off the hairs nearby (normalised convolution, sigma 1/96 of the side, four
+    times that where a thick tangle leaves no pixel close). An image without hairs comes back unchanged."""
+    from scipy import ndimage
+
+    mask = hair_mask(arr)
+    if not mask.any():
+        return arr.copy()
+    mask = ndimage.binary_dilation(mask)
+    keep = (~mask).astype(np.float32)
+    sigma = max(1.0, min(arr.shape[:2]) / 96)
+    out = arr.copy()
+    near, far = (ndimage.gaussian_filter(keep, s) for s in (sigma, 4 * sigma))
+    for c in range(3):
+        channel = arr[..., c].astype(np.float32) * keep
+        fill = np.where(near > 0.05, ndimage.gaussian_filter(channel, sigma) / np.maximum(near, 1e-3),
+                        ndimage.gaussian_filter(channel, 4 * sigma) / np.maximum(far, 1e-3))
+        out[..., c][mask] = np.clip(np.round(fill[mask]), 0, 255).astype(np.uint8)
+    return out
+
+
 def preprocess(data, spec: PreprocessSpec) -> np.ndarray:
     """Bytes, a path or a PIL image in; the model's (size, size, 3) uint8 input out.
 
     The image is squashed to a square (the training images were squashed from 4:3), resized
-    with Pillow's antialiased bilinear filter, its dermoscope frame filled if the spec says so,
-    and colour-normalised as the spec says: `normalise(squash(data, spec), spec)`.
+    with Pillow's antialiased bilinear filter, its dermoscope frame filled and its hairs painted out if the spec says
+    so, and colour-normalised as the spec says: `normalise(squash(data, spec), spec)`.
     """
     return normalise(squash(data, spec), spec)
 
@@ -228,9 +295,12 @@ def squash(data, spec: PreprocessSpec) -> np.ndarray:
 
 
 def normalise(arr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The second half of `preprocess`: the frame filled and the colours normalised as the spec says (a new array)."""
+    """The second half of `preprocess`: the frame filled, the hairs painted out and the colours normalised as the spec
+    says (a new array)."""
     if spec.frame_fill:  # before colour constancy: a black frame would also skew the illuminant estimate
         arr = fill_dark_frame(arr)
+    if spec.hair_removal:  # after the frame (whose edge is no hair), before the illuminant estimate
+        arr = remove_hair(arr)
     if spec.colour_constancy == "shades_of_gray":
         return shades_of_gray(arr, spec.shades_of_gray_p)
     if spec.colour_constancy != "none":

@@ -180,3 +180,64 @@ def test_frame_fill_is_part_of_the_spec_and_off_for_older_cards():
     with_fill = preprocess(framed, PreprocessSpec(64, colour_constancy="none", frame_fill=True))
     without = preprocess(framed, PreprocessSpec(64, colour_constancy="none"))
     assert without[0, 0].max() < 40 and with_fill[0, 0].min() > 120
+
+
+def _hairy_lesion(seed=0):
+    """Skin with a little noise, a dark lesion holding darker dots (globules) and a meshed network, and one
+    hair: a 3-pixel dark strand across the whole image, through the lesion."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal((215, 165, 145), 3, (256, 256, 3)), 0, 255)
+    y, x = np.mgrid[:256, :256]
+    lesion = (y - 128) ** 2 + (x - 128) ** 2 < 60**2
+    arr[lesion] = (140, 90, 70)
+    network = lesion & (((y % 12) < 2) | ((x % 12) < 2))  # pigment network: short crossing lines, a mesh
+    arr[network] = (90, 55, 40)
+    for cy, cx in ((110, 110), (150, 140), (120, 150)):
+        arr[(y - cy) ** 2 + (x - cx) ** 2 <= 9] = (60, 35, 30)  # globules
+    hair = np.abs(y - (0.3 * x + 10)) <= 1.5  # clear of the lesion: one touching its network joins it (README)
+    arr[hair] = (50, 40, 35)
+    return arr.round().astype(np.uint8), hair, lesion
+
+
+def test_hair_removal_paints_a_hair_in_the_skin_colour_and_keeps_the_lesion_structure():
+    from scipy import ndimage
+
+    from model.preprocessing import hair_mask, remove_hair
+
+    arr, hair, lesion = _hairy_lesion()
+    mask = hair_mask(arr)
+    assert mask[hair & ~lesion].mean() > 0.95  # the strand on the skin is found...
+    assert not mask[lesion & ~hair].any()  # ...and no dot, globule or network line of the lesion is
+    out = remove_hair(arr)
+    on_skin = hair & ~lesion
+    skin = np.array((215, 165, 145))
+    assert np.abs(out[on_skin].astype(int) - skin).max(axis=1).mean() < 8  # painted in the skin's colour
+    assert np.abs(arr[on_skin].astype(int) - skin).max(axis=1).mean() > 150
+    away = ~ndimage.binary_dilation(mask, iterations=2)
+    assert np.array_equal(out[away], arr[away])  # nothing else moves
+
+
+def test_hair_removal_leaves_a_hairless_image_and_short_strokes_alone():
+    from model.preprocessing import remove_hair
+
+    arr, hair, _ = _hairy_lesion()
+    plain = arr.copy()
+    plain[hair] = (215, 165, 145)
+    assert np.array_equal(remove_hair(plain), plain)
+    short = plain.copy()
+    short[40:43, 20:40] = (50, 40, 35)  # a dark stroke 20 px long, under 1/10 of the side
+    assert np.array_equal(remove_hair(short), short)
+
+
+def test_hair_removal_is_part_of_the_spec_and_off_for_older_cards():
+    spec = PreprocessSpec(256, colour_constancy="none", hair_removal=True)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    old = PreprocessSpec(256).to_dict()
+    del old["hair_removal"]
+    assert PreprocessSpec.from_dict(old).hair_removal is False
+    arr, hair, lesion = _hairy_lesion()
+    image = Image.fromarray(arr)
+    removed = preprocess(image, spec)
+    kept = preprocess(image, PreprocessSpec(256, colour_constancy="none"))
+    assert np.array_equal(kept, arr)
+    assert removed[hair & ~lesion].mean() > kept[hair & ~lesion].mean() + 100

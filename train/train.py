@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--frame-fill", action="store_true",
                    help="paint a contact dermoscope's black frame in the colour of the skin next to it, in the one "
                         "preprocessing path (training and serving; default: off)")
+    g.add_argument("--hair-removal", action="store_true",
+                   help="paint long, thin dark strands (hairs, ruler lines) in the colour around them, in the one "
+                        "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
     g.add_argument("--pooling", choices=tuple(POOLINGS), default="avg",
@@ -730,7 +733,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
         if cue["linked_to_malignant_in_training"] and not remedy_applied(cue["remedy"], args):
             log.warning("%s (python -m train.audit)", cue_warning(name, cue))
 
-    spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill)
+    spec = PreprocessSpec(args.image_size, args.colour_constancy, frame_fill=args.frame_fill,
+                          hair_removal=getattr(args, "hair_removal", False))
     drawn, moved = dataset, np.array([], dtype=int)  # the splits as this run uses them
     if args.val_from_train:
         drawn, moved = data_mod.with_validation_from_train(dataset, args.val_from_train, args.seed)
