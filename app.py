@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 from flask import Flask
@@ -87,12 +88,17 @@ def instance_secret(folder: Path) -> str:
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    except FileExistsError:
-        pass
+    if not path.exists():  # written whole under a name of its own, then linked in: no worker reads it half-written
+        fd, draft = tempfile.mkstemp(prefix=".secret_key.", dir=folder)  # readable by this user only
+        draft = Path(draft)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(draft, path)  # fails if another worker linked its key first; then that one is everyone's
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     return path.read_text().strip()
 
 

@@ -257,3 +257,29 @@ def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, be
     page = upload(client, "/predict", [("inked.jpg", benign_jpeg)]).get_data(as_text=True)
     assert 'id="cautions"' in page and "skin-marker ink is visible" in page
     assert 'id="cautions"' not in upload(client, "/predict", [("plain.jpg", malignant_jpeg)]).get_data(as_text=True)
+
+
+def test_workers_starting_together_share_one_whole_secret_key(tmp_path, monkeypatch):
+    """Two workers start on a fresh machine: the second looks for the key while the first is still making it. It
+    must get the first's key or its own, whole, and both must end with the same one (an empty key broke every page's
+    form: no session without one)."""
+    import threading
+
+    import app as app_module
+
+    token_hex, seen = app_module.secrets.token_hex, []
+
+    def slow_first_key(n):
+        if not seen:  # the first worker, mid-way through making its key, lets a second worker start
+            seen.append("first")
+            second = threading.Thread(target=lambda: seen.append(app_module.instance_secret(tmp_path)))
+            second.start()
+            second.join(timeout=10)
+        return token_hex(n)
+
+    monkeypatch.setattr(app_module.secrets, "token_hex", slow_first_key)
+    first = app_module.instance_secret(tmp_path)
+    assert len(seen) == 2 and len(first) == 64
+    assert seen[1] == first
+    assert (tmp_path / "secret_key").read_text() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]  # no drafts left behind
