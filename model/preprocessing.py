@@ -166,9 +166,14 @@ CORNER = 6 / 64  # side of each corner patch, as a share of the image side
 DARK_CORNERS = 0.5  # share of the corner patches' pixels that must be near black
 
 
+def _luminance(arr: np.ndarray) -> np.ndarray:
+    """The luminance of an RGB array (ITU-R 601, as Pillow's "L"), 0-255 as float."""
+    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+
+
 def _near_black(arr: np.ndarray) -> np.ndarray:
-    """Pixels of an RGB array whose luminance (ITU-R 601, as Pillow's "L") is below NEAR_BLACK."""
-    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 < NEAR_BLACK
+    """Pixels of an RGB array whose luminance is below NEAR_BLACK."""
+    return _luminance(arr) < NEAR_BLACK
 
 
 def _corners(a: np.ndarray) -> np.ndarray:
@@ -212,7 +217,6 @@ HAIR_CLOSING = 1 / 48  # radius of the closing's disk, as a share of the side (5
 HAIR_CONTRAST = 15.0  # luminance (0-255) by which a pixel must be darker than its closing to be a hair candidate
 HAIR_MIN_LENGTH = 1 / 10  # a hair is a dark strand at least this long (share of the side)...
 HAIR_MAX_WIDTH = 1 / 40  # ...and on average at most this wide: globules, dots and pigment network are not
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -232,7 +236,7 @@ def hair_mask(arr: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     side = min(arr.shape[:2])
-    gray = arr.astype(np.float32) @ _LUMA
+    gray = _luminance(arr)
     dark = ndimage.grey_closing(gray, footprint=_disk(max(2, round(side * HAIR_CLOSING)))) - gray > HAIR_CONTRAST
     labels, n = ndimage.label(dark, structure=np.ones((3, 3)))
     if n == 0:

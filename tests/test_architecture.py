@@ -74,6 +74,7 @@ def test_train_batchnorm_fine_tunes_the_statistics_of_the_unfrozen_blocks_only()
     assert not np.allclose(np.array(upper.moving_variance), before[0])  # statistics re-estimated from the batch
     np.testing.assert_array_equal(np.array(lower.moving_variance), before[1])  # a frozen block keeps its own
 
+
 def test_gem_pooling_is_the_generalised_mean_with_a_learned_exponent():
     x = np.random.default_rng(0).uniform(0, 6, (2, 4, 5, 3)).astype("float32")
     x[0, 0, 0, 0] = -1.0  # clamped to eps, as a swish map's small negatives would be
