@@ -22,7 +22,7 @@ import numpy as np
 from keras import layers
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_b0")
-POOLINGS = {"avg": "avg_pool", "gem": "gem_pool"}  # --pooling -> the name of the layer that starts the head
+POOLINGS = {"avg": "avg_pool", "gem": "gem_pool", "attention": "attention_pool"}  # --pooling -> the name of the layer that starts the head
 LAST_CONV_LAYER = "top_activation"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MELANOMA_WEIGHTS_DIR", REPO_ROOT.parent / "shared" / "weights"))
@@ -163,6 +163,44 @@ class GeMPooling(layers.Layer):
         return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
 
 
+@keras.saving.register_keras_serializable(package="melanoma")
+class AttentionPooling(layers.Layer):
+    """Attention pooling: a weighted average of the last feature map, with weights learned per position.
+    Each position's vector scores itself through a small gated network (Ilse et al. 2018,
+    score = w . (tanh(V x) * sigmoid(U x))), and a softmax over the map turns the scores into weights.
+    `w` starts at zero, so every position starts with the same weight and the layer starts as global average pooling:
+    training moves it away from the average only as far as that helps."""
+
+    def __init__(self, units: int = 128, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        glorot = keras.initializers.GlorotUniform(seed=0)
+        self.v = self.add_weight(name="v", shape=(channels, self.units), initializer=glorot)
+        self.u = self.add_weight(name="u", shape=(channels, self.units), initializer=glorot)
+        self.w = self.add_weight(name="w", shape=(self.units,), initializer="zeros")
+
+    def weights_map(self, x):
+        """The softmax weights over the map, shape (batch, height, width); they sum to 1 per image."""
+        gated = keras.ops.tanh(keras.ops.matmul(x, self.v)) * keras.ops.sigmoid(keras.ops.matmul(x, self.u))
+        scores = keras.ops.tensordot(gated, self.w, axes=1)
+        shape = keras.ops.shape(scores)
+        flat = keras.ops.softmax(keras.ops.reshape(scores, (shape[0], -1)), axis=-1)
+        return keras.ops.reshape(flat, shape)
+
+    def call(self, x):
+        weights = keras.ops.cast(self.weights_map(x), x.dtype)
+        return keras.ops.sum(x * weights[..., None], axis=(1, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
 def build_model(
     backbone: str = "efficientnet_lite0",
     weights: str | None = "imagenet",
@@ -177,7 +215,8 @@ def build_model(
 
     `drop_connect_rate` is stochastic depth: each residual block of the backbone is skipped in training with a
     chance rising linearly from 0 at the first block to this rate at the last.
-    `pooling` is how the last feature map becomes one vector: "avg" (global average) or "gem" (`GeMPooling`).
+    `pooling` is how the last feature map becomes one vector: "avg" (global average), "gem" (`GeMPooling`) or
+    "attention" (`AttentionPooling`).
     `class_prior` (benign, malignant) initialises the output bias to the log prior, so the
     untrained head already predicts the base rate (the imbalance is handled there, not by
     reweighting, which would distort calibration).
@@ -205,6 +244,8 @@ def build_model(
                     layer.rate = layer.rate * drop_connect_rate / DROP_CONNECT
     if pooling == "gem":
         x = GeMPooling(name=POOLINGS["gem"])(features)
+    elif pooling == "attention":
+        x = AttentionPooling(name=POOLINGS["attention"])(features)
     else:
         x = layers.GlobalAveragePooling2D(name=POOLINGS["avg"])(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)

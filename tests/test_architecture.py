@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.architecture import (LAST_CONV_LAYER, GeMPooling, backbone_layers, build_model, freeze_backbone,
+from model.architecture import (LAST_CONV_LAYER, AttentionPooling, GeMPooling, backbone_layers, build_model, freeze_backbone,
                                 load_npz_weights, unfreeze_top_blocks)
 from tests.conftest import SHARED_WEIGHTS
 
@@ -86,6 +86,38 @@ def test_gem_pooling_is_the_generalised_mean_with_a_learned_exponent():
     layer = GeMPooling(p=3.0)
     layer(x)
     assert [w.name for w in layer.trainable_weights] == ["p"]  # one exponent, learned with the head
+
+
+def test_attention_pooling_starts_as_the_average_and_learns_where_to_look():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 6, (2, 4, 5, 3)).astype("float32")
+    layer = AttentionPooling(units=8)
+    np.testing.assert_allclose(layer(x).numpy(), x.mean(axis=(1, 2)), rtol=1e-5)  # w = 0: every position alike
+    assert sorted(w.name for w in layer.trainable_weights) == ["u", "v", "w"]
+    layer.w.assign(rng.normal(0, 3, 8).astype("float32"))
+    weights = layer.weights_map(x).numpy().astype("float64")
+    assert weights.shape == (2, 4, 5) and weights.min() > 0
+    np.testing.assert_allclose(weights.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    gated = np.tanh(x @ layer.v.numpy()) / (1 + np.exp(-(x @ layer.u.numpy())))
+    scores = gated @ layer.w.numpy()
+    expected = np.exp(scores) / np.exp(scores).sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(weights, expected, rtol=1e-4)
+    np.testing.assert_allclose(layer(x).numpy(), np.einsum("bhwc,bhw->bc", x, expected), rtol=1e-4)
+    assert not np.allclose(layer(x).numpy(), x.mean(axis=(1, 2)), rtol=1e-3)  # no longer the average
+
+
+def test_attention_head_saves_and_loads_with_identical_outputs(tmp_path):
+    avg = build_model("efficientnet_lite0", weights="none", image_size=64)
+    model = build_model("efficientnet_lite0", weights="none", image_size=64, pooling="attention")
+    assert [l.name for l in backbone_layers(model)] == [l.name for l in backbone_layers(avg)]
+    assert model.get_layer("attention_pool").output.shape == (None, 1280)
+    pool = model.get_layer("attention_pool")
+    pool.w.assign(np.random.default_rng(2).normal(0, 1, pool.units).astype("float32"))
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    model.save(tmp_path / "attention.keras")
+    loaded = keras.models.load_model(tmp_path / "attention.keras", compile=False)
+    assert isinstance(loaded.get_layer("attention_pool"), AttentionPooling)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_gem_head_saves_loads_and_leaves_the_backbone_split_alone(tmp_path):

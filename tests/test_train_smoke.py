@@ -417,6 +417,17 @@ def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(tiny_data, tmp_
     assert p != 3.0  # learned from its start
 
 
+def test_attention_pooling_trains_and_ships_in_the_bundle(tiny_data, tmp_path):
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+        "--pooling", "attention", "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
+    assert bundle.card["training"]["arguments"]["pooling"] == "attention"
+    assert np.abs(bundle.model.get_layer("attention_pool").w.numpy()).max() > 0  # moved from the average
+
+
 def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",

@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
     g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
     g.add_argument("--pooling", choices=tuple(POOLINGS), default="avg",
-                   help="how the last feature map becomes the head's input: global average, or generalised mean "
-                        "with a learned exponent (GeM, starting at 3) (default: avg)")
+                   help="how the last feature map becomes the head's input: global average, generalised mean "
+                        "with a learned exponent (GeM, starting at 3), or a learned weighted average over positions "
+                        "(gated attention, starting as the average) (default: avg)")
     g.add_argument("--drop-connect", type=float, default=DROP_CONNECT, metavar="RATE",
                    help="stochastic depth: the backbone's residual blocks are skipped in training with a chance "
                         f"rising linearly to RATE at the last block, as EfficientNet was pretrained (default: "
