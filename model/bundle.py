@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from model import architecture as _architecture  # noqa: F401  registers GeMPooling for load_model
+from model import architecture as _architecture  # noqa: F401  registers the pooling layers for load_model
 
 CLASS_NAMES = ("benign", "malignant")
 REPO_ROOT = Path(__file__).resolve().parent.parent

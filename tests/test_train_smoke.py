@@ -405,6 +405,34 @@ def test_momentum_swaps_adamw_for_nesterov_sgd():
                       keras.optimizers.AdamW)
 
 
+def test_layer_decay_gives_each_block_its_share_of_the_rate():
+    """--layer-decay 0.5: Adam's first step moves a weight by its learning rate whatever the gradient's size, so the
+    head moves by lr, block 7 by lr/2, block 6 by lr/4 and the stem by lr/2^8; 1 leaves plain AdamW."""
+    args = argparse.Namespace(lr=0.1, epochs=1, warmup_epochs=0, weight_decay=0.0, ema=0.0, clip_norm=0.0,
+                              layer_decay=0.5)
+    optimizer = fine_tune_optimizer(args, steps=10**6)  # the rate stays 0.1 over these steps
+    names = {"head_dense": 1.0, "top_conv": 1.0, "block7a_project_conv": 0.5, "block6c_dwconv": 0.25,
+             "block2a_expand_conv": 0.5 ** 6, "stem_conv": 0.5 ** 8}
+    weights = [keras.Variable(np.zeros(2, np.float32), name=name) for name in names]
+    optimizer.apply_gradients([(tf.constant([3.0, -0.01]), w) for w in weights])
+    for w, scale in zip(weights, names.values()):
+        np.testing.assert_allclose(w.numpy(), [-0.1 * scale, 0.1 * scale], rtol=1e-3)
+    plain = fine_tune_optimizer(argparse.Namespace(**{**vars(args), "layer_decay": 1.0}), steps=10)
+    assert type(plain) is keras.optimizers.AdamW
+
+
+def test_layer_decay_runs_from_the_command_line(tiny_data, tmp_path):
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--layer-decay", "0.7",
+        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    assert bundle.card["training"]["arguments"]["layer_decay"] == 0.7
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--layer-decay", "1.5"])
+
+
 def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(tiny_data, tmp_path):
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",

@@ -149,6 +149,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "themselves, which seeks flat minima (e.g. 0.05); two forward and backward passes per step "
                         "(default: 0, off)")
     g.add_argument("--unfreeze-from", type=int, default=2, help="first backbone block fine-tuned, 0 = stem (default: 2)")
+    g.add_argument("--layer-decay", type=float, default=1.0, metavar="FACTOR",
+                   help="layer-wise learning rates in fine-tuning: the head and the top convolution get --lr, block 7 "
+                        "FACTOR times it, block 6 FACTOR^2 times, and so on down (e.g. 0.7); lower blocks hold more "
+                        "general features and move less (default: 1, one rate for all)")
     g.add_argument("--train-batchnorm", action="store_true",
                    help="fine-tune the BatchNormalization layers of those blocks too: scale and offset learnt, "
                         "statistics re-estimated on the training images instead of ImageNet's (default: frozen; "
@@ -207,6 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--auc-loss is the ranking loss's weight, 0 (off) or more (e.g. 0.5), not {args.auc_loss}")
     if not 0.0 <= args.malignant_share < 1.0:
         p.error(f"--malignant-share is a chance in [0, 1) (0 = off, e.g. 0.5), not {args.malignant_share}")
+    if not 0.0 < args.layer_decay <= 1.0:
+        p.error(f"--layer-decay is a factor per block in (0, 1] (1 = off, e.g. 0.7), not {args.layer_decay}")
     if not 0.0 <= args.momentum < 1.0:
         p.error(f"--momentum is SGD's momentum, 0 (off: AdamW) up to but not 1 (e.g. 0.9), not {args.momentum}")
     if args.focal_gamma < 0.0:
@@ -464,18 +470,64 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
         return rates[id(step)]
 
 
+def layer_rate_scale(variable_path: str, decay: float) -> float:
+    """The share of the learning rate a weight gets under --layer-decay: 1 for the head and the top convolution,
+    decay for block 7, decay^2 for block 6, ... decay^8 for the stem."""
+    layer = variable_path.split("/")[0]
+    if layer.startswith("block") and layer[5:6].isdigit():
+        return decay ** (8 - int(layer[5]))
+    if layer.startswith("stem"):
+        return decay ** 8
+    return 1.0
+
+
+class LayerwiseRates:
+    """Mixed into a Keras optimizer: each variable's steps use the learning rate times its own scale, fixed when the
+    optimizer is built from the variables' paths (`layer_rate_scale`). Weight decay stays decoupled at the base
+    rate."""
+
+    def __init__(self, *args, layer_decay: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer_decay = float(layer_decay)
+
+    def build(self, var_list):
+        self._rate_scales = [layer_rate_scale(v.path, self.layer_decay) for v in var_list]
+        super().build(var_list)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._rate_scales[self._get_variable_index(variable)]
+        return super().update_step(gradient, variable, ops.cast(learning_rate, variable.dtype) * scale)
+
+    def get_config(self):
+        return {**super().get_config(), "layer_decay": self.layer_decay}
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class LayerwiseAdamW(LayerwiseRates, keras.optimizers.AdamW):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class LayerwiseSGD(LayerwiseRates, keras.optimizers.SGD):
+    pass
+
+
 def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
     """AdamW (or SGD with Nesterov momentum, --momentum) for stage 2: linear warm-up to --lr over --warmup-epochs,
-    then cosine decay to 1% of it; weight decay, the weights' moving average (--ema) and gradient clipping
-    (--clip-norm) as asked."""
+    then cosine decay to 1% of it; weight decay, the weights' moving average (--ema), gradient clipping
+    (--clip-norm) and layer-wise rates (--layer-decay) as asked."""
     schedule = WarmupCosineDecay(
         initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
         warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
     shared = dict(weight_decay=args.weight_decay, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99,
                   global_clipnorm=clip_norm(args))
+    sgd, adamw = keras.optimizers.SGD, keras.optimizers.AdamW
+    if getattr(args, "layer_decay", 1.0) < 1.0:
+        sgd, adamw = LayerwiseSGD, LayerwiseAdamW
+        shared["layer_decay"] = args.layer_decay
     if getattr(args, "momentum", 0.0) > 0:
-        return keras.optimizers.SGD(schedule, momentum=args.momentum, nesterov=True, **shared)
-    return keras.optimizers.AdamW(schedule, **shared)
+        return sgd(schedule, momentum=args.momentum, nesterov=True, **shared)
+    return adamw(schedule, **shared)
 
 
 def training_loss(args) -> keras.losses.Loss:
