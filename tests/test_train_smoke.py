@@ -422,37 +422,24 @@ def test_layer_decay_gives_each_block_its_share_of_the_rate():
 
 
 def test_layer_decay_runs_from_the_command_line(tiny_data, tmp_path):
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--layer-decay", "0.7",
-        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
-    ])
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
-    assert bundle.card["training"]["arguments"]["layer_decay"] == 0.7
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--layer-decay", "0.7")
+    assert card["training"]["arguments"]["layer_decay"] == 0.7
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--layer-decay", "1.5"])
 
 
 def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(tiny_data, tmp_path):
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--pooling", "gem",
-        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
-    ])
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--pooling", "gem")
+    assert card["training"]["arguments"]["pooling"] == "gem"
     bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
-    assert bundle.card["training"]["arguments"]["pooling"] == "gem"
     p = float(bundle.model.get_layer("gem_pool").p.numpy())
     assert p != 3.0  # learned from its start
 
 
 def test_attention_pooling_trains_and_ships_in_the_bundle(tiny_data, tmp_path):
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-        "--pooling", "attention", "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
-    ])
+    card = _one_epoch_run(tiny_data, tmp_path / "run", "--pooling", "attention")
+    assert card["training"]["arguments"]["pooling"] == "attention"
     bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
-    assert bundle.card["training"]["arguments"]["pooling"] == "attention"
     assert np.abs(bundle.model.get_layer("attention_pool").w.numpy()).max() > 0  # moved from the average
 
 
