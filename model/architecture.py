@@ -22,7 +22,8 @@ import numpy as np
 from keras import layers
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_b0")
-POOLINGS = {"avg": "avg_pool", "gem": "gem_pool", "attention": "attention_pool"}  # --pooling -> the name of the layer that starts the head
+# --pooling -> the name of the layer that starts the head
+POOLINGS = {"avg": "avg_pool", "gem": "gem_pool", "attention": "attention_pool"}
 LAST_CONV_LAYER = "top_activation"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MELANOMA_WEIGHTS_DIR", REPO_ROOT.parent / "shared" / "weights"))
@@ -201,6 +202,9 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+POOLING_LAYERS = {"avg": layers.GlobalAveragePooling2D, "gem": GeMPooling, "attention": AttentionPooling}
+
+
 def build_model(
     backbone: str = "efficientnet_lite0",
     weights: str | None = "imagenet",
@@ -242,12 +246,7 @@ def build_model(
             for layer in base.layers:
                 if layer.name.endswith("_drop") and layer.name.startswith("block"):
                     layer.rate = layer.rate * drop_connect_rate / DROP_CONNECT
-    if pooling == "gem":
-        x = GeMPooling(name=POOLINGS["gem"])(features)
-    elif pooling == "attention":
-        x = AttentionPooling(name=POOLINGS["attention"])(features)
-    else:
-        x = layers.GlobalAveragePooling2D(name=POOLINGS["avg"])(features)
+    x = POOLING_LAYERS[pooling](name=POOLINGS[pooling])(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout_2")(x)
@@ -271,7 +270,8 @@ def backbone_layers(model: keras.Model) -> list:
     return model.layers[1:start]
 
 
-def _block_index(layer_name: str) -> float:
+def block_index(layer_name: str) -> float:
+    """The backbone block a layer belongs to, from its name: 1-7, infinity for the top convolution, 0 for the stem."""
     if layer_name.startswith("block"):
         return int(layer_name[5])
     if layer_name.startswith("top"):
@@ -293,7 +293,7 @@ def unfreeze_top_blocks(model: keras.Model, from_block: int = 1, freeze_batchnor
     count = 0
     for layer in backbone_layers(model):
         is_bn = isinstance(layer, layers.BatchNormalization)
-        trainable = _block_index(layer.name) >= from_block and not (is_bn and freeze_batchnorm)
+        trainable = block_index(layer.name) >= from_block and not (is_bn and freeze_batchnorm)
         layer.trainable = trainable
         count += bool(trainable and layer.weights)
     return count

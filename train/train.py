@@ -30,7 +30,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from model.architecture import BACKBONES, DROP_CONNECT, POOLINGS, build_model, freeze_backbone, unfreeze_top_blocks
+from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, block_index, build_model, freeze_backbone,
+                                unfreeze_top_blocks)
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
@@ -474,11 +475,9 @@ def layer_rate_scale(variable_path: str, decay: float) -> float:
     """The share of the learning rate a weight gets under --layer-decay: 1 for the head and the top convolution,
     decay for block 7, decay^2 for block 6, ... decay^8 for the stem."""
     layer = variable_path.split("/")[0]
-    if layer.startswith("block") and layer[5:6].isdigit():
-        return decay ** (8 - int(layer[5]))
-    if layer.startswith("stem"):
-        return decay ** 8
-    return 1.0
+    if not layer.startswith(("block", "stem")):
+        return 1.0  # the head and the top convolution
+    return decay ** (8 - block_index(layer))
 
 
 class LayerwiseRates:
