@@ -34,7 +34,9 @@ def dihedral_views(batch: np.ndarray, n_views: int) -> np.ndarray:
 def calibrated_malignant_probability(probs: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
     """Temperature scaling on the network's softmax, softmax(log(p) / T)[:, malignant], with `bias` added to the
     malignant logit first (0 unless the bundle was calibrated with `--calibration platt`)."""
-    logits = np.log(np.clip(probs, 1e-7, 1.0)) / temperature
+    # in float64: the network's float32 softmax holds scores a few ulps apart, and float32 arithmetic here would
+    # round some of them into ties, so a bias or a temperature could reorder images (and move the AUC)
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)) / temperature
     logits[:, CLASS_NAMES.index("malignant")] += bias
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)

@@ -70,6 +70,18 @@ def test_temperature_softens_without_reordering():
     assert list(np.argsort(hot)) == list(np.argsort(probs[:, 1]))
 
 
+def test_calibration_keeps_float32_scores_a_few_ulps_apart_in_order():
+    # a barely trained network gives float32 softmax scores one or two ulps apart; float32 arithmetic in the
+    # calibration rounded some into ties (or apart), so a Platt bias moved the validation AUC (a flaky CI failure)
+    m = np.float32(0.4137) + np.arange(12, dtype=np.float32) * np.spacing(np.float32(0.4137))
+    probs = np.stack([np.float32(1) - m, m], axis=1).astype(np.float32)
+    log_odds = np.log(probs[:, 1].astype(np.float64)) - np.log(probs[:, 0].astype(np.float64))
+    for temperature, bias in ((1.0, 0.0), (1.0, -0.002), (0.94, 0.3), (2.5, -1.0)):
+        p = calibrated_malignant_probability(probs, temperature, bias)
+        assert p.dtype == np.float64 and len(np.unique(p)) == len(np.unique(log_odds))
+        assert list(np.argsort(p, kind="stable")) == list(np.argsort(log_odds, kind="stable"))
+
+
 def test_a_logit_bias_shifts_the_log_odds_after_the_temperature(tiny_bundle):
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
     log_odds = np.log(probs[:, 1] / probs[:, 0])

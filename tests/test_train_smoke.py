@@ -205,18 +205,20 @@ def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained
     assert platt["calibration_method"] == "platt" and platt["logit_bias"] != 0.0
     assert "--calibration platt" in platt["calibration"]["command"]
     # the bias is fitted with the temperature on val, and serving applies both: the predictor reproduces the card's
-    # validation sensitivity at its threshold, and the ranking (AUC) is the temperature-only fit's
+    # validation sensitivity at its threshold, and the ranking (AUC) is the temperature-only fit's (below)
     predictor = Predictor(load_bundle(bundle))
     assert predictor.logit_bias == platt["logit_bias"]
     val = sorted((tiny_data / "val").rglob("*.png"))
     y = np.array([p.parent.name == "malignant" for p in val])
     p = predictor.probability(np.stack([predictor.preprocess(v) for v in val]))
     assert np.mean(p[y] >= platt["threshold"]) == pytest.approx(platt["validation"]["sensitivity"])
-    assert platt["validation"]["roc_auc"] == pytest.approx(before["validation"]["roc_auc"])
-    # back to a temperature alone: the bias goes back to 0
+    # back to a temperature alone: the bias goes back to 0, and the validation ranking is the one the bias had (both
+    # fits score the same forward pass; the training-time card's came from another, which for this barely trained
+    # network can differ in the last bit)
     calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--calibration", "temperature"])
     again = load_card(bundle)
     assert again["logit_bias"] == 0.0 and again["calibration"]["before"]["calibration_method"] == "platt"
+    assert platt["validation"]["roc_auc"] == pytest.approx(again["validation"]["roc_auc"])
     assert abs(again["temperature"] - before["temperature"]) < 1e-3
 
 

@@ -11,7 +11,7 @@ from model.bundle import CLASS_NAMES
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The temperature T minimising the negative log-likelihood of softmax(log(p) / T) (Guo et al. 2017)."""
-    logp = np.log(np.clip(probs, 1e-7, 1.0))
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0))
 
     def nll(log_t: float) -> float:
         z = logp / np.exp(log_t)
@@ -27,7 +27,7 @@ def fit_temperature_and_bias(probs: np.ndarray, y: np.ndarray) -> tuple[float, f
     """The temperature T and bias b minimising the negative log-likelihood of sigmoid(s / T + b), where s is the
     network's log-odds of malignancy (Platt scaling, Platt 1999). The bias moves the offset of the log-odds, which
     a temperature alone cannot, and which a loss on differences of log-odds (`--auc-loss`) leaves free."""
-    logp = np.log(np.clip(probs, 1e-7, 1.0))
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0))
     s = logp[:, 1] - logp[:, 0]
     y = np.asarray(y, dtype=np.float64)
 
