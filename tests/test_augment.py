@@ -1,5 +1,6 @@
 """Training-time augmentation: active only in training, shapes kept, ink and dermoscope rings painted where asked."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras
@@ -206,6 +207,30 @@ def test_geometry_draws_every_flip_and_turn_and_zooms_in_its_range_in_training_o
     out = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(4).map(lambda a: layer(a, training=True)))).numpy()
     assert out.shape == x.shape and np.isfinite(out).all()
     assert RandomGeometry.from_config(crop.get_config()).width_zoom == (-0.35, 0.05)
+
+
+def test_right_angles_snap_that_share_of_turns_to_quarter_turns_and_leave_the_other_draws_alone():
+    plain, snapped = RandomGeometry((-0.25, 0.1), seed=3), RandomGeometry((-0.25, 0.1), seed=3, right_angle_share=0.5)
+    flip, angle, zoom_y, _ = (np.asarray(v) for v in plain.draw(4000))
+    s_flip, s_angle, s_zoom_y, _ = (np.asarray(v) for v in snapped.draw(4000))
+    np.testing.assert_array_equal(s_flip, flip)
+    np.testing.assert_array_equal(s_zoom_y, zoom_y)
+    quarter = np.isclose(np.remainder(s_angle, np.pi / 2), 0, atol=1e-5) | np.isclose(
+        np.remainder(s_angle, np.pi / 2), np.pi / 2, atol=1e-5)
+    kept = np.isclose(s_angle, angle)
+    assert abs(quarter.mean() - 0.5) < 0.03 and (quarter | kept).all()
+    assert np.abs(s_angle[quarter] - angle[quarter]).max() <= np.pi / 4 + 1e-5  # the nearest quarter turn
+    assert len(np.unique(np.round(s_angle[quarter], 4))) == 5  # -pi, -pi/2, 0, pi/2, pi
+    # a quarter turn keeps the image's own corners: no mirrored border, unlike a turn of 45 degrees
+    x = _images(n=1, size=16, seed=1)
+    ones, zeros = np.ones(1), np.zeros(1)
+    turned = _warp(x, zeros, np.full(1, np.pi / 2), ones, ones)
+    assert any(np.allclose(turned, np.rot90(x, k, axes=(1, 2)), atol=1e-3) for k in (1, 3))
+    assert RandomGeometry.from_config(snapped.get_config()).right_angle_share == 0.5
+    assert build_augmenter(seed=5, right_angles=0.5).layers[0].right_angle_share == 0.5
+    assert build_augmenter(seed=5).layers[0].right_angle_share == 0.0
+    with pytest.raises(ValueError, match="right_angle_share"):
+        RandomGeometry(right_angle_share=1.5)
 
 
 def test_saturation_and_hue_give_each_image_its_own_adjustment():
