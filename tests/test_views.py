@@ -1,0 +1,65 @@
+"""Single turned views: the turn is training's resampling, and the shipped model is scored through it."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from conftest import lesion_fixtures
+from model.bundle import DEFAULT_BUNDLE, load_bundle
+from model.inference import Predictor
+from train import views
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor(load_bundle(DEFAULT_BUNDLE))
+
+
+def test_turn_is_the_identity_at_0_a_grid_rotation_at_90_and_mirrors_the_corners_at_45():
+    x = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)
+    np.testing.assert_allclose(views.turn(x, 0.0), x, atol=1e-3)
+    quarter = views.turn(x, 90.0)
+    assert any(np.allclose(quarter, np.rot90(x, k, axes=(1, 2)), atol=1e-3) for k in (1, 3))
+    band = np.zeros((1, 33, 33, 3), np.uint8)
+    band[:, 4:9, :] = 255  # a bright band near the top: turned 45 degrees, the top-left corner samples 6.6 rows
+    turned = views.turn(band, 45.0)  # above the image, which the mirrored border brings back into the band
+    assert band[0, 0, 0].max() == 0 and turned[0, 0, 0].min() > 200 and turned[0, 16, 16].max() < 1
+    assert views.parse_view("45@0.925") == (45.0, 0.925) and views.parse_view(" 22.5 ") == (22.5, 1.0)
+    with pytest.raises(ValueError, match="zoom"):
+        views.parse_view("45@0")
+
+
+def test_views_score_the_shipped_model_as_its_predictor_does_on_the_turned_images(shipped):
+    paths = lesion_fixtures("benign") + lesion_fixtures("malignant")
+    y = np.array([0] * len(lesion_fixtures("benign")) + [1] * len(lesion_fixtures("malignant"))) == 1
+    x = np.stack([shipped.preprocess(p.read_bytes()) for p in paths])
+    report = views.score_views(shipped, x, y, ["0", "90", "45"], bootstrap=50)
+    upright = shipped.probability(x)
+    assert report["upright_auc"] == pytest.approx(skm.roc_auc_score(y, upright))
+    assert report["views"]["0"]["roc_auc"] == pytest.approx(report["upright_auc"])
+    assert report["views"]["0"]["auc_change_ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    # a quarter turn of the pixel grid: the same scores as the predictor's own on the rotated uint8 images
+    quarter = views.log_odds(shipped, views.turn(x, 90.0))
+    rotated = [views.log_odds(shipped, np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))) for k in (1, 3)]
+    assert any(np.allclose(quarter, r, atol=1e-3) for r in rotated)
+    assert report["views"]["90"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, quarter))
+    turned = views.log_odds(shipped, views.turn(x, 45.0))
+    assert not np.allclose(turned, views.log_odds(shipped, x), atol=1e-2)  # a 45-degree view is another view
+    assert report["views"]["45"]["roc_auc_with_upright"] == pytest.approx(
+        skm.roc_auc_score(y, (views.log_odds(shipped, x) + turned) / 2))
+
+
+def test_views_command_writes_its_report_and_refuses_a_bad_view(tiny_data, tmp_path, capsys):
+    out = tmp_path / "views.json"
+    report = views.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--split", "test",
+                         "--views", "45,90@0.9", "--bootstrap", "20", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report)) and written["split"] == "test"
+    result = written["results"][str(DEFAULT_BUNDLE)]
+    assert result["images"] == 12 and set(result["views"]) == {"45", "90@0.9"}
+    assert result["views"]["90@0.9"]["zoom"] == 0.9
+    assert "upright AUC" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        views.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--views", "45@-1"])
+    assert refused.value.code == 2 and "--views" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""Does a bundle rank turned images better than upright ones? The AUC of single turned or zoomed views.
+
+    python -m train.views --model model/shipped/melanoma_efficientnet.keras --data ../shared/data/isic2017
+
+Training turns nearly every image through an angle drawn from the whole circle and fills the corners with the
+mirrored border, so an upright image, with its own corners, is the rarer sight. For each `--model` and each view
+this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by the
+training augmentation's own resampling: bilinear, mirrored at the border) and reports the ROC AUC, its change from
+the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
+default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
+test split without the images that duplicate train or val.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+import keras
+
+from model.bundle import load_bundle
+from model.inference import Predictor
+from train import data as data_mod
+from train.augment import RandomGeometry
+from train.calibrate import validation_split
+from train.metrics import paired_auc_interval
+
+log = logging.getLogger("train.views")
+
+DEFAULT_VIEWS = "0,22.5,45,90,45@0.925"
+
+
+def parse_view(text: str) -> tuple[float, float]:
+    """"ANGLE" or "ANGLE@ZOOM" (degrees; ZOOM below 1 zooms in, as training's zoom) -> (angle, zoom)."""
+    angle, _, zoom = text.strip().partition("@")
+    value = (float(angle), float(zoom) if zoom else 1.0)
+    if not 0.0 < value[1] <= 2.0:
+        raise ValueError(f"a view's zoom is in (0, 2], not {value[1]}")
+    return value
+
+
+def turn(images: np.ndarray, angle_degrees: float, zoom: float = 1.0) -> np.ndarray:
+    """Every image turned by the angle and zoomed about its centre, as `RandomGeometry` does in training: float32."""
+    n = len(images)
+    zeros = np.zeros(n, np.float32)
+    matrix = RandomGeometry.transforms(zeros, zeros + np.deg2rad(angle_degrees), zeros + zoom, zeros + zoom,
+                                       images.shape[1], images.shape[2])
+    return np.asarray(keras.ops.image.affine_transform(images.astype(np.float32), matrix, interpolation="bilinear",
+                                                       fill_mode="reflect"))
+
+
+def log_odds(predictor: Predictor, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The network's log-odds of malignancy for each image (one view each; the ranking is the calibrated one's)."""
+    probs = np.concatenate([predictor.raw_probabilities(images[i : i + batch], tta_views=1)
+                            for i in range(0, len(images), batch)]).astype(np.float64)
+    probs = np.clip(probs, 1e-7, 1.0)
+    return np.log(probs[:, 1]) - np.log(probs[:, 0])
+
+
+def score_views(predictor: Predictor, x: np.ndarray, y: np.ndarray, views: list[str], bootstrap: int = 1000) -> dict:
+    upright = log_odds(predictor, x)
+    out = {"images": int(len(y)), "melanomas": int(y.sum()), "upright_auc": float(skm.roc_auc_score(y, upright)),
+           "views": {}}
+    for text in views:
+        angle, zoom = parse_view(text)
+        scores = log_odds(predictor, turn(x, angle, zoom))
+        auc = float(skm.roc_auc_score(y, scores))
+        change = paired_auc_interval(y, upright, scores, n=bootstrap)
+        both = float(skm.roc_auc_score(y, (upright + scores) / 2))
+        out["views"][text] = {"angle": angle, "zoom": zoom, "roc_auc": auc, "auc_change": auc - out["upright_auc"],
+                              "auc_change_ci95": change, "roc_auc_with_upright": both}
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.views", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, action="append", help="bundle .keras file; give it more than once")
+    parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--split", default="val", choices=("val", "test"),
+                        help="each bundle's own validation split, or the test split without duplicates (default: val)")
+    parser.add_argument("--views", default=DEFAULT_VIEWS,
+                        help=f"comma-separated views, ANGLE or ANGLE@ZOOM in degrees (default: {DEFAULT_VIEWS})")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
+    args = parser.parse_args(argv)
+    args.views = [v.strip() for v in args.views.split(",") if v.strip()]
+    try:
+        for view in args.views:
+            parse_view(view)
+    except ValueError as exc:
+        parser.error(f"--views: {exc}")
+    return args
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    if args.split == "test":
+        dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    results = {}
+    for model_path in args.model:
+        bundle = load_bundle(model_path)
+        predictor = Predictor(bundle)
+        split = (validation_split(dataset, bundle.card, args.data)[0] if args.split == "val"
+                 else dataset.split("test", drop_duplicates=True))
+        x, y = data_mod.load_images(split.paths, predictor.spec), np.asarray(split.labels) == 1
+        log.info("%s: %d %s images, %d views", model_path, len(y), args.split, len(args.views))
+        results[str(model_path)] = r = score_views(predictor, x, y, args.views, args.bootstrap)
+        print(f"{model_path} ({args.split}, {r['images']} images, {r['melanomas']} melanomas): upright AUC "
+              f"{r['upright_auc']:.4f}")
+        print(f"  {'view':12s} {'AUC':>7s} {'change [95% CI]':>26s} {'with upright':>13s}")
+        for text, v in r["views"].items():
+            lo, hi = v["auc_change_ci95"]
+            print(f"  {text:12s} {v['roc_auc']:7.4f} {v['auc_change']:+8.4f} [{lo:+.4f}, {hi:+.4f}] "
+                  f"{v['roc_auc_with_upright']:13.4f}")
+    if len(results) > 1:
+        for text in args.views:
+            changes = [r["views"][text]["auc_change"] for r in results.values()]
+            print(f"view {text}: mean change {np.mean(changes):+.4f} over {len(changes)} bundles, higher than upright "
+                  f"on {sum(c > 0 for c in changes)}")
+    out = Path(args.out or f"runs/views_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"command": "python -m train.views " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+              "split": args.split, "data": str(args.data), "results": results}
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
