@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,10 @@ def turn(images: np.ndarray, angle_degrees: float, zoom: float = 1.0) -> np.ndar
                                                        fill_mode="reflect"))
 
 
-def log_odds(predictor: Predictor, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The network's log-odds of malignancy for each image (one view each; the ranking is the calibrated one's)."""
-    probs = np.concatenate([predictor.raw_probabilities(images[i : i + batch], tta_views=1)
-                            for i in range(0, len(images), batch)]).astype(np.float64)
-    probs = np.clip(probs, 1e-7, 1.0)
+def log_odds(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """The network's log-odds of malignancy for each image (one view each; the ranking is the calibrated one's). The
+    predictor runs the forward pass in bounded chunks itself."""
+    probs = np.clip(predictor.raw_probabilities(images, tta_views=1).astype(np.float64), 1e-7, 1.0)
     return np.log(probs[:, 1]) - np.log(probs[:, 0])
 
 
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                   f"on {sum(c > 0 for c in changes)}")
     out = Path(args.out or f"runs/views_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python -m train.views " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    report = {"command": "python -m train.views " + " ".join(argv if argv is not None else sys.argv[1:]),
               "split": args.split, "data": str(args.data), "results": results}
     out.write_text(json.dumps(report, indent=2))
     print(f"written: {out}")
