@@ -188,3 +188,13 @@ def test_an_unknown_bank_view_is_refused_with_a_message(tmp_path, capsys):
         gate.main(["--model", str(tmp_path / "m.keras"), "--data", str(tmp_path), "--fit", "--bank-views", "blur,fog"])
     assert info.value.code == 2
     assert "unknown bank view fog; choose from blur, ring, exposure, or none" in capsys.readouterr().err
+
+
+def test_indeterminate_band_holds_the_threshold_when_validation_scores_sit_on_it():
+    # every score on the threshold gives a band of width 0, and the logit/sigmoid round trip landed its lower end an
+    # ulp above the threshold (a flaky CI failure)
+    from train.gate import indeterminate_band
+
+    threshold = 0.50003182305422
+    band = indeterminate_band(np.full(10, threshold), threshold, 0.15)
+    assert band[0] <= threshold <= band[1] and band[1] - band[0] < 1e-12
