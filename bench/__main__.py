@@ -191,15 +191,17 @@ def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
     """Milliseconds for one image's Grad-CAM (gradient pass) and for the overlay PNG the API returns."""
     from model.bundle import load_bundle
     from model.explain import GradCAM, overlay, png_base64
+    from model.turn import parse_turns
 
     bundle = load_bundle(model_path)
     cam = GradCAM(bundle.model)
+    turns = parse_turns(bundle.card.get("view_turns", [0.0]))  # the views the app's map averages
     size = bundle.model.input_shape[1]
     x = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), dtype=np.uint8)
-    heat = cam.heatmaps(x)[0]
+    heat = cam.heatmaps(x, turns)[0]
     start = time.perf_counter()
     for _ in range(repeats):
-        heat = cam.heatmaps(x)[0]
+        heat = cam.heatmaps(x, turns)[0]
     gradcam = (time.perf_counter() - start) / repeats
     image = np.random.default_rng(1).integers(0, 255, (450, 600, 3), dtype=np.uint8)
     start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 The map is computed from the last convolutional feature map (`top_activation`) of the same
 network that gives the verdict, for the malignant logit (log p_malignant - log p_benign),
-upsampled to the input and overlaid on the image with a colour scale.
+upsampled to the input and overlaid on the image with a colour scale. A bundle that averages turned views
+(`view_turns` in its card) gets the mean of every view's map, each turned back onto the upright image.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from model.architecture import LAST_CONV_LAYER
 from model.bundle import CLASS_NAMES
+from model.turn import turn
 
 
 class GradCAM:
@@ -37,9 +39,25 @@ class GradCAM:
         cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
         return cam
 
-    def heatmaps(self, batch: np.ndarray) -> np.ndarray:
-        """(B, h, w) maps in [0, 1] at the feature map's resolution (each map scaled by its own maximum)."""
-        cam = self._heatmaps(tf.constant(np.asarray(batch, np.float32))).numpy()
+    def heatmaps(self, batch: np.ndarray, turns: tuple[float, ...] = (0.0,)) -> np.ndarray:
+        """(B, h, w) maps in [0, 1] (each map scaled by its own maximum): at the feature map's resolution for the
+        upright view alone; for several `turns`, at the image's, the mean of the views' maps turned back upright
+        (where a turned view did not see a pixel, the mean is over the views that did)."""
+        batch = np.asarray(batch, np.float32)
+        if tuple(turns) == (0.0,):
+            return self._scaled(self._heatmaps(tf.constant(batch)).numpy())
+        size = batch.shape[1]
+        total = np.zeros(batch.shape[:3], np.float32)
+        seen = np.zeros_like(total)
+        for degrees in turns:
+            cam = self._heatmaps(tf.constant(turn(batch, degrees))).numpy()
+            up = tf.image.resize(cam[..., None], (size, size), method="bilinear").numpy()
+            total += turn(up, -degrees, fill="constant")[..., 0]
+            seen += turn(np.ones_like(up), -degrees, fill="constant")[..., 0]
+        return self._scaled(np.where(seen > 1e-3, total / np.maximum(seen, 1e-3), 0.0))
+
+    @staticmethod
+    def _scaled(cam: np.ndarray) -> np.ndarray:
         peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
         return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
 

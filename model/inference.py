@@ -17,6 +17,7 @@ from model.cues import cautions
 from model.gate import NOT_A_LESION, FeatureNeighbours, check_quality
 from model.preprocessing import PreprocessSpec, decode, normalise, preprocess, squash
 from model.runtime import make_forward
+from model.turn import parse_turns, turn
 
 DEFAULT_GATE_LAYER = "block5c_add"
 
@@ -66,6 +67,7 @@ class Predictor:
         self.temperature = float(card.get("temperature", 1.0))
         self.logit_bias = float(card.get("logit_bias", 0.0))
         self.tta_views = int(tta_views or card.get("tta_views", 1))
+        self.turns = parse_turns(card.get("view_turns", [0.0]))  # views averaged (degrees); the gate reads the first
         band = card.get("indeterminate_band")
         self.band = (float(band[0]), float(band[1])) if band else None
         gate = card.get("gate") or {}
@@ -96,22 +98,31 @@ class Predictor:
     def preprocess(self, data) -> np.ndarray:
         return preprocess(data, self.spec)
 
-    def raw_outputs(self, batch: np.ndarray, tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The network's softmax averaged over TTA views (B, 2), and the gate's pooled features of the plain view."""
+    def views(self, batch: np.ndarray, tta_views: int, turns: tuple[float, ...]) -> np.ndarray:
+        """Every view the verdict averages, view-major: for each turn, its `tta_views` flips and rotations."""
+        return np.concatenate([dihedral_views(turn(batch, t), tta_views) for t in turns], axis=0)
+
+    def raw_outputs(self, batch: np.ndarray, tta_views: int | None = None,
+                    turns: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's softmax averaged over the views (the card's turns, each with its TTA flips) (B, 2), and
+        the gate's pooled features of the first turn's plain view."""
         views = int(tta_views or self.tta_views)
+        turns = self.turns if turns is None else parse_turns(turns)
+        per_image = views * len(turns)
         batch = np.asarray(batch)
-        step = max(1, MAX_FORWARD_IMAGES // views)  # a whole split in one pass would hold every activation at once
+        step = max(1, MAX_FORWARD_IMAGES // per_image)  # a whole split in one pass would hold every activation
         probs, features = [], []
         for i in range(0, max(len(batch), 1), step):  # an empty batch still gets one (empty) pass
             chunk = batch[i : i + step]
-            p, f = self._forward(dihedral_views(chunk, views).astype(np.float32))
-            probs.append(average_views(np.asarray(p), views))
+            p, f = self._forward(self.views(chunk, views, turns))
+            probs.append(average_views(np.asarray(p), per_image))
             features.append(np.asarray(f)[: len(chunk)])
         return np.concatenate(probs), np.concatenate(features)
 
-    def raw_probabilities(self, batch: np.ndarray, tta_views: int | None = None) -> np.ndarray:
-        """The network's softmax for a uint8 batch (B, H, W, 3), averaged over TTA views: (B, 2)."""
-        return self.raw_outputs(batch, tta_views)[0]
+    def raw_probabilities(self, batch: np.ndarray, tta_views: int | None = None,
+                          turns: tuple[float, ...] | None = None) -> np.ndarray:
+        """The network's softmax for a uint8 batch (B, H, W, 3), averaged over the views: (B, 2)."""
+        return self.raw_outputs(batch, tta_views, turns)[0]
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         """The bundle's calibration (temperature, logit bias) applied to the network's softmax (B, 2)."""

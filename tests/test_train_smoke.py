@@ -222,6 +222,35 @@ def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained
     assert abs(again["temperature"] - before["temperature"]) < 1e-3
 
 
+def test_calibrate_with_view_turns_refits_on_the_views_the_predictor_then_serves(trained, tiny_data, tmp_path, capsys):
+    from model.bundle import copy_bundle, load_card
+    from model.inference import Predictor
+    from model.turn import turn
+    from train import calibrate
+
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    upright = Predictor(load_bundle(bundle))
+    calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--view-turns", "0,45"])
+    card = load_card(bundle)
+    assert card["view_turns"] == [0.0, 45.0] and "view_turns" not in card["calibration"]["before"]
+    assert "views [0.0, 45.0]" in capsys.readouterr().out
+    predictor = Predictor(load_bundle(bundle))
+    assert predictor.turns == (0.0, 45.0)
+    val = sorted((tiny_data / "val").rglob("*.png"))
+    y = np.array([p.parent.name == "malignant" for p in val])
+    x = np.stack([predictor.preprocess(v) for v in val])
+    p = predictor.probability(x)
+    assert np.mean(p[y] >= card["threshold"]) == pytest.approx(card["validation"]["sensitivity"])
+    # it serves the two views' mean (tests/test_turn.py: of what, with the shipped model; this barely trained
+    # network scores every image alike)
+    np.testing.assert_allclose(predictor.raw_probabilities(x), upright.raw_probabilities(x, turns=(0.0, 45.0)),
+                               atol=1e-6)
+    with pytest.raises(SystemExit) as refused:
+        calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--view-turns", "0,45,45"])
+    assert refused.value.code == 2 and "distinct" in capsys.readouterr().err
+    assert load_card(bundle) == card
+
+
 def test_calibrate_refuses_a_validation_split_without_melanomas(trained, tiny_data, tmp_path, capsys):
     import shutil
 

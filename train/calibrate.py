@@ -3,8 +3,10 @@
     python -m train.calibrate --model model/shipped/melanoma_efficientnet.keras --data ../shared/data/isic2017
 
 Training does this once at its end (`python -m train`); this command repeats it on a trained bundle,
-through the serving path, for a new threshold rule, another target sensitivity or a validation split
-from another clinic. It rewrites the model card (the network is untouched) and says so in the card.
+through the serving path, for a new threshold rule, another target sensitivity, a validation split
+from another clinic, or other views to serve (`--view-turns 45`: the image turned 45 degrees, resampled as
+training turns its images; `0,45`: that view and the upright one, averaged). The calibration is refit on what
+the bundle will then serve; the gate then reads the first view's features. It rewrites the model card (the network is untouched) and says so in the card.
 Refresh the card's test metrics afterwards with `python -m train.evaluate ... --update-card`.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from model.bundle import card_path, load_bundle
 from model.inference import Predictor
+from model.turn import parse_turns
 from train import data as data_mod
 from train.gate import indeterminate_band
 from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
@@ -60,8 +63,9 @@ def validation_split(dataset: data_mod.Dataset, card: dict, data) -> tuple[data_
 
 
 def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
-                command: str | None = None, calibration: str = "temperature") -> dict:
-    """Refit the operating point of the bundle at MODEL on DATA's validation split; returns the new card."""
+                command: str | None = None, calibration: str = "temperature", view_turns=None) -> dict:
+    """Refit the operating point of the bundle at MODEL on DATA's validation split (serving `view_turns` from now on,
+    when given); returns the new card."""
     bundle = load_bundle(model)
     predictor = Predictor(bundle)
     dataset = data_mod.discover(data, images, seed=seed)
@@ -70,7 +74,10 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
     y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
     x_val = data_mod.load_images(val.paths, predictor.spec)
     before = {k: card.get(k) for k in ("calibration_method", "temperature", "logit_bias", "threshold",
-                                       "target_sensitivity") if k in card}
+                                       "target_sensitivity", "view_turns") if k in card}
+    if view_turns is not None:
+        predictor.turns = parse_turns(view_turns)
+        card["view_turns"] = list(predictor.turns)
     point, p_val = operating_point(predictor, x_val, y_val, target_sensitivity, calibration)
     card.update(point)
     if "indeterminate_band" in card:
@@ -107,7 +114,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
                         help="temperature: one temperature on the log-odds; platt: a temperature and a bias, for "
                              "bundles trained with --auc-loss (default: temperature)")
+    parser.add_argument("--view-turns", default=None,
+                        help="views the bundle serves from now on, degrees separated by commas, averaged (e.g. 45, or "
+                             "0,45; the gate reads the first; default: keep the card's, or the upright view alone)")
     args = parser.parse_args(argv)
+    if args.view_turns is not None:
+        try:
+            args.view_turns = parse_turns(args.view_turns)
+        except ValueError as exc:
+            parser.error(f"--view-turns: {exc}")
     if not 0.0 < args.target_sensitivity < 1.0:
         parser.error(f"--target-sensitivity must be between 0 and 1, not {args.target_sensitivity}")
     return args
@@ -122,13 +137,13 @@ def main(argv=None) -> dict:
     command = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command,
-                           args.calibration)
+                           args.calibration, args.view_turns)
     except data_mod.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     v = card["validation"]
     print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}, "
-          f"logit bias {card['logit_bias']:.3f}; on validation: "
+          f"logit bias {card['logit_bias']:.3f}, views {card.get('view_turns', [0.0])}; on validation: "
           f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}. Refresh the test metrics with "
           f"python -m train.evaluate --model {args.model} --data {args.data} --update-card")
     return card

@@ -4,8 +4,8 @@
 
 Training turns nearly every image through an angle drawn from the whole circle and fills the corners with the
 mirrored border, so an upright image, with its own corners, is the rarer sight. For each `--model` and each view
-this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by the
-training augmentation's own resampling: bilinear, mirrored at the border) and reports the ROC AUC, its change from
+this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
+`model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border) and reports the ROC AUC, its change from
 the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-import keras
-
 from model.bundle import load_bundle
 from model.inference import Predictor
+from model.turn import turn
 from train import data as data_mod
-from train.augment import RandomGeometry
 from train.calibrate import validation_split
 from train.metrics import paired_auc_interval
 
@@ -44,20 +42,10 @@ def parse_view(text: str) -> tuple[float, float]:
     return value
 
 
-def turn(images: np.ndarray, angle_degrees: float, zoom: float = 1.0) -> np.ndarray:
-    """Every image turned by the angle and zoomed about its centre, as `RandomGeometry` does in training: float32."""
-    n = len(images)
-    zeros = np.zeros(n, np.float32)
-    matrix = RandomGeometry.transforms(zeros, zeros + np.deg2rad(angle_degrees), zeros + zoom, zeros + zoom,
-                                       images.shape[1], images.shape[2])
-    return np.asarray(keras.ops.image.affine_transform(images.astype(np.float32), matrix, interpolation="bilinear",
-                                                       fill_mode="reflect"))
-
-
 def log_odds(predictor: Predictor, images: np.ndarray) -> np.ndarray:
     """The network's log-odds of malignancy for each image (one view each; the ranking is the calibrated one's). The
     predictor runs the forward pass in bounded chunks itself."""
-    probs = np.clip(predictor.raw_probabilities(images, tta_views=1).astype(np.float64), 1e-7, 1.0)
+    probs = np.clip(predictor.raw_probabilities(images, tta_views=1, turns=(0.0,)).astype(np.float64), 1e-7, 1.0)
     return np.log(probs[:, 1]) - np.log(probs[:, 0])
 
 
@@ -67,7 +55,7 @@ def score_views(predictor: Predictor, x: np.ndarray, y: np.ndarray, views: list[
            "views": {}}
     for text in views:
         angle, zoom = parse_view(text)
-        scores = log_odds(predictor, turn(x, angle, zoom))
+        scores = log_odds(predictor, turn(x, angle, zoom=zoom))
         auc = float(skm.roc_auc_score(y, scores))
         change = paired_auc_interval(y, upright, scores, n=bootstrap)
         both = float(skm.roc_auc_score(y, (upright + scores) / 2))

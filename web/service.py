@@ -79,7 +79,8 @@ class ModelService:
             batching = self.predictor.runtime == "tensorflow"  # cost it more per image; TensorFlow gains
         self.batcher = MicroBatcher(self.predictor.assess) if batching else None
         self.cam = GradCAM(self.bundle.model)
-        self.cam.heatmaps(np.zeros((1, *self.bundle.model.input_shape[1:]), np.uint8))  # trace once now
+        self.cam.heatmaps(np.zeros((1, *self.bundle.model.input_shape[1:]), np.uint8),
+                          self.predictor.turns)  # trace once now
         card = self.bundle.card
         app.logger.info("model loaded: %s (version %s, backbone %s, threshold %.4f, temperature %.3f, logit bias %.3f, "
                         "TTA %d, runtime %s, micro-batching %s)", path, self.bundle.version, card["backbone"],
@@ -99,8 +100,9 @@ class ModelService:
                 "runtime": self.predictor.runtime}
 
     def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
-        """Grad-CAM for the malignant class over the upright image, as a base64 PNG."""
-        heat = self.cam.heatmaps(self.predictor.preprocess(image)[None])[0]
+        """Grad-CAM for the malignant class over the upright image (the mean over the bundle's turned views, turned
+        back), as a base64 PNG."""
+        heat = self.cam.heatmaps(self.predictor.preprocess(image)[None], self.predictor.turns)[0]
         shown = image.copy()
         shown.thumbnail((max_side, max_side))
         return png_base64(overlay(np.asarray(shown), heat))
