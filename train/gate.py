@@ -33,6 +33,7 @@ from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, qua
 from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
 from model.runtime import make_forward
+from model.turn import parse_turns, turn
 from train import data as data_mod
 from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
 from train.robustness import dermoscope_ring
@@ -154,7 +155,8 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
     contact dermoscope's black ring (`train.robustness.dermoscope_ring`), and the non-lesion set.
 
     The whole gate is measured (unreadable or poor-quality images refused before the network, then the
-    k-NN distance), from one forward pass per image through every candidate layer. Returns the rows,
+    k-NN distance), from one forward pass per image through every candidate layer, of the view the served gate
+    reads (the first of the card's `view_turns`). Returns the rows,
     the training images' pooled features per layer and the quality limits, so `fit` need not redo them.
     """
     bundle = load_bundle(bundle_path)
@@ -178,9 +180,10 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
         return probs, tf.concat([tf.reduce_mean(m, axis=(1, 2)) for m in maps], axis=1)
 
     run = make_forward(forward)  # the serving runtime (OpenVINO where installed), every layer in one pass
+    first = parse_turns(bundle.card.get("view_turns", [0.0]))[0]  # the view whose features the served gate reads
 
     def features(arrays: np.ndarray) -> list[np.ndarray]:
-        chunks = [run(arrays[i : i + 32].astype(np.float32))[1] for i in range(0, len(arrays), 32)]
+        chunks = [run(turn(arrays[i : i + 32], first))[1] for i in range(0, len(arrays), 32)]
         joined = np.concatenate(chunks) if chunks else np.zeros((0, sum(dims)), np.float32)
         return np.split(joined, np.cumsum(dims)[:-1], axis=1)
 
