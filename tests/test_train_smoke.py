@@ -66,6 +66,7 @@ def test_model_card_is_complete(trained):
     assert card["class_names"] == ["benign", "malignant"]
     assert card["preprocessing"]["image_size"] == 64
     assert 0.0 < card["threshold"] < 1.0 and card["temperature"] > 0
+    assert card["view_turns"] == [0.0] and card["training"]["arguments"]["view_turns"] == [0.0]  # upright by default
     assert len(card["data"]["hash"]) == 64
     assert card["data"]["shortcut_cues"]["dark_corners"]["train_images_with_cue"] == 0  # no ring in tiny_data
     assert card["data"]["shortcut_cues"]["skin_marker_ink"]["train_images_with_cue"] == 0  # nor ink
@@ -583,6 +584,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--focal-gamma", "-2", "--focal-gamma is the focal loss's exponent"),
     ("--malignant-share", "1", "--malignant-share is a chance in [0, 1)"),
     ("--momentum", "1", "--momentum is SGD's momentum"),
+    ("--view-turns", "0,45,45", "view turns must be one or more distinct, finite angles"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:

@@ -35,6 +35,7 @@ from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, block_index, 
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
+from model.turn import parse_turns
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
 from train.augment import build_augmenter
@@ -188,6 +189,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "temperature)")
     g.add_argument("--tta-views", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation views the bundle is calibrated and served with (default: 1)")
+    g.add_argument("--view-turns", type=_view_turns, default=(0.0,), metavar="DEGREES",
+                   help="views the bundle is calibrated, gated and served with, degrees separated by commas, their "
+                        "log-probabilities averaged (model.turn: 45 = the image turned 45 degrees as training turns "
+                        "images; 0,45 = that and the upright view; default: 0, the upright view)")
     g.add_argument("--gate-layer", default="auto",
                    help="layer whose pooled features the not-a-lesion gate compares, at the 99.5th percentile; auto = "
                         "chosen by python -m train.gate's rule among block4c_add, block5c_add and block6d_add at "
@@ -896,6 +901,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
         "input_size": args.image_size,
         "preprocessing": spec.to_dict(),
         "tta_views": args.tta_views,
+        "view_turns": list(args.view_turns),
         "temperature": 1.0,
         "threshold": 0.5,
     }
@@ -961,6 +967,13 @@ def train(args: argparse.Namespace) -> Bundle | None:
     return bundle
 
 
+def _view_turns(text: str) -> tuple[float, ...]:
+    try:
+        return parse_turns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "reliability_bins"}
 
@@ -970,7 +983,8 @@ def _args_to_argv(args: argparse.Namespace) -> list[str]:
     for key, value in vars(args).items():
         if value is None:
             continue
-        out += [f"--{key.replace('_', '-')}", str(value)]
+        text = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+        out += [f"--{key.replace('_', '-')}", text]
     return out
 
 
