@@ -233,7 +233,7 @@ def test_calibrate_with_view_turns_refits_on_the_views_the_predictor_then_serves
     upright = Predictor(load_bundle(bundle))
     calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--view-turns", "0,45"])
     card = load_card(bundle)
-    assert card["view_turns"] == [0.0, 45.0] and "view_turns" not in card["calibration"]["before"]
+    assert card["view_turns"] == [0.0, 45.0] and card["calibration"]["before"]["view_turns"] == [0.0]
     assert "views [0.0, 45.0]" in capsys.readouterr().out
     predictor = Predictor(load_bundle(bundle))
     assert predictor.turns == (0.0, 45.0)
