@@ -43,6 +43,22 @@ def test_about_page_shows_the_model_card(client, app):
     assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
 
 
+def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tmp_path):
+    import json
+
+    from app import create_app
+    from model.bundle import DEFAULT_BUNDLE, copy_bundle
+
+    assert "turned by" not in client.get("/about").get_data(as_text=True)  # the shipped bundle: upright
+    path = copy_bundle(DEFAULT_BUNDLE, tmp_path / "turned" / "melanoma_efficientnet.keras")
+    card = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**card, "view_turns": [45.0]}))
+    turned = create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client()
+    html = turned.get("/about").get_data(as_text=True)
+    assert "its view turned by 45°" in html and "not-a-lesion check were fitted on those views" in html
+    assert turned.get("/healthz").status_code == 200
+
+
 def test_healthz(client, app):
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["version"] == app.extensions["melanoma_model"].bundle.version
@@ -54,6 +70,7 @@ def test_api_predicts_real_lesions(client, app):
     assert res.status_code == 200
     body = res.get_json()
     assert body["model"]["version"] == app.extensions["melanoma_model"].bundle.version
+    assert body["model"]["view_turns"] == list(app.extensions["melanoma_model"].predictor.turns)
     preds = body["predictions"]
     assert [p["filename"] for p in preds] == [name for name, _ in files]
     threshold = app.extensions["melanoma_model"].predictor.threshold

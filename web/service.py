@@ -97,6 +97,7 @@ class ModelService:
         card = self.card
         return {"name": self.bundle.name, "version": self.bundle.version, "backbone": card["backbone"],
                 "threshold": self.predictor.threshold, "tta_views": self.predictor.tta_views,
+                "view_turns": list(self.predictor.turns),
                 "runtime": self.predictor.runtime}
 
     def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
