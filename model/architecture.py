@@ -215,7 +215,8 @@ def build_model(
     drop_connect_rate: float = DROP_CONNECT,
     pooling: str = "avg",
 ) -> keras.Model:
-    """Backbone + head (dropout, dense, dropout, 2-way softmax) as one flat functional model.
+    """Backbone + head (dropout, dense, dropout, 2-way softmax; with `dense_units` 0, dropout and the softmax layer
+    alone: a linear head on the pooled features) as one flat functional model.
 
     `drop_connect_rate` is stochastic depth: each residual block of the backbone is skipped in training with a
     chance rising linearly from 0 at the first block to this rate at the last.
@@ -247,9 +248,10 @@ def build_model(
                 if layer.name.endswith("_drop") and layer.name.startswith("block"):
                     layer.rate = layer.rate * drop_connect_rate / DROP_CONNECT
     x = POOLING_LAYERS[pooling](name=POOLINGS[pooling])(features)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    x = layers.Dropout(dropout, name="head_dropout_2")(x)
+    if dense_units > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout_2")(x)  # what the auxiliary head, when there is one, reads
     bias = "zeros"
     if class_prior is not None:
         bias = keras.initializers.Constant(np.log(np.asarray(class_prior, dtype="float64")).tolist())

@@ -162,3 +162,14 @@ def test_lite0_imagenet_weights_recognise_a_cat():
     top3 = np.argsort(-model(cat[None]).numpy()[0])[:3]
     names = json.loads((SHARED_WEIGHTS / "imagenet_class_index.json").read_text())
     assert {names[str(i)][1] for i in top3} & {"tiger_cat", "Egyptian_cat", "tabby"}
+
+
+def test_dense_units_0_gives_a_linear_head_on_the_pooled_features():
+    model = build_model("efficientnet_lite0", weights="none", image_size=32, dense_units=0)
+    names = {layer.name for layer in model.layers}
+    assert "head_dense" not in names and "head_dropout_2" in names
+    pooled = model.get_layer("head_dropout_2").input
+    assert model.get_layer("predictions").kernel.shape == (pooled.shape[-1], 2)
+    with_hidden = build_model("efficientnet_lite0", weights="none", image_size=32, dense_units=8)
+    assert with_hidden.get_layer("head_dense").kernel.shape[-1] == 8
+    assert model.count_params() < with_hidden.count_params()

@@ -585,6 +585,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--malignant-share", "1", "--malignant-share is a chance in [0, 1)"),
     ("--momentum", "1", "--momentum is SGD's momentum"),
     ("--view-turns", "0,45,45", "view turns must be one or more distinct, finite angles"),
+    ("--dense-units", "-1", "--dense-units is the head's hidden layer width"),
 ])
 def test_option_out_of_range_exits_with_a_message(tiny_data, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as info:

@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="paint long, thin dark strands (hairs, ruler lines) in the colour around them, in the one "
                         "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
-    g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer (default: 256)")
+    g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer; 0 = none, a linear head on the pooled "
+                        "features (default: 256)")
     g.add_argument("--pooling", choices=tuple(POOLINGS), default="avg",
                    help="how the last feature map becomes the head's input: global average, generalised mean "
                         "with a learned exponent (GeM, starting at 3), or a learned weighted average over positions "
@@ -211,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0.0 <= args.val_from_train < 0.5:
         p.error(f"--val-from-train is a share of the training images in [0, 0.5) (0 = off, e.g. 0.15), "
                 f"not {args.val_from_train}")
+    if args.dense_units < 0:
+        p.error(f"--dense-units is the head's hidden layer width, 0 (no hidden layer) or more, not {args.dense_units}")
     if args.mixup < 0.0:
         p.error(f"--mixup is the Beta distribution's alpha, 0 (off) or more (e.g. 0.2), not {args.mixup}")
     if not 0.0 <= args.ema < 1.0:
