@@ -59,9 +59,8 @@ def turn_matrix(size: int, degrees: float, fill: str = "reflect", zoom: float = 
             rows.append(out[inside])
             cols.append((yi[inside] * size + xi[inside]).astype(np.int64))
             weights.append(w[inside])
-    matrix = sparse.csr_matrix((np.concatenate(weights).astype(np.float32),
-                                (np.concatenate(rows), np.concatenate(cols))), shape=(size * size, size * size))
-    return matrix
+    return sparse.csr_matrix((np.concatenate(weights).astype(np.float32),
+                              (np.concatenate(rows), np.concatenate(cols))), shape=(size * size, size * size))
 
 
 def turn(images: np.ndarray, degrees: float, fill: str = "reflect", zoom: float = 1.0) -> np.ndarray:

@@ -6,7 +6,8 @@ Training does this once at its end (`python -m train`); this command repeats it 
 through the serving path, for a new threshold rule, another target sensitivity, a validation split
 from another clinic, or other views to serve (`--view-turns 45`: the image turned 45 degrees, resampled as
 training turns its images; `0,45`: that view and the upright one, averaged). The calibration is refit on what
-the bundle will then serve; the gate then reads the first view's features. It rewrites the model card (the network is untouched) and says so in the card.
+the bundle will then serve; the gate then reads the first view's features. It rewrites the model card (the
+network is untouched) and says so in the card.
 Refresh the card's test metrics afterwards with `python -m train.evaluate ... --update-card`.
 """
 from __future__ import annotations
