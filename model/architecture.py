@@ -202,6 +202,39 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="melanoma")
+class CircleMask(layers.Layer):
+    """Fills everything outside the disc inscribed in the square image with one constant (black by default).
+
+    Training turns its images through any angle and fills the corners that turn uncovers with the mirrored border, so
+    almost every training image has mirrored corners and no served upright image has them. Masked to the disc, a
+    turned image and an upright one look alike outside it, and what a dermoscope's rim or the mirroring leaves in the
+    corners no longer reaches the network. Inside the model, so training (after its augmentation) and every serving
+    runtime apply the same mask. No weights; the edge is one pixel of antialiasing.
+    """
+
+    def __init__(self, fill: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.fill = float(fill)
+
+    @staticmethod
+    def disc(height: int, width: int) -> np.ndarray:
+        """The (1, H, W, 1) mask: 1 inside the inscribed disc, 0 outside, a one-pixel ramp between."""
+        y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+        r = np.hypot(y - (height - 1) / 2.0, x - (width - 1) / 2.0)
+        return np.clip(min(height, width) / 2.0 - r + 0.5, 0.0, 1.0)[None, :, :, None].astype("float32")
+
+    def call(self, x):
+        mask = self.disc(int(x.shape[1]), int(x.shape[2]))
+        return x * mask + self.fill * (1.0 - mask)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "fill": self.fill}
+
+
 POOLING_LAYERS = {"avg": layers.GlobalAveragePooling2D, "gem": GeMPooling, "attention": AttentionPooling}
 
 
@@ -214,6 +247,7 @@ def build_model(
     class_prior: tuple[float, float] | None = None,
     drop_connect_rate: float = DROP_CONNECT,
     pooling: str = "avg",
+    circle_mask: bool = False,
 ) -> keras.Model:
     """Backbone + head (dropout, dense, dropout, 2-way softmax; with `dense_units` 0, dropout and the softmax layer
     alone: a linear head on the pooled features) as one flat functional model.
@@ -222,6 +256,7 @@ def build_model(
     chance rising linearly from 0 at the first block to this rate at the last.
     `pooling` is how the last feature map becomes one vector: "avg" (global average), "gem" (`GeMPooling`) or
     "attention" (`AttentionPooling`).
+    `circle_mask` puts a `CircleMask` between the input and the backbone (training's augmentation comes before it).
     `class_prior` (benign, malignant) initialises the output bias to the log prior, so the
     untrained head already predicts the base rate (the imbalance is handled there, not by
     reweighting, which would distort calibration).
@@ -234,13 +269,14 @@ def build_model(
         raise ValueError(f"image_size must be at least 32. Received: image_size={image_size}")
     resolved = _resolve_weights(backbone, weights)
     inputs = keras.Input((image_size, image_size, 3), name="image")
+    pixels = CircleMask(name="circle_mask")(inputs) if circle_mask else inputs
     if backbone == "efficientnet_lite0":
-        features = lite0_features(inputs, drop_connect_rate)
+        features = lite0_features(pixels, drop_connect_rate)
     else:
         base = keras.applications.EfficientNetB0(
             include_top=False,
             weights="imagenet" if resolved == "imagenet" else None,
-            input_tensor=inputs,
+            input_tensor=pixels,
         )
         features = base.output
         if drop_connect_rate != DROP_CONNECT:  # keras.applications fixes DROP_CONNECT; the rates scale with it

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.architecture import (LAST_CONV_LAYER, AttentionPooling, GeMPooling, backbone_layers, build_model, freeze_backbone,
+from model.architecture import (LAST_CONV_LAYER, AttentionPooling, CircleMask, GeMPooling, backbone_layers, build_model, freeze_backbone,
                                 load_npz_weights, unfreeze_top_blocks)
 from tests.conftest import SHARED_WEIGHTS
 
@@ -173,3 +173,34 @@ def test_dense_units_0_gives_a_linear_head_on_the_pooled_features():
     with_hidden = build_model("efficientnet_lite0", weights="none", image_size=32, dense_units=8)
     assert with_hidden.get_layer("head_dense").kernel.shape[-1] == 8
     assert model.count_params() < with_hidden.count_params()
+
+
+def test_circle_mask_hides_the_corners_and_keeps_the_disc():
+    model = build_model("efficientnet_lite0", weights="none", image_size=32, circle_mask=True)
+    mask = CircleMask.disc(32, 32)[0, :, :, 0]
+    assert mask[16, 16] == 1.0 and mask[0, 0] == 0.0 and mask[0, 16] > 0.9 and 0.7 < mask.mean() < 0.85
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    masked = model.get_layer("circle_mask")(x).numpy()
+    np.testing.assert_array_equal(masked[0, 16, 16], x[0, 16, 16])
+    np.testing.assert_array_equal(masked[0, 0, 0], [0.0, 0.0, 0.0])
+    # the whole network reads the image through its stem: a stem blind to the corners is a network blind to them
+    stem = keras.Model(model.input, model.get_layer("stem_conv").output)
+    corners = x.copy()
+    corners[:, mask == 0] = rng.uniform(0, 255, (int((mask == 0).sum()), 3))  # only what the disc leaves out
+    np.testing.assert_array_equal(stem(corners).numpy(), stem(x).numpy())
+    inside = x.copy()
+    inside[:, mask > 0] = 255.0 - inside[:, mask > 0]
+    assert np.abs(stem(inside).numpy() - stem(x).numpy()).max() > 0.1
+    assert "circle_mask" not in {layer.name for layer in build_model("efficientnet_lite0", weights="none",
+                                                                      image_size=32).layers}
+
+
+def test_circle_mask_before_either_backbone_survives_save_and_load(tmp_path):
+    for backbone in ("efficientnet_lite0", "efficientnet_b0"):
+        model = build_model(backbone, weights="none", image_size=32, circle_mask=True)
+        assert model.layers[1].name == "circle_mask"
+        x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        model.save(tmp_path / f"{backbone}.keras")
+        loaded = keras.saving.load_model(tmp_path / f"{backbone}.keras")
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -856,3 +856,33 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     assert refit["gate"]["bank_images"] == 18 and refit["gate"]["bank_views"] == ["plain", "blur", "ring"]
     assert abs(refit["gate"]["distance_threshold"] - card["gate"]["distance_threshold"]) < 1e-5
     assert np.allclose(refit["indeterminate_band"], card["indeterminate_band"], atol=1e-5)
+
+
+def test_circle_mask_trains_and_every_runtime_serves_it_blind_to_the_corners(tiny_data, tmp_path):
+    from model.architecture import CircleMask
+    from model.inference import Predictor
+
+    train_main([
+        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--circle-mask",
+        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
+    ])
+    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    assert bundle.model.layers[1].name == "circle_mask"
+    assert bundle.card["training"]["arguments"]["circle_mask"] is True
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    corners = x.copy()
+    outside = CircleMask.disc(64, 64)[0, :, :, 0] == 0
+    corners[:, outside] = rng.uniform(0, 255, (3, int(outside.sum()), 3))
+    # The gate's features read from the stem (pooled over the whole image, corners and all) show what the runtime
+    # feeds the network: an untrained network's output barely depends on its input, its stem's does.
+    bundle.card["gate"] = {"layer": "stem_conv"}
+    for runtime in ("tensorflow", "auto"):
+        predictor = Predictor(bundle, runtime=runtime)
+        probs, features = predictor.raw_outputs(x, 1)
+        probs_c, features_c = predictor.raw_outputs(corners, 1)
+        np.testing.assert_allclose(probs_c, probs, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(features_c, features, rtol=1e-4, atol=1e-4)
+        assert np.ptp(features, axis=0).max() > 1e-3  # the features do depend on the image
+        np.testing.assert_allclose(probs, bundle.model(x).numpy(), rtol=1e-3, atol=1e-4)

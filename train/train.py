@@ -81,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how the last feature map becomes the head's input: global average, generalised mean "
                         "with a learned exponent (GeM, starting at 3), or a learned weighted average over positions "
                         "(gated attention, starting as the average) (default: avg)")
+    g.add_argument("--circle-mask", action="store_true",
+                   help="black out everything outside the disc inscribed in the image, inside the network, after "
+                        "training's augmentation: turned training images and upright served ones then look alike "
+                        "in the corners (default: off)")
     g.add_argument("--drop-connect", type=float, default=DROP_CONNECT, metavar="RATE",
                    help="stochastic depth: the backbone's residual blocks are skipped in training with a chance "
                         f"rising linearly to RATE at the last block, as EfficientNet was pretrained (default: "
@@ -830,7 +834,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
         model = build_model(args.backbone, args.weights, args.image_size, args.dropout, args.dense_units,
                             class_prior=tuple(prior.tolist()),
                             drop_connect_rate=getattr(args, "drop_connect", DROP_CONNECT),
-                            pooling=getattr(args, "pooling", "avg"))
+                            pooling=getattr(args, "pooling", "avg"),
+                            circle_mask=getattr(args, "circle_mask", False))
         fitted = model  # what is trained: the model itself, or the model with the auxiliary head beside its own
         if aux_classes:
             aux = keras.layers.Dense(len(aux_classes), activation="softmax", name="aux_diagnosis")(
