@@ -198,3 +198,19 @@ def test_indeterminate_band_holds_the_threshold_when_validation_scores_sit_on_it
     threshold = 0.50003182305422
     band = indeterminate_band(np.full(10, threshold), threshold, 0.15)
     assert band[0] <= threshold <= band[1] and band[1] - band[0] < 1e-12
+
+
+def test_refusal_count_says_which_lesions_have_a_dark_rim_in_the_corners(app, tmp_path):
+    """`python -m train.gate` reports refusals among lesions with a dermoscope's rim apart: each outcome carries the
+    cue, read from the decoded upload."""
+    from train.gate import refusal_rate
+    from train.robustness import dermoscope_ring
+
+    plain = lesion_fixtures("malignant")[0]
+    lesion(plain).save(tmp_path / "plain.png")
+    dermoscope_ring(lesion(plain)).save(tmp_path / "ringed.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    paths = [tmp_path / "plain.png", tmp_path / "ringed.png", tmp_path / "broken.jpg"]
+    rate, outcomes = refusal_rate(app.extensions["melanoma_model"].predictor, paths)
+    assert [o["dark_corners"] for o in outcomes] == [False, True, None]
+    assert [o["refused"] for o in outcomes] == [False, False, True] and rate == pytest.approx(1 / 3)

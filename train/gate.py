@@ -29,6 +29,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFilter
 
 from model.bundle import card_path, load_bundle, load_card
+from model.cues import has_dark_corners
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
@@ -281,7 +282,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
 
 
 def refusal_rate(predictor: Predictor, paths: list[Path], batch: int = 16) -> tuple[float, list[dict]]:
-    """Fraction of files refused (quality, not-a-lesion, or not decodable) and each file's outcome."""
+    """Fraction of files refused (quality, not-a-lesion, or not decodable) and each file's outcome, with whether the
+    image has a dermoscope's dark rim in its corners (`model.cues`; None where it could not be decoded)."""
     outcomes = []
     for i in range(0, len(paths), batch):
         chunk, images = paths[i : i + batch], []
@@ -294,7 +296,8 @@ def refusal_rate(predictor: Predictor, paths: list[Path], batch: int = 16) -> tu
         verdicts = iter(predictor.assess(ok))
         for p, im in zip(chunk, images):
             v = next(verdicts) if isinstance(im, Image.Image) else {"rejected": True, "code": im.code}
-            outcomes.append({"file": str(p), "refused": bool(v.get("rejected")), "code": v.get("code")})
+            outcomes.append({"file": str(p), "refused": bool(v.get("rejected")), "code": v.get("code"),
+                             "dark_corners": has_dark_corners(im) if isinstance(im, Image.Image) else None})
     return float(np.mean([o["refused"] for o in outcomes])), outcomes
 
 
@@ -347,12 +350,15 @@ def main(argv=None) -> dict:
     rate, outcomes = refusal_rate(predictor, dataset.splits[args.split].paths)
     report["lesions"] = {"n": len(outcomes), "refused": int(sum(o["refused"] for o in outcomes)), "rate": rate,
                          "by_reason": _by_reason(outcomes)}
+    rimmed = [o for o in outcomes if o["dark_corners"]]
+    report["lesions"]["dark_corners"] = {"n": len(rimmed), "refused": int(sum(o["refused"] for o in rimmed))}
     y = np.asarray(dataset.splits[args.split].labels)
     mel = [o for o, label in zip(outcomes, y) if label == 1]
     report["melanomas_refused"] = int(sum(o["refused"] for o in mel))
     print(f"val lesion images refused: {val_rate:.1%}")
     print(f"{args.split} lesion images refused: {report['lesions']['refused']}/{len(outcomes)} ({rate:.1%}); "
-          f"melanomas refused: {report['melanomas_refused']}/{len(mel)}")
+          f"melanomas refused: {report['melanomas_refused']}/{len(mel)}; with a dark rim in the corners refused: "
+          f"{report['lesions']['dark_corners']['refused']}/{len(rimmed)}")
     if args.nonlesion:
         folder = Path(args.nonlesion)
         rows = list(csv.DictReader(open(folder / "MANIFEST.csv")))
