@@ -224,9 +224,11 @@ class CircleMask(layers.Layer):
         r = np.hypot(y - (height - 1) / 2.0, x - (width - 1) / 2.0)
         return np.clip(min(height, width) / 2.0 - r + 0.5, 0.0, 1.0)[None, :, :, None].astype("float32")
 
+    def build(self, input_shape):
+        self._mask = self.disc(int(input_shape[1]), int(input_shape[2]))  # once, not at every eager call
+
     def call(self, x):
-        mask = self.disc(int(x.shape[1]), int(x.shape[2]))
-        return x * mask + self.fill * (1.0 - mask)
+        return x * self._mask + self.fill * (1.0 - self._mask)
 
     def compute_output_shape(self, input_shape):
         return input_shape
