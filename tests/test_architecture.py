@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.architecture import (LAST_CONV_LAYER, AttentionPooling, CircleMask, GeMPooling, backbone_layers, build_model, freeze_backbone,
-                                load_npz_weights, unfreeze_top_blocks)
+from model.architecture import (LAST_CONV_LAYER, AttentionPooling, CircleMask, GeMPooling, backbone_layers, build_model,
+                                freeze_backbone, load_npz_weights, unfreeze_top_blocks)
 from tests.conftest import SHARED_WEIGHTS
 
 

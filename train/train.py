@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="paint long, thin dark strands (hairs, ruler lines) in the colour around them, in the one "
                         "preprocessing path (training and serving; default: off)")
     g.add_argument("--dropout", type=float, default=0.3, help="head dropout (default: 0.3)")
-    g.add_argument("--dense-units", type=int, default=256, help="units of the head's hidden layer; 0 = none, a linear head on the pooled "
-                        "features (default: 256)")
+    g.add_argument("--dense-units", type=int, default=256,
+                   help="units of the head's hidden layer; 0 = none, a linear head on the pooled features "
+                        "(default: 256)")
     g.add_argument("--pooling", choices=tuple(POOLINGS), default="avg",
                    help="how the last feature map becomes the head's input: global average, generalised mean "
                         "with a learned exponent (GeM, starting at 3), or a learned weighted average over positions "
