@@ -5,7 +5,7 @@ before the fork). Threads share a worker's model. Defaults measured with `python
 2 cores (README, Speed): one worker x 8 threads, with OpenVINO running one forward pass per core
 side by side (INFERENCE_STREAMS, default one per core), beat two workers with one inference thread
 each and micro-batching. The app keeps no state between requests, so more machines means more
-copies of this server behind a proxy (README, Serving beyond one machine).
+copies of this server behind a proxy (README, "Serving beyond one process").
 """
 import os
 

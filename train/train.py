@@ -705,7 +705,7 @@ def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
     if args.distribute == "multi-worker":
         if not os.environ.get("TF_CONFIG"):
             raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
-                             "index (README, Training beyond one machine).")
+                             "index (README, 'Several machines').")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if args.distribute == "mirrored":
         if args.cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
