@@ -1,8 +1,6 @@
 """A real browser (headless Chromium driven by Playwright) against the app on a loopback port."""
-import os
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 

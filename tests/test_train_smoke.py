@@ -13,9 +13,11 @@ from model.bundle import load_bundle
 from train import evaluate as evaluate_cli
 from train.gate import GATE_CANDIDATES, choose
 from train.data import DataError
-from train.train import (ConsistencyLoss, RankingLoss, SharpnessAware, ValidationAUC, WarmupCosineDecay,
-                         build_shift, code_version, early_stop_epoch, fine_tune_optimizer, fit_stage, main as train_main,
-                         make_dataset, make_soup, training_loss)
+from train.augment import build_consistency_shift as build_shift
+from train.losses import ConsistencyLoss, RankingLoss, training_loss
+from train.optimizers import SharpnessAware, WarmupCosineDecay, fine_tune_optimizer
+from train.train import (ValidationAUC, code_version, early_stop_epoch, fit_stage, main as train_main, make_dataset,
+                         make_soup)
 
 pytestmark = pytest.mark.slow
 
@@ -226,7 +228,6 @@ def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained
 def test_calibrate_with_view_turns_refits_on_the_views_the_predictor_then_serves(trained, tiny_data, tmp_path, capsys):
     from model.bundle import copy_bundle, load_card
     from model.inference import Predictor
-    from model.turn import turn
     from train import calibrate
 
     bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")

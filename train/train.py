@@ -21,17 +21,14 @@ import shlex
 import subprocess
 import sys
 import time
-import weakref
 from pathlib import Path
 
 import keras
-from keras import ops
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, block_index, build_model, freeze_backbone,
-                                unfreeze_top_blocks)
+from model.architecture import BACKBONES, DROP_CONNECT, POOLINGS, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.preprocessing import PreprocessSpec
@@ -42,6 +39,9 @@ from train.augment import build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split
+from train.distributed import fit_multi_worker, is_chief, make_strategy
+from train.losses import training_loss
+from train.optimizers import SharpnessAware, clip_norm, fine_tune_optimizer
 from train.gate import fit as fit_gate
 from train.gate import fit_selected as fit_selected_gate
 from train.nonlesion import build as build_nonlesion
@@ -362,201 +362,11 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-@keras.saving.register_keras_serializable(package="melanoma")  # `clone_model` rebuilds the compiled loss from its config
-class RankingLoss(keras.losses.Loss):
-    """Cross-entropy plus `weight` times a pairwise ranking loss over the batch.
-
-    The ranking term is the mean over every (malignant, benign) pair in the batch of
-    max(0, margin - (s_malignant - s_benign))^2, where s is a network's log-odds of malignancy: a smooth
-    surrogate of 1 - AUC, which is the share of such pairs ranked the wrong way. A batch without both
-    classes adds nothing. Each image's loss carries the batch's ranking term, so the mean over the batch
-    is the mean cross-entropy plus `weight` times the ranking term.
-    """
-
-    def __init__(self, weight: float, margin: float = 1.0, label_smoothing: float = 0.0, name="ranking_loss",
-                 **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.weight, self.margin, self.label_smoothing = weight, margin, label_smoothing
-
-    def call(self, y_true, y_pred):
-        cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
-        probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
-        score = ops.log(probs[:, 1]) - ops.log(probs[:, 0])
-        malignant = ops.cast(y_true[:, 1] > 0.5, score.dtype)
-        pairs = malignant[:, None] * (1.0 - malignant)[None, :]
-        hinge = ops.square(ops.relu(self.margin - (score[:, None] - score[None, :])))
-        ranking = ops.sum(hinge * pairs) / ops.maximum(ops.sum(pairs), 1.0)
-        return cross_entropy + self.weight * ranking
-
-    def get_config(self):
-        return {**super().get_config(), "weight": self.weight, "margin": self.margin,
-                "label_smoothing": self.label_smoothing}
-
-
-@keras.saving.register_keras_serializable(package="melanoma")
-class ConsistencyLoss(keras.losses.Loss):
-    """Cross-entropy on the first half of the batch plus `weight` times the Jensen-Shannon divergence between
-    each image's prediction and that of its shifted copy in the second half (Hendrycks et al. 2020, AugMix).
-
-    `make_dataset(..., shift=...)` lays a batch out that way: B augmented images, then the same B shifted, the
-    labels repeated. The shifted copies teach the network to answer as it does on the clean image, without being
-    a training target themselves. Returns one value per pair.
-    """
-
-    def __init__(self, weight: float, label_smoothing: float = 0.0, name="consistency_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.weight, self.label_smoothing = weight, label_smoothing
-
-    def call(self, y_true, y_pred):
-        half = ops.shape(y_pred)[0] // 2
-        clean, shifted = y_pred[:half], y_pred[half:]
-        cross_entropy = keras.losses.categorical_crossentropy(y_true[:half], clean,
-                                                              label_smoothing=self.label_smoothing)
-        p, q = ops.clip(clean, 1e-7, 1.0), ops.clip(shifted, 1e-7, 1.0)
-        m = (p + q) / 2.0
-        divergence = 0.5 * ops.sum(p * ops.log(p / m), axis=-1) + 0.5 * ops.sum(q * ops.log(q / m), axis=-1)
-        return cross_entropy + self.weight * divergence
-
-    def get_config(self):
-        return {**super().get_config(), "weight": self.weight, "label_smoothing": self.label_smoothing}
-
-
-class SharpnessAware(keras.Model):
-    """A functional model trained by sharpness-aware minimisation (Foret et al. 2021).
-
-    Each step takes the gradient g at the weights w, moves them to w + rho * g / ||g|| (to first order the
-    worst point within rho), lets Keras's own step compute the gradient there and apply it, then takes the move
-    back: the optimizer's update is that of the gradient at the moved weights, applied at w. Built as
-    `SharpnessAware(model.inputs, model.outputs, rho=...)`, it shares the model's layers, so training it trains the
-    model. The loss and metrics it reports are those at the moved weights.
-    """
-
-    def __init__(self, *args, rho: float = 0.05, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rho = rho
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        weights = self.trainable_weights
-        with tf.GradientTape() as tape:
-            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), sample_weight=sample_weight,
-                                     training=True)
-        pairs = [(w, g) for w, g in zip(weights, tape.gradient(loss, weights)) if g is not None]
-        scale = self.rho / (tf.linalg.global_norm([g for _, g in pairs]) + 1e-12)
-        moves = [(weight, grad * scale) for weight, grad in pairs]
-        for weight, move in moves:
-            weight.assign_add(move)
-        logs = super().train_step(data)  # the gradient at w + move, applied by the optimizer
-        for weight, move in moves:
-            weight.assign_sub(move)
-        return logs
-
-
 def batchnorm_frozen(args: argparse.Namespace) -> bool:
     """Whether stage 2 keeps BatchNormalization frozen: yes for pretrained weights (their ImageNet statistics)
     unless --train-batchnorm; a network without pretrained weights has no statistics worth keeping."""
     pretrained = args.weights not in ("none", "None")
     return pretrained and not getattr(args, "train_batchnorm", False)
-
-
-def clip_norm(args) -> float | None:
-    """The optimizers' `global_clipnorm`: None (no clipping) unless --clip-norm is above 0."""
-    return getattr(args, "clip_norm", 0.0) or None
-
-
-@keras.saving.register_keras_serializable(package="melanoma")
-class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
-    """Keras's `CosineDecay`, read once per traced step.
-
-    AdamW's weight decay reads the rate once per variable, and each read traces the schedule's warm-up `cond` anew:
-    about a hundred `cond`s, 8 s of tracing per training run even for the tiny test models. Within one graph, every
-    read at the same step variable gets the first read's tensor: the same value, since the optimizer moves its step
-    counter only after every variable is updated and every traced function here (fit's step, the multi-worker
-    loop's) takes one optimizer step. Eager reads (callbacks, logs) are Keras's own.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._traced = weakref.WeakKeyDictionary()  # graph -> {id(step variable): rate tensor}
-
-    def __call__(self, step):
-        if tf.executing_eagerly():
-            return super().__call__(step)
-        rates = self._traced.setdefault(tf.compat.v1.get_default_graph(), {})
-        if id(step) not in rates:
-            rates[id(step)] = super().__call__(step)
-        return rates[id(step)]
-
-
-def layer_rate_scale(variable_path: str, decay: float) -> float:
-    """The share of the learning rate a weight gets under --layer-decay: 1 for the head and the top convolution,
-    decay for block 7, decay^2 for block 6, ... decay^8 for the stem."""
-    layer = variable_path.split("/")[0]
-    if not layer.startswith(("block", "stem")):
-        return 1.0  # the head and the top convolution
-    return decay ** (8 - block_index(layer))
-
-
-class LayerwiseRates:
-    """Mixed into a Keras optimizer: each variable's steps use the learning rate times its own scale, fixed when the
-    optimizer is built from the variables' paths (`layer_rate_scale`). Weight decay stays decoupled at the base
-    rate."""
-
-    def __init__(self, *args, layer_decay: float = 1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.layer_decay = float(layer_decay)
-
-    def build(self, var_list):
-        self._rate_scales = [layer_rate_scale(v.path, self.layer_decay) for v in var_list]
-        super().build(var_list)
-
-    def update_step(self, gradient, variable, learning_rate):
-        scale = self._rate_scales[self._get_variable_index(variable)]
-        return super().update_step(gradient, variable, ops.cast(learning_rate, variable.dtype) * scale)
-
-    def get_config(self):
-        return {**super().get_config(), "layer_decay": self.layer_decay}
-
-
-@keras.saving.register_keras_serializable(package="melanoma")
-class LayerwiseAdamW(LayerwiseRates, keras.optimizers.AdamW):
-    pass
-
-
-@keras.saving.register_keras_serializable(package="melanoma")
-class LayerwiseSGD(LayerwiseRates, keras.optimizers.SGD):
-    pass
-
-
-def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
-    """AdamW (or SGD with Nesterov momentum, --momentum) for stage 2: linear warm-up to --lr over --warmup-epochs,
-    then cosine decay to 1% of it; weight decay, the weights' moving average (--ema), gradient clipping
-    (--clip-norm) and layer-wise rates (--layer-decay) as asked."""
-    schedule = WarmupCosineDecay(
-        initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
-        warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
-    shared = dict(weight_decay=args.weight_decay, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99,
-                  global_clipnorm=clip_norm(args))
-    sgd, adamw = keras.optimizers.SGD, keras.optimizers.AdamW
-    if getattr(args, "layer_decay", 1.0) < 1.0:
-        sgd, adamw = LayerwiseSGD, LayerwiseAdamW
-        shared["layer_decay"] = args.layer_decay
-    if getattr(args, "momentum", 0.0) > 0:
-        return sgd(schedule, momentum=args.momentum, nesterov=True, **shared)
-    return adamw(schedule, **shared)
-
-
-def training_loss(args) -> keras.losses.Loss:
-    """The malignant/benign head's loss: label-smoothed cross-entropy, or focal loss (--focal-gamma), or the
-    cross-entropy plus the ranking (--auc-loss) or consistency (--consistency) term."""
-    if getattr(args, "focal_gamma", 0.0) > 0:  # alpha 1: the output bias, not a weight, handles the imbalance
-        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=args.focal_gamma,
-                                                         label_smoothing=args.label_smoothing)
-    if getattr(args, "auc_loss", 0.0) > 0:
-        return RankingLoss(args.auc_loss, label_smoothing=args.label_smoothing)
-    if getattr(args, "consistency", 0.0) > 0:
-        return ConsistencyLoss(args.consistency, label_smoothing=args.label_smoothing)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
@@ -626,106 +436,12 @@ def early_stop_epoch(args: argparse.Namespace) -> int:
     return args.head_epochs + args.warmup_epochs + max(0, args.epochs - args.warmup_epochs) // 2
 
 
-def fit_multi_worker(model, ds, loss, optimizer, strategy, callbacks, initial_epoch: int, epochs: int,
-                     steps: int, global_batch: int) -> None:
-    """What `fit` does, as a custom loop under MultiWorkerMirroredStrategy.
-
-    Keras 3's `fit` cannot run under that strategy (keras-team/keras#20585: the batches arrive as
-    PerReplica values it cannot convert), but a `strategy.run` step with a gradient tape can: the
-    gradients are all-reduced across the workers by the optimizer, so every worker holds the same
-    weights after each step. BatchNorm layers that train compute their batch statistics over the
-    global batch (`synchronized`), so their moving statistics stay in step too; without that each
-    worker's moving mean drifts with its own batches and the workers' validation AUCs part. The same
-    callbacks (validation AUC, checkpoint, early stopping) run on every worker, which see the same
-    weights and so take the same decisions.
-    """
-    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    local = [layer.synchronized for layer in norms]
-    for layer in norms:
-        layer.synchronized = True
-    try:
-        _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
-                           global_batch)
-    finally:  # the saved bundle keeps plain BatchNorm: it is served on one device
-        for layer, value in zip(norms, local):
-            layer.synchronized = value
-
-
-def _multi_worker_loop(model, ds, loss, optimizer, strategy, callbacks, initial_epoch, epochs, steps,
-                       global_batch) -> None:
-    per_example = loss.__class__.from_config({**loss.get_config(), "reduction": None})
-    with strategy.scope():  # the optimizer is built by fit_stage
-        auc = keras.metrics.AUC(name="auc", multi_label=False)
-    batches = iter(strategy.experimental_distribute_dataset(ds.repeat()))
-
-    @tf.function
-    def train_step(iterator):
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                probs = model(x, training=True)
-                value = tf.nn.compute_average_loss(per_example(y, probs), global_batch_size=global_batch)
-            grads = tape.gradient(value, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            auc.update_state(y, probs)
-            return value
-
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=next(iterator)), axis=None)
-
-    hooks = keras.callbacks.CallbackList(callbacks, model=model)
-    model.stop_training = False
-    hooks.on_train_begin()
-    for epoch in range(initial_epoch, initial_epoch + epochs):
-        hooks.on_epoch_begin(epoch)
-        auc.reset_state()
-        total = 0.0
-        for _ in range(steps):
-            total += float(train_step(batches))
-        logs = {"loss": total / steps, "auc": float(auc.result()),
-                "learning_rate": float(tf.convert_to_tensor(optimizer.learning_rate).numpy())}
-        hooks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
-
-
 def aux_targets(csv_path: str | Path, paths: list) -> tuple[list[str], np.ndarray]:
     """One-hot finer diagnoses for the training images, from a CSV with `diagnosis` and `image_id` or `path`."""
     diagnoses = data_mod.diagnoses_for(paths, data_mod.read_diagnoses(csv_path), csv_path, "training")
     classes = sorted(set(diagnoses))
     index = np.array([classes.index(d) for d in diagnoses])
     return classes, np.eye(len(classes), dtype=np.float32)[index]
-
-
-def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
-    """The distribution strategy; --batch-size and the learning rates are per replica and scaled by the count."""
-    if args.aux_diagnosis and args.distribute == "multi-worker":
-        raise SystemExit("--aux-diagnosis is not supported with --distribute multi-worker yet.")
-    if args.ema and args.distribute == "multi-worker":
-        raise SystemExit("--ema is not supported with --distribute multi-worker yet.")
-    if args.distribute == "multi-worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
-                             "index (README, 'Several machines').")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if args.distribute == "mirrored":
-        if args.cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
-            cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(args.cpu_devices)])
-            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.cpu_devices)])
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process as a worker other than the first (or as a non-chief)."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    if not task:
-        return True
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
 def library_versions() -> dict:
