@@ -59,3 +59,30 @@ def test_named_modules_exist(page):
         if not (path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()):
             missing.append(module)
     assert not missing, f"{page.name} names modules that do not exist: {sorted(missing)}"
+
+
+def commands(text: str):
+    """(module, flags) for every `python -m train...` or `python -m bench` command in a page: from the module name to
+    the end of its line (backslash continuations joined), its inline code span, a shell comment or the next
+    command."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    for match in MODULE.finditer(text):
+        rest = re.split(r"`|\n|python -m |&&|\||\s#\s", text[match.end():], maxsplit=1)[0]
+        yield match.group(1), set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_named_flags_exist(page, capsys):
+    """Every flag given to a `python -m` command in the docs is one that command's --help lists."""
+    import importlib
+
+    helps, unknown = {}, []
+    for module, flags in commands(page.read_text(encoding="utf-8")):
+        if module not in helps:
+            entry = importlib.import_module({"train": "train.train", "bench": "bench.__main__"}.get(module, module))
+            with pytest.raises(SystemExit):
+                entry.main(["--help"])
+            helps[module] = capsys.readouterr().out
+        unknown += [f"python -m {module} {flag}" for flag in sorted(flags)
+                    if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[module])]
+    assert not unknown, f"{page.name} gives flags their command does not have: {sorted(set(unknown))}"
