@@ -213,6 +213,7 @@ def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
 
 def main(argv=None) -> dict:
     from model.bundle import DEFAULT_BUNDLE
+    from model.machine import cpu_model
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
@@ -225,7 +226,8 @@ def main(argv=None) -> dict:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {getattr(args, name)}")
 
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    report = {"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version()},
               "model": args.model}
     report["model_only"] = model_only(args.model, 200)
     report["gradcam"] = gradcam_cost(args.model)
@@ -263,6 +265,7 @@ def main(argv=None) -> dict:
 
 
 def print_table(report: dict) -> None:
+    print(f"on {report['machine']['cpu']}, {report['machine']['cpus']} cores\n")
     print("model only (compiled forward pass, all cores)")
     print(f"{'runtime':<11} {'batch':>6} {'ms/image':>10} {'images/s':>10}")
     for r in report["model_only"]:

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from model.architecture import BACKBONES, DROP_CONNECT, POOLINGS, build_model, freeze_backbone, unfreeze_top_blocks
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
+from model.machine import cpu_model
 from model.preprocessing import PreprocessSpec
 from model.turn import parse_turns
 from train import data as data_mod
@@ -463,17 +464,6 @@ def code_version(root: str | os.PathLike = Path(__file__).resolve().parent.paren
         return {"commit": git("rev-parse", "HEAD"), "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def cpu_model() -> str:
-    """The processor's name, so that a training time can be read against the machine that took it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def train(args: argparse.Namespace) -> Bundle | None:
