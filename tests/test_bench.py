@@ -18,3 +18,13 @@ def test_a_count_below_one_is_refused_with_a_sentence(flag, capsys):
         main([flag, "0"])
     assert exc.value.code == 2
     assert f"{flag} must be at least 1. Received: 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--batch-size", "0"]])
+def test_train_step_refuses_a_count_below_one_with_a_sentence(argv, capsys):
+    from bench.train_step import main as train_step_main
+
+    with pytest.raises(SystemExit) as exc:
+        train_step_main(argv)
+    assert exc.value.code == 2
+    assert "must be at least 1. Received:" in capsys.readouterr().err
