@@ -1,5 +1,6 @@
 """The README and docs/ link only to files and sections that exist, and name only modules that exist."""
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,15 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(page: Path) -> set[str]:
+@lru_cache(maxsize=None)  # a page is linked many times
+def anchors(page: Path) -> frozenset[str]:
     found, fenced = set(), False
     for line in page.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             fenced = not fenced
         elif not fenced and (match := HEADING.match(line)):
             found.add(slug(match.group(1)))
-    return found
+    return frozenset(found)
 
 
 def test_slug_matches_github():
