@@ -9,6 +9,7 @@ from PIL import Image
 from app import create_app
 from model.bundle import DEFAULT_BUNDLE
 from tests.conftest import encode, lesion_fixtures, synthetic_lesion
+from web.service import NEXT_STEP
 
 
 def upload(client, url, files, **kwargs):
@@ -78,12 +79,34 @@ def test_api_predicts_real_lesions(client, app):
         assert set(p) == {"filename", "label", "probability_malignant", "confidence", "threshold", "indeterminate",
                           "cautions"}
         assert p["label"] == ("malignant" if p["probability_malignant"] >= threshold else "benign")
-        assert 0.5 <= p["confidence"] <= 1.0 or p["label"] == "malignant"
+        malignant = p["label"] == "malignant"
+        assert p["confidence"] == (p["probability_malignant"] if malignant else 1.0 - p["probability_malignant"])
     by_name = {p["filename"]: p for p in preds}
     benign = [by_name[f.name]["probability_malignant"] for f in lesion_fixtures("benign")]
     malignant = [by_name[f.name]["probability_malignant"] for f in lesion_fixtures("malignant")]
     assert min(malignant) > max(benign), "the fixture melanomas should score above the fixture naevi"
     assert all(by_name[f.name]["label"] == "malignant" for f in lesion_fixtures("malignant"))
+
+
+def test_api_probability_is_the_networks_softmax_through_the_cards_calibration(client, app):
+    """Worked out here from the Keras network and the card, apart from the serving code: softmax(log p / T) with the
+    card's logit bias on the malignant logit, each image preprocessed by the one path."""
+    from model.bundle import CLASS_NAMES
+    from model.preprocessing import PreprocessSpec, preprocess
+
+    bundle = app.extensions["melanoma_model"].bundle
+    temperature, bias = bundle.card["temperature"], bundle.card.get("logit_bias", 0.0)
+    assert temperature != pytest.approx(1.0, abs=0.02)  # else this test could not tell a skipped temperature
+    spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
+    paths = lesion_fixtures("benign") + lesion_fixtures("malignant")
+    probs = np.asarray(bundle.model(np.stack([preprocess(p.read_bytes(), spec) for p in paths]), training=False),
+                       np.float64)
+    m, b = CLASS_NAMES.index("malignant"), CLASS_NAMES.index("benign")
+    log_odds = (np.log(probs[:, m]) - np.log(probs[:, b])) / temperature + bias
+    expected = 1.0 / (1.0 + np.exp(-log_odds))
+    served = [p["probability_malignant"] for p in
+              upload(client, "/api/v1/predict", [(p.name, p.read_bytes()) for p in paths]).get_json()["predictions"]]
+    np.testing.assert_allclose(served, expected, atol=2e-3)
 
 
 def test_same_image_same_answer_in_one_batch_and_alone(client, malignant_jpeg, benign_jpeg):
@@ -96,9 +119,14 @@ def test_result_page(client, malignant_jpeg):
     res = upload(client, "/predict", [("lesion.jpg", malignant_jpeg)])
     assert res.status_code == 200
     html = res.get_data(as_text=True)
-    assert "Malignant — suspicious" in html and "dermatologist" in html
+    assert "Malignant — suspicious" in html and NEXT_STEP["malignant"] in html and NEXT_STEP["benign"] not in html
     assert re.search(r"\d+\.\d%", html) and "data:image/jpeg;base64," in html
     assert "not a diagnosis" in html
+
+
+def test_result_page_for_a_benign_lesion(client, benign_jpeg):
+    html = upload(client, "/predict", [("lesion.jpg", benign_jpeg)]).get_data(as_text=True)
+    assert ">Benign<" in html and NEXT_STEP["benign"] in html and NEXT_STEP["malignant"] not in html
 
 
 def test_one_bad_file_among_good_ones_is_rejected_alone(client, benign_jpeg):
