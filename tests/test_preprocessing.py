@@ -114,20 +114,30 @@ def test_decompression_bomb_is_refused_before_decoding(bomb_png):
     assert info.value.code == "too_many_pixels"
 
 
-def test_training_evaluation_and_serving_see_the_same_array(tmp_path, app):
-    """One file through the three consumers: train.data.load_images (training and evaluation) and the
-    web service's decode + Predictor.preprocess (serving)."""
+def test_training_evaluation_and_serving_see_the_same_array(tmp_path, app, monkeypatch):
+    """One file through the three consumers: train.data.load_images (training and evaluation), preprocess on the
+    bytes, and what the web service's own judge() hands to the network's forward pass (serving), caught there."""
     from train.data import load_images
     from web.service import EXTENSION_KEY
 
     service = app.extensions[EXTENSION_KEY]
     spec = service.predictor.spec
+    forward = service.predictor._forward
+    seen = []
+
+    def spy(batch):  # the real forward pass, which also keeps what it was given
+        seen.append(np.array(batch))
+        return forward(batch)
+
+    monkeypatch.setattr(service.predictor, "_forward", spy)
     for path in lesion_fixtures("benign")[:1] + lesion_fixtures("malignant")[:1]:
         training = load_images([path], spec)[0]
-        served = service.predictor.preprocess(service.predictor.decode(path.read_bytes()))
-        from_bytes = preprocess(path.read_bytes(), spec)
-        np.testing.assert_array_equal(training, served)
-        np.testing.assert_array_equal(training, from_bytes)
+        seen.clear()
+        [judged] = service.judge([(path.name, path.read_bytes())])
+        assert len(seen) == 1 and seen[0].shape[0] == 1
+        np.testing.assert_array_equal(training, seen[0][0])
+        np.testing.assert_array_equal(training, preprocess(path.read_bytes(), spec))
+        assert judged.label in ("benign", "malignant")
 
 
 def test_large_jpeg_draft_decoding_stays_close_to_full_decoding(malignant_jpeg):
