@@ -66,8 +66,14 @@ def test_evaluate_shifts_scores_the_same_images_against_the_unshifted_ones(predi
     results = evaluate_shifts(predictor, images, y, ["none", "darker", "dermoscope_ring"], bootstrap=50)
     assert list(results) == ["none", "darker", "dermoscope_ring"]
     assert results["none"]["auc_change"] == 0.0 and results["none"]["verdicts_flipped"] == 0.0
-    # the reference agrees with the serving path's own probabilities
-    p = predictor.probability(np.stack([predictor.preprocess(img) for img in images]))
+    # the reference is what the serving path itself (Predictor.assess) answers for the images it does not refuse
+    p, refused = score_images(predictor, images)
+    served = predictor.assess(images)
+    assert [bool(v.get("rejected")) for v in served] == refused.tolist()
+    assert not refused.all()
+    for v, pi in zip(served, p):
+        if not v.get("rejected"):
+            assert v["probability_malignant"] == pytest.approx(pi, abs=1e-6)
     pred = p >= predictor.threshold
     assert results["none"]["sensitivity"] == pytest.approx(pred[y == 1].mean())
     assert results["none"]["specificity"] == pytest.approx((~pred[y == 0]).mean())
