@@ -1,5 +1,6 @@
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -18,7 +19,15 @@ def tiny_card(**overrides):
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
+    """An untrained 64-px network whose outputs differ from image to image. Freshly built, every image scores 0.5
+    (the signal dies out through the blocks), which no calibration or label check can tell from a wrong formula; so
+    each BatchNormalization's statistics are set to one batch's, by one training-mode pass at momentum 0."""
+    keras.utils.set_random_seed(7)
     model = build_model("efficientnet_lite0", weights="none", image_size=64)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable, layer.momentum = True, 0.0
+    model(np.random.default_rng(9).uniform(0, 255, (16, 64, 64, 3)).astype("float32"), training=True)
     path = save_bundle(model, tiny_card(), tmp_path_factory.mktemp("bundle") / "tiny.keras")
     return model, path
 
@@ -34,15 +43,22 @@ def test_saved_then_loaded_bundle_gives_the_same_outputs(tiny_bundle):
 
 
 def test_predictor_uses_the_card(tiny_bundle):
-    _, path = tiny_bundle
+    """Probability, label and confidence as the card's temperature (1.5) and threshold (0.4) make them, worked out
+    here from the Keras network's softmax apart from the Predictor's code."""
+    model, path = tiny_bundle
     predictor = Predictor(load_bundle(path))
-    batch = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    batch = np.random.default_rng(1).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
     results = predictor.predict(batch)
-    assert len(results) == 3
+    probs = model(batch.astype("float32"), training=False).numpy().astype(np.float64)
+    expected = 1 / (1 + np.exp(-np.log(probs[:, 1] / probs[:, 0]) / 1.5))
+    assert probs[:, 1].std() > 0.01  # the images score differently
+    np.testing.assert_allclose([r["probability_malignant"] for r in results], expected, atol=1e-4)
+    labels = [r["label"] for r in results]
+    assert set(labels) == {"benign", "malignant"}  # both sides of the threshold are checked
     for r in results:
-        assert r["threshold"] == 0.4 and 0.0 <= r["probability_malignant"] <= 1.0
-        assert r["label"] == ("malignant" if r["probability_malignant"] >= 0.4 else "benign")
-        assert r["confidence"] >= 0.4 if r["label"] == "malignant" else r["confidence"] > 0.6
+        pm = r["probability_malignant"]
+        assert r["threshold"] == 0.4 and r["label"] == ("malignant" if pm >= 0.4 else "benign")
+        assert r["confidence"] == (pm if r["label"] == "malignant" else 1.0 - pm)
 
 
 def test_a_large_batch_goes_through_the_network_in_bounded_passes(tiny_bundle, monkeypatch):
@@ -52,6 +68,7 @@ def test_a_large_batch_goes_through_the_network_in_bounded_passes(tiny_bundle, m
     predictor = Predictor(load_bundle(path))
     batch = np.random.default_rng(3).integers(0, 255, (11, 64, 64, 3), dtype=np.uint8)
     whole_probs, whole_feats = predictor.raw_outputs(batch, tta_views=2)
+    assert whole_probs[:, 1].std() > 0.01  # else a pass that shuffled or dropped images could not be told
     sizes, forward = [], predictor._forward
     monkeypatch.setattr(predictor, "_forward", lambda x: sizes.append(len(x)) or forward(x))
     monkeypatch.setattr("model.inference.MAX_FORWARD_IMAGES", 6)
@@ -100,11 +117,16 @@ def test_a_logit_bias_shifts_the_log_odds_after_the_temperature(tiny_bundle):
 
 
 def test_dihedral_views_are_distinct_flips_and_turns():
-    x = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
-    views = dihedral_views(x, 8)
-    assert views.shape == (16, 4, 4, 3)
-    flat = {views[i * 2].tobytes() for i in range(8)}
-    assert len(flat) == 8
+    """Every view of every image in the batch is that image flipped or turned, view-major, and the eight differ."""
+    x = np.arange(3 * 4 * 4 * 3).reshape(3, 4, 4, 3)
+    views = dihedral_views(x, 8).reshape(8, 3, 4, 4, 3)
+    for i, image in enumerate(x):
+        square = [np.rot90(image, k) for k in range(4)] + [np.rot90(image[:, ::-1], k) for k in range(4)]
+        for view in views[:, i]:
+            assert sum(np.array_equal(view, s) for s in square) == 1
+        assert len({view.tobytes() for view in views[:, i]}) == 8
+    np.testing.assert_array_equal(views[0], x)  # the first view is the upright image
+    np.testing.assert_array_equal(dihedral_views(x, 2).reshape(2, 3, 4, 4, 3)[1], x[:, :, ::-1])  # then its mirror
 
 
 def test_missing_bundle_and_wrong_classes(tmp_path, tiny_bundle):
