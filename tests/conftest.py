@@ -85,15 +85,20 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def bomb_png() -> bytes:
-    """A tiny PNG whose header claims 40000 x 40000 pixels."""
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (its data would not fill them)."""
     import struct
     import zlib
 
     data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 40000, 40000)
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 40000 x 40000 pixels (Pillow's own bomb check refuses it too)."""
+    return png_claiming(40000, 40000)

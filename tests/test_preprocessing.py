@@ -114,6 +114,21 @@ def test_decompression_bomb_is_refused_before_decoding(bomb_png):
     assert info.value.code == "too_many_pixels"
 
 
+def test_the_projects_own_pixel_limit_refuses_what_pillow_would_decode():
+    """72 megapixels: above the project's 64, below the 89 at which Pillow itself warns, so only our check stands
+    between such an upload and a 216 MB decode; 8000 x 8000 (64 MP exactly) is not refused for its size."""
+    from model.preprocessing import MAX_PIXELS
+    from tests.conftest import png_claiming
+
+    assert 9000 * 8000 > MAX_PIXELS and 9000 * 8000 < Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError) as info:
+        decode(png_claiming(9000, 8000))
+    assert info.value.code == "too_many_pixels" and "9000x8000" in info.value.message
+    with pytest.raises(ImageError) as info:
+        decode(png_claiming(8000, 8000))  # its size passes; its truncated data does not
+    assert info.value.code != "too_many_pixels"
+
+
 def test_training_evaluation_and_serving_see_the_same_array(tmp_path, app, monkeypatch):
     """One file through the three consumers: train.data.load_images (training and evaluation), preprocess on the
     bytes, and what the web service's own judge() hands to the network's forward pass (serving), caught there."""
