@@ -8,6 +8,7 @@ from tests.conftest import ROOT, lesion_fixtures
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
+SERVED = {}  # the live server's app, to ask what it answers for a file apart from the browser
 
 pytestmark = [
     pytest.mark.slow,
@@ -22,9 +23,11 @@ def live_server():
 
     from app import create_app
 
-    server = make_server("127.0.0.1", 0, create_app({"TESTING": False}), threaded=True)
+    app = create_app({"TESTING": False})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    SERVED["app"] = app
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
 
@@ -58,10 +61,16 @@ def test_upload_a_lesion_and_see_the_verdict(live_server, page):
     expect(page.locator("#preview")).to_be_visible(timeout=5000)
     page.click("#submit")
     page.wait_for_selector("#verdict")
-    assert page.inner_text("#verdict") in ("Benign", "Malignant — suspicious")
-    assert page.inner_text("#probability").endswith("%")
+    path = lesion_fixtures("malignant")[0]
+    [judged] = SERVED["app"].extensions["melanoma_model"].judge([(path.name, path.read_bytes())])
+    assert judged.label == "malignant"  # the fixture melanoma, as tests/test_app.py checks through the API
+    assert page.inner_text("#verdict") == "Malignant — suspicious"
+    assert page.inner_text("#probability") == f"{judged.probability_malignant * 100:.1f}%"
+    # the bar and the threshold mark, drawn by result.js under the content security policy
     bar_width = page.eval_on_selector(".scale .bar", "el => el.style.width")
-    assert bar_width.endswith("%")  # drawn by result.js under the content security policy
+    mark_left = page.eval_on_selector(".scale .mark", "el => el.style.left")
+    assert float(bar_width.rstrip("%")) == pytest.approx(judged.probability_malignant * 100, abs=1e-3)
+    assert float(mark_left.rstrip("%")) == pytest.approx(judged.threshold * 100, abs=1e-3)
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "result_page.png"), full_page=True)
