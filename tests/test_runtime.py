@@ -73,6 +73,31 @@ def test_openvino_is_safe_across_threads(predictors, batch, which):
         np.testing.assert_allclose(results[i], expected[i], atol=1e-4)
 
 
+def test_a_request_that_arrives_while_another_runs_goes_to_the_streams(predictors, batch):
+    """The routing the two compiled models exist for: a lone request on the all-threads (latency) model, one that
+    arrives while another is running on the throughput model's streams; both give the same answer."""
+    forward, expected = predictors[2]._forward, predictors[0].raw_outputs(batch[:1])[0]
+    assert forward.throughput is not None and forward.streams == 2
+    for busy, used in ((0, "latency"), (1, "throughput")):
+        holder = {}
+
+        def work():  # a fresh thread: no infer request of its own yet
+            with forward._lock:
+                forward._running += busy  # as if another request were running
+            try:
+                holder["probs"] = predictors[2].raw_outputs(batch[:1])[0]
+                holder["made"] = [k for k in ("latency", "throughput") if getattr(forward._local, k, None)]
+            finally:
+                with forward._lock:
+                    forward._running -= busy
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        assert holder["made"] == [used]
+        np.testing.assert_allclose(holder["probs"], expected, atol=1e-4)
+
+
 def test_the_converter_sends_no_telemetry(predictors):
     """OpenVINO's converter reports usage over the network unless its telemetry module is missing."""
     import openvino.tools.ovc.convert_impl as convert_impl
