@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess, shades_of_gray
-from tests.conftest import encode, lesion_fixtures, synthetic_lesion
+from tests.conftest import encode, lesion_fixtures, png_claiming, synthetic_lesion
 
 SPEC = PreprocessSpec(image_size=64)
 
@@ -118,7 +118,6 @@ def test_the_projects_own_pixel_limit_refuses_what_pillow_would_decode():
     """72 megapixels: above the project's 64, below the 89 at which Pillow itself warns, so only our check stands
     between such an upload and a 216 MB decode; 8000 x 8000 (64 MP exactly) is not refused for its size."""
     from model.preprocessing import MAX_PIXELS
-    from tests.conftest import png_claiming
 
     assert 9000 * 8000 > MAX_PIXELS and 9000 * 8000 < Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageError) as info:
