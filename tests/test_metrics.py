@@ -1,7 +1,7 @@
 import numpy as np
 
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from train.metrics import (bootstrap_intervals, classification_metrics, diagnosis_breakdown, expected_calibration_error,
                            fit_temperature, fit_temperature_and_bias, format_diagnosis_table, roc_auc,
@@ -53,6 +53,9 @@ def test_threshold_is_the_kth_lowest_positive_with_k_from_n_plus_one():
     # ten positives: k = floor(0.1 * 11) = 1, the lowest; five: no k fits, the lowest too
     assert threshold_for_sensitivity(p[20:], y[20:], 0.9) == positives[20]
     assert threshold_for_sensitivity(p[25:], y[25:], 0.9) == positives[25]
+    # where n and n + 1 part: 19 positives give k = floor(0.1 * 20) = 2 (with n: 1), 29 give 3 (with n: 2)
+    assert threshold_for_sensitivity(positives[:19], np.ones(19, int), 0.9) == positives[1]
+    assert threshold_for_sensitivity(positives[:29], np.ones(29, int), 0.9) == positives[2]
 
 
 def test_the_empirical_rule_takes_one_positive_more_than_the_unbiased_one_at_30():
@@ -90,6 +93,14 @@ def test_ece_is_zero_for_perfect_calibration_and_large_for_bad():
     assert expected_calibration_error(np.clip(p * 0.3, 0, 1), y)[0] > 0.2
 
 
+def test_ece_weights_each_bin_by_its_share_of_the_images():
+    # three images in the lowest bin (mean score 0.05, one malignant: 1/3), one in the highest (0.95, malignant)
+    p, y = np.array([0.05, 0.05, 0.05, 0.95]), np.array([0, 0, 1, 1])
+    ece, bins = expected_calibration_error(p, y)
+    assert ece == pytest.approx(3 / 4 * (1 / 3 - 0.05) + 1 / 4 * 0.05)  # 0.225; an unweighted mean gives 0.167
+    assert [b["count"] for b in bins] == [3, 1]
+
+
 def test_classification_metrics_on_a_known_case():
     p = np.array([0.9, 0.8, 0.3, 0.2, 0.1, 0.6])
     y = np.array([1, 1, 1, 0, 0, 0])
@@ -98,6 +109,8 @@ def test_classification_metrics_on_a_known_case():
     assert abs(m["sensitivity"] - 2 / 3) < 1e-9 and abs(m["specificity"] - 2 / 3) < 1e-9
     assert abs(m["roc_auc"] - 8 / 9) < 1e-9
     assert m["roc_auc_ci95"][0] <= m["roc_auc"] <= m["roc_auc_ci95"][1]
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p))  # 0.2917
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["per_class"]["malignant"]["precision"] == pytest.approx(2 / 3)
 
 
 def test_diagnosis_breakdown_scores_each_benign_diagnosis_against_the_malignant_images_alone():
