@@ -27,8 +27,11 @@ def test_class_folders_are_split_stratified_and_seeded(tmp_path):
     assert [str(p) for p in a.splits["test"].paths] == [str(p) for p in b.splits["test"].paths]
     all_paths = [str(p) for s in a.splits.values() for p in s.paths]
     assert len(all_paths) == len(set(all_paths)) == 40
-    for s in a.splits.values():
-        assert min(s.counts().values()) >= 1
+    for s in a.splits.values():  # stratified: each split holds the classes half and half, as the folders do
+        counts = s.counts()
+        assert abs(counts["benign"] - counts["malignant"]) <= 1, (s, counts)
+    other = discover(tmp_path, seed=4)  # seeded: another seed draws another split
+    assert [str(p) for p in other.splits["test"].paths] != [str(p) for p in a.splits["test"].paths]
 
 
 def test_isic_ground_truth_csv(tmp_path):
@@ -67,7 +70,7 @@ def test_clear_errors(tmp_path):
         discover(tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="^The data folder is empty: "):
         discover(empty)
     odd = tmp_path / "odd"
     (odd / "dysplastic").mkdir(parents=True)
