@@ -335,7 +335,7 @@ def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
     with pytest.raises(SystemExit) as info:
         train_main(["--data", str(tmp_path / "empty"), "--weights", "none", "--run-dir", str(tmp_path / "run")])
     assert info.value.code == 2
-    assert "empty" in caplog.text
+    assert f"The data folder is empty: {tmp_path / 'empty'}" in caplog.text
 
 
 def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
