@@ -70,6 +70,37 @@ def synthetic_lesion(size: int = 96, seed: int = 0, dark: float = 0.5) -> Image.
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+def lite0_with_batch_statistics(image_size: int = 64, seed: int = 7) -> keras.Model:
+    """An untrained EfficientNet-Lite0 whose outputs differ from image to image. Freshly built, every image scores
+    alike (BatchNormalization's initial statistics let the signal die out through the blocks), so no calibration,
+    threshold or ranking check could tell a right formula from a wrong one; here each BatchNormalization's
+    statistics are one batch of synthetic lesions', set by one training-mode pass at momentum 0."""
+    from model.architecture import build_model
+
+    keras.utils.set_random_seed(seed)
+    net = build_model("efficientnet_lite0", weights="none", image_size=image_size)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable, layer.momentum = True, 0.0
+    batch = np.stack([np.asarray(synthetic_lesion(image_size, 1000 + i, dark=0.1 + 0.8 * (i % 2))) for i in range(16)])
+    net(batch.astype("float32"), training=True)
+    return net
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """`--weights` for the 64-px training runs of the tests: lite0_with_batch_statistics's backbone, keyed
+    `<layer>/<variable>` as ../shared/weights is. Training then keeps these statistics (BatchNormalization frozen
+    for pretrained weights), so the trained network's validation and test scores spread out."""
+    from model.architecture import backbone_layers
+
+    net = lite0_with_batch_statistics()
+    path = tmp_path_factory.mktemp("weights") / "tiny_lite0_backbone.npz"
+    np.savez(path, **{f"{layer.name}/{v.name}": np.asarray(v) for layer in backbone_layers(net)
+                      for v in layer.weights})
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """DIR/{train,val,test}/{benign,malignant}/*.png with synthetic images; malignant blobs are darker."""

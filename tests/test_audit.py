@@ -8,7 +8,6 @@ from PIL import Image, ImageDraw
 
 from conftest import ISIC_FIXTURES, synthetic_lesion
 from train import audit
-from train import data as data_mod
 from train.augment import INK_RGB
 from train.robustness import dermoscope_ring
 

@@ -1,33 +1,25 @@
 import json
 
-import keras
 import numpy as np
 import pytest
 
-from model.architecture import build_model
 from model.bundle import load_bundle, save_bundle
 from model.inference import Predictor, calibrated_malignant_probability, dihedral_views
 from model.preprocessing import PreprocessSpec
+from tests.conftest import lite0_with_batch_statistics, synthetic_lesion
 
 
 def tiny_card(**overrides):
     card = {"name": "tiny", "version": "test", "class_names": ["benign", "malignant"], "backbone": "efficientnet_lite0",
-            "preprocessing": PreprocessSpec(64).to_dict(), "threshold": 0.4, "temperature": 1.5, "tta_views": 1}
+            "preprocessing": PreprocessSpec(64).to_dict(), "threshold": 0.33, "temperature": 1.5, "tta_views": 1}
     card.update(overrides)
     return card
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    """An untrained 64-px network whose outputs differ from image to image. Freshly built, every image scores 0.5
-    (the signal dies out through the blocks), which no calibration or label check can tell from a wrong formula; so
-    each BatchNormalization's statistics are set to one batch's, by one training-mode pass at momentum 0."""
-    keras.utils.set_random_seed(7)
-    model = build_model("efficientnet_lite0", weights="none", image_size=64)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable, layer.momentum = True, 0.0
-    model(np.random.default_rng(9).uniform(0, 255, (16, 64, 64, 3)).astype("float32"), training=True)
+    """An untrained 64-px network whose outputs differ from image to image (see lite0_with_batch_statistics)."""
+    model = lite0_with_batch_statistics(64)
     path = save_bundle(model, tiny_card(), tmp_path_factory.mktemp("bundle") / "tiny.keras")
     return model, path
 
@@ -39,15 +31,15 @@ def test_saved_then_loaded_bundle_gives_the_same_outputs(tiny_bundle):
     expected = model(x, training=False).numpy()
     bundle = load_bundle(path)
     np.testing.assert_allclose(bundle.model(x, training=False).numpy(), expected, atol=1e-6)
-    assert bundle.card["threshold"] == 0.4 and json.loads(path.with_suffix(".json").read_text())["name"] == "tiny"
+    assert bundle.card["threshold"] == 0.33 and json.loads(path.with_suffix(".json").read_text())["name"] == "tiny"
 
 
 def test_predictor_uses_the_card(tiny_bundle):
-    """Probability, label and confidence as the card's temperature (1.5) and threshold (0.4) make them, worked out
+    """Probability, label and confidence as the card's temperature (1.5) and threshold (0.33) make them, worked out
     here from the Keras network's softmax apart from the Predictor's code."""
     model, path = tiny_bundle
     predictor = Predictor(load_bundle(path))
-    batch = np.random.default_rng(1).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    batch = np.stack([np.asarray(synthetic_lesion(64, 50 + i, dark=0.1 + 0.8 * (i % 2))) for i in range(8)])
     results = predictor.predict(batch)
     probs = model(batch.astype("float32"), training=False).numpy().astype(np.float64)
     expected = 1 / (1 + np.exp(-np.log(probs[:, 1] / probs[:, 0]) / 1.5))
@@ -57,7 +49,7 @@ def test_predictor_uses_the_card(tiny_bundle):
     assert set(labels) == {"benign", "malignant"}  # both sides of the threshold are checked
     for r in results:
         pm = r["probability_malignant"]
-        assert r["threshold"] == 0.4 and r["label"] == ("malignant" if pm >= 0.4 else "benign")
+        assert r["threshold"] == 0.33 and r["label"] == ("malignant" if pm >= 0.33 else "benign")
         assert r["confidence"] == (pm if r["label"] == "malignant" else 1.0 - pm)
 
 

@@ -27,10 +27,10 @@ OPTION_RUN = ["--unfreeze-from", "6", "--gate-layer", "block5c_add"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
+def trained(tiny_data, tiny_backbone, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+        "--data", str(tiny_data), "--weights", str(tiny_backbone), "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "1", "--dense-units", "16",
         "--run-dir", str(out), "--output", str(out / "bundle" / "tiny.keras"),
     ])
@@ -80,6 +80,42 @@ def test_model_card_is_complete(trained):
         assert key in card["test"], key
 
 
+def _split_images(tiny_data, split, predictor):
+    paths = sorted((tiny_data / split).rglob("*.png"))
+    y = np.array([p.parent.name == "malignant" for p in paths], int)
+    return np.stack([predictor.preprocess(p.read_bytes()) for p in paths]), y
+
+
+def test_operating_point_is_fitted_on_the_validation_scores(trained, tiny_data, tmp_path, capsys):
+    """Worked out here from the network's validation scores, apart from the calibration code: the temperature
+    minimises their negative log-likelihood within its bounds (0.05-20), and the threshold is the k-th lowest
+    calibrated melanoma score, k = floor((1 - target) * (6 + 1)): the lowest of the six at training's 0.90, the
+    third at 0.50 (set by python -m train.calibrate on a copy, so that "the lowest of all scores" cannot pass)."""
+    from model.bundle import copy_bundle
+    from model.inference import Predictor
+    from train import calibrate
+
+    copy = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    calibrate.main(["--model", str(copy), "--data", str(tiny_data), "--target-sensitivity", "0.5"])
+    for bundle, k in ((load_bundle(trained / "bundle" / "tiny.keras"), 1), (load_bundle(copy), 3)):
+        card, predictor = bundle.card, Predictor(bundle)
+        x, y = _split_images(tiny_data, "val", predictor)
+        assert card["validation"]["n"] == len(y) == 12
+        raw = predictor.raw_probabilities(x).astype(np.float64)
+        log_odds = np.log(raw[:, 1] / raw[:, 0])
+        assert log_odds.std() > 1e-4  # the scores spread out, so a wrong rule would show
+
+        def nll(t):
+            z = log_odds / t
+            return float(np.mean(np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)))
+
+        t = card["temperature"]
+        assert 0.05 <= t <= 20.0 + 1e-6
+        assert nll(t) <= min(nll(min(t * 1.1, 20.0)), nll(max(t / 1.1, 0.05))) + 1e-7
+        calibrated = 1 / (1 + np.exp(-log_odds / t))
+        assert card["threshold"] == pytest.approx(np.sort(calibrated[y == 1])[k - 1], abs=1e-4)
+
+
 def test_the_gate_layer_is_chosen_by_the_rule_and_the_sweep_is_in_the_card(trained):
     gate = load_bundle(trained / "bundle" / "tiny.keras").card["gate"]
     rows = gate["selection"]["candidates"]
@@ -114,6 +150,15 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     card = load_bundle(trained / "bundle" / "tiny.keras").card
     assert abs(metrics["roc_auc"] - card["test"]["roc_auc"]) < 1e-6
     assert metrics["confusion_matrix"] == card["test"]["confusion_matrix"]
+    # and both are the serving path's scores of those images, worked out here
+    from model.inference import Predictor
+
+    predictor = Predictor(load_bundle(trained / "bundle" / "tiny.keras"))
+    x, y = _split_images(tiny_data, "test", predictor)
+    p = predictor.probability(x)
+    assert p.std() > 1e-5
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert metrics["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-6)
     printed = capsys.readouterr().out
     assert "ROC AUC" in printed and "sensitivity" in printed
     for name in ("metrics.json", "roc.png", "pr.png", "confusion_matrix.png", "reliability.png"):
@@ -243,10 +288,11 @@ def test_calibrate_with_view_turns_refits_on_the_views_the_predictor_then_serves
     x = np.stack([predictor.preprocess(v) for v in val])
     p = predictor.probability(x)
     assert np.mean(p[y] >= card["threshold"]) == pytest.approx(card["validation"]["sensitivity"])
-    # it serves the two views' mean (tests/test_turn.py: of what, with the shipped model; this barely trained
-    # network scores every image alike)
-    np.testing.assert_allclose(predictor.raw_probabilities(x), upright.raw_probabilities(x, turns=(0.0, 45.0)),
-                               atol=1e-6)
+    # it serves the two views' mean log-probability, renormalised, each view scored on its own here
+    views = [upright.raw_probabilities(x, turns=(t,)).astype(np.float64) for t in (0.0, 45.0)]
+    assert np.abs(views[0] - views[1]).max() > 1e-3  # the turned view scores differently
+    mean = np.exp((np.log(views[0]) + np.log(views[1])) / 2)
+    np.testing.assert_allclose(predictor.raw_probabilities(x), mean / mean.sum(axis=1, keepdims=True), atol=1e-5)
     with pytest.raises(SystemExit) as refused:
         calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--view-turns", "0,45,45"])
     assert refused.value.code == 2 and "distinct" in capsys.readouterr().err
@@ -303,7 +349,8 @@ def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_dat
     assert "ensemble of 2 on test" in capsys.readouterr().out
 
 
-def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(tiny_data, tmp_path):
+def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(tiny_data, tmp_path, monkeypatch):
+    datasets = _spy(monkeypatch, "make_dataset")
     rows = ["image_id,diagnosis"]
     for i, path in enumerate(sorted((tiny_data / "train").glob("*/*.png"))):
         rows.append(f"{path.stem},{'melanoma' if path.parent.name == 'malignant' else ('nevus', 'keratosis')[i % 2]}")
@@ -319,6 +366,9 @@ def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(t
     assert bundle.card["training"]["arguments"]["aux_diagnosis"].endswith("diagnosis.csv")
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert len(history) == 2 and all(r["val_auc"] and r["auc"] for r in history)
+    # the training batches carried the diagnoses (three: melanoma, nevus, keratosis) as the second target
+    assert datasets and all(call["y_aux"] is not None and call["y_aux"].shape == (24, 3) for call in datasets)
+    assert len(next(iter(datasets[0]["result"]))[1]) == 2
 
 
 def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_path, caplog):
@@ -328,6 +378,43 @@ def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_p
                     "--epochs", "0", "--aux-diagnosis", str(tmp_path / "diagnosis.csv"),
                     "--run-dir", str(tmp_path / "run")])
     assert "training images have no diagnosis" in caplog.text
+
+
+def test_augmentation_is_on_the_training_path_only(tiny_data, tmp_path, monkeypatch):
+    """What the training command itself feeds the network: training batches augmented (no batch image is any
+    training image as loaded), validation images exactly as the one preprocessing path loads them."""
+    import train.train as train_mod
+    from model.preprocessing import PreprocessSpec
+    from train.data import load_images
+
+    seen = {"train": [], "val": []}
+    real_make_dataset, real_validation = train_mod.make_dataset, train_mod.ValidationAUC
+
+    def make_dataset_spy(x, *args, **kwargs):
+        ds = real_make_dataset(x, *args, **kwargs)
+        seen["train"].append((np.array(x), next(iter(ds))[0].numpy()))
+        return ds
+
+    def validation_spy(x_val, *args, **kwargs):
+        seen["val"].append(np.array(x_val))
+        return real_validation(x_val, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "make_dataset", make_dataset_spy)
+    monkeypatch.setattr(train_mod, "ValidationAUC", validation_spy)
+    train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+                "--unfreeze-from", "6", "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
+                "--output", str(tmp_path / "bundle" / "tiny.keras")])
+    assert seen["train"] and seen["val"]
+    loaded, batch = seen["train"][0]
+    assert batch.shape == (8, 64, 64, 3)
+    for image in batch:
+        assert not any(np.array_equal(image, original.astype(np.float32)) for original in loaded)
+    spec = PreprocessSpec.from_dict(load_bundle(tmp_path / "bundle" / "tiny.keras").card["preprocessing"])
+    expected = load_images(sorted((tiny_data / "val").rglob("*.png")), spec)
+    for x_val in seen["val"]:  # the same arrays, in any order
+        assert x_val.shape == expected.shape and x_val.dtype == expected.dtype
+        assert sorted(v.tobytes() for v in x_val) == sorted(e.tobytes() for e in expected)
 
 
 def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
@@ -476,7 +563,8 @@ def test_attention_pooling_trains_and_ships_in_the_bundle(tiny_data, tmp_path):
     assert np.abs(bundle.model.get_layer("attention_pool").w.numpy()).max() > 0  # moved from the average
 
 
-def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
+def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path, monkeypatch):
+    optimizers = _spy(monkeypatch, "fine_tune_optimizer")
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "0", "--dense-units", "16", "--ema", "0.9",
@@ -484,6 +572,8 @@ def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path):
     ])
     bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
     assert bundle.card["training"]["arguments"]["ema"] == 0.9
+    [call] = optimizers  # stage 2's optimizer keeps the weights' moving average at that momentum
+    assert call["result"].use_ema and call["result"].ema_momentum == pytest.approx(0.9)
     history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
 
@@ -620,6 +710,28 @@ def test_ranking_loss_adds_the_squared_hinge_of_pairs_ranked_closer_than_the_mar
                                rtol=1e-5)
 
 
+def _spy(monkeypatch, name: str) -> list[dict]:
+    """Wrap train.train's `name` (a function or class the training command calls) so that each call's arguments,
+    by parameter name, and its result are recorded; the real one still runs."""
+    import inspect
+
+    import train.train as train_mod
+
+    real, calls = getattr(train_mod, name), []
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        try:
+            bound = dict(inspect.signature(real).bind(*args, **kwargs).arguments)
+        except TypeError:  # a class whose __init__ takes what its base's does
+            bound = {"args": args, **kwargs}
+        calls.append({**bound, "result": result})
+        return result
+
+    monkeypatch.setattr(train_mod, name, spy)
+    return calls
+
+
 def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
     """A one-epoch-per-stage tiny run with `flags`; returns its card, after checking every epoch's loss is finite."""
     train_main([
@@ -699,9 +811,13 @@ def test_consistency_batches_are_the_augmented_images_then_their_shifted_copies(
 
 
 def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_combine_with(tiny_data, tmp_path,
-                                                                                             capsys):
+                                                                                             capsys, monkeypatch):
+    datasets = _spy(monkeypatch, "make_dataset")
     card = _one_epoch_run(tiny_data, tmp_path / "run", "--consistency", "12")
     assert card["training"]["arguments"]["consistency"] == 12.0
+    # each batch was the images and their shifted copies
+    assert datasets and all(call["shift"] is not None for call in datasets)
+    assert next(iter(datasets[0]["result"]))[0].shape[0] == 2 * 8
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--consistency", "12", "--mixup", "0.2"])
     assert "does not combine with --mixup" in capsys.readouterr().err
@@ -738,9 +854,12 @@ def test_sharpness_aware_step_applies_the_gradient_taken_at_the_moved_weights_to
         assert not np.allclose(got, plain, rtol=1e-3, atol=1e-4)  # the move changed the step
 
 
-def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, tmp_path, capsys):
+def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, tmp_path, capsys, monkeypatch):
+    wrapped = _spy(monkeypatch, "SharpnessAware")
     card = _one_epoch_run(tiny_data, tmp_path / "run", "--sam", "0.05")
     assert card["training"]["arguments"]["sam"] == 0.05
+    [call] = wrapped  # the network was trained through the sharpness-aware step, at that radius
+    assert call["result"].rho == pytest.approx(0.05) and call["result"].optimizer.iterations.numpy() > 0
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--sam", "-0.1"])
     assert "--sam is the radius" in capsys.readouterr().err
