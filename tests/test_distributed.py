@@ -45,14 +45,16 @@ def test_mirrored_on_two_cpu_devices_trains_and_saves_a_bundle(tiny_data, tmp_pa
     assert bundle.card["training"]["arguments"]["batch_size"] == 8
 
 
-def test_two_workers_on_loopback_train_in_step_and_the_chief_saves_a_bundle(tiny_data, tmp_path):
-    """--distribute multi-worker: two processes on loopback ports, configured by TF_CONFIG, as on two hosts."""
+def test_two_workers_on_loopback_train_in_step_and_the_chief_saves_a_bundle(tiny_data, tiny_backbone, tmp_path):
+    """--distribute multi-worker: two processes on loopback ports, configured by TF_CONFIG, as on two hosts. From the
+    tiny backbone (tests/conftest.py), whose scores spread out, so equal validation AUCs mean equal weights."""
     ports = [free_port(), free_port()]
     out = tmp_path / "bundle" / "multi.keras"
     procs = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        procs.append(run_train(["--data", str(tiny_data), *TINY, "--distribute", "multi-worker",
+        procs.append(run_train(["--data", str(tiny_data), *TINY, "--weights", str(tiny_backbone),
+                                "--distribute", "multi-worker",
                                 "--run-dir", str(tmp_path / "run"), "--output", str(out)],
                                env={"TF_CONFIG": json.dumps(config)}, log_file=tmp_path / f"worker_{index}.log"))
     try:
