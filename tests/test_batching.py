@@ -31,29 +31,41 @@ def test_concurrent_requests_share_batches_and_get_their_own_results():
 
 
 def test_a_failing_request_does_not_fail_the_others():
+    """Three requests in one batch, one of them bad: the batch fails, and each request is retried on its own. The
+    worker is held on a first request until all three are queued, so they always share a batch."""
+    release, batches = threading.Event(), []
+
     def assess(items):
+        batches.append(list(items))
+        if items == ["hold"]:
+            release.wait(5)
         if "bad" in items:
             raise ValueError("boom")
         return [x.upper() for x in items]
 
     batcher = MicroBatcher(assess)
-    gate = threading.Event()
     out = {}
 
     def client(name, items):
-        gate.wait()
         try:
             out[name] = batcher.submit(items)
         except ValueError as exc:
             out[name] = exc
 
-    threads = [threading.Thread(target=client, args=(n, i)) for n, i in (("a", ["x"]), ("b", ["bad"]), ("c", ["y"]))]
-    for t in threads:
-        t.start()
-    gate.set()
+    threads = [threading.Thread(target=client, args=("hold", ["hold"]))]
+    threads[0].start()
+    while not batches:  # the worker now holds the first request
+        time.sleep(0.001)
+    for name, items in (("a", ["x"]), ("b", ["bad"]), ("c", ["y"])):
+        threads.append(threading.Thread(target=client, args=(name, items)))
+        threads[-1].start()
+    while batcher._queue.qsize() < 3:
+        time.sleep(0.001)
+    release.set()
     for t in threads:
         t.join()
-    assert out["a"] == ["X"] and out["c"] == ["Y"] and isinstance(out["b"], ValueError)
+    assert sorted(batches[1]) == ["bad", "x", "y"]  # one batch, which failed ...
+    assert out["a"] == ["X"] and out["c"] == ["Y"] and isinstance(out["b"], ValueError)  # ... and was retried
 
 
 def test_full_queue_is_refused():
