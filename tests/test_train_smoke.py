@@ -258,8 +258,12 @@ def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained
     assert predictor.logit_bias == platt["logit_bias"]
     val = sorted((tiny_data / "val").rglob("*.png"))
     y = np.array([p.parent.name == "malignant" for p in val])
-    p = predictor.probability(np.stack([predictor.preprocess(v) for v in val]))
+    x = np.stack([predictor.preprocess(v) for v in val])
+    p = predictor.probability(x)
     assert np.mean(p[y] >= platt["threshold"]) == pytest.approx(platt["validation"]["sensitivity"])
+    raw = predictor.raw_probabilities(x).astype(np.float64)  # served: sigmoid(log odds / T + bias), worked out here
+    expected = 1 / (1 + np.exp(-(np.log(raw[:, 1] / raw[:, 0]) / platt["temperature"] + platt["logit_bias"])))
+    np.testing.assert_allclose(p, expected, atol=1e-6)
     # back to a temperature alone: the bias goes back to 0, and the validation ranking is the one the bias had (both
     # fits score the same forward pass; the training-time card's came from another, which for this barely trained
     # network can differ in the last bit)
@@ -334,6 +338,17 @@ def test_threshold_study_compares_both_rules_on_test(trained, tiny_data, tmp_pat
     assert result["summary"]["unbiased"]["bundles"] == 2
     assert json.loads((tmp_path / "thr" / "thresholds.json").read_text())["rows"] == result["rows"]
     assert "| **mean** |" in capsys.readouterr().out
+    # at a target of 0.5 the rules part, each checked against the validation melanomas' scores sorted here: the
+    # unbiased rule takes the 3rd lowest of six (k = floor(0.5 * 7)), the empirical one the 4th (keeps 3 of 6)
+    from model.inference import Predictor
+
+    half = thresholds.main(["--model", bundle, "--data", str(tiny_data), "--target-sensitivity", "0.5",
+                            "--out", str(tmp_path / "thr_half")])["rows"][0]
+    predictor = Predictor(load_bundle(bundle))
+    x, y = _split_images(tiny_data, "val", predictor)
+    melanomas = np.sort(predictor.probability(x)[y == 1])
+    assert half["unbiased"]["threshold"] == pytest.approx(melanomas[2], abs=1e-5)
+    assert half["empirical"]["threshold"] == pytest.approx(melanomas[3], abs=1e-5)
 
 
 def test_ensemble_of_a_network_with_itself_reproduces_its_card(trained, tiny_data, capsys):
