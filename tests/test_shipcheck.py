@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from train.metrics import paired_auc_difference
-from train.shipcheck import Limits, check, main
+from train.shipcheck import Limits, check, format_table, main
 
 
 def _card(val_auc=0.891, ece=0.036, test_auc=0.821, seconds=2167.5, data_hash="abc") -> dict:
@@ -47,6 +47,37 @@ def test_a_candidate_as_good_everywhere_and_robust_to_the_ring_ships():
 def test_each_condition_fails_on_its_own(candidate, rows, failing):
     cand_rows = _rows(**{"ring_spec": 0.62, "ring_refused": 0.05, **rows})
     assert _failed(check(_card(), candidate, _rows(), cand_rows)) == [failing]
+
+
+def test_a_held_shift_missing_from_the_report_fails_instead_of_being_skipped():
+    rows = _rows(ring_spec=0.62, ring_refused=0.05)
+    del rows["dermoscope_ring"]
+    conditions = check(_card(), _card(), _rows(), rows)
+    assert _failed(conditions) == ["dermoscope_ring: measured"]
+    assert format_table(conditions).splitlines()[-1] == "does not ship: fails dermoscope_ring: measured"
+
+
+@pytest.mark.parametrize("candidate, rows, passing", [
+    # each limit inclusive where the rule says "at most" or "at least", each a hair beyond it failing
+    (_card(val_auc=0.891 - 0.005), {}, True), (_card(val_auc=0.891 - 0.0051), {}, False),
+    (_card(ece=0.05), {}, True), (_card(ece=0.0501), {}, False),
+    (_card(seconds=60 * 60), {}, True), (_card(seconds=60 * 60 + 1), {}, False),
+    (_card(), {"blur": -0.029 - 0.01}, True), (_card(), {"blur": -0.029 - 0.0101}, False),
+    (_card(), {"ring_spec": 0.64 - 0.0499}, True), (_card(), {"ring_spec": 0.64 - 0.0501}, False),
+    (_card(), {"ring_refused": 0.0999}, True), (_card(), {"ring_refused": 0.10}, False),
+])
+def test_each_limit_sits_where_the_rule_says(candidate, rows, passing):
+    cand_rows = _rows(**{"ring_spec": 0.62, "ring_refused": 0.05, **rows})
+    assert (_failed(check(_card(), candidate, _rows(), cand_rows)) == []) == passing
+
+
+def test_the_specificity_lost_under_a_held_shift_may_equal_its_margin():
+    """Exactly on the margin (binary fractions, so that no rounding decides): "at most" includes it."""
+    limits = Limits(held_spec_margin=0.0625)
+    cand_rows = _rows(spec=0.625, ring_spec=0.625 - 0.0625, ring_refused=0.05)
+    assert _failed(check(_card(), _card(), _rows(), cand_rows, limits)) == []
+    cand_rows = _rows(spec=0.625, ring_spec=0.625 - 0.0625 - 2 ** -20, ring_refused=0.05)
+    assert _failed(check(_card(), _card(), _rows(), cand_rows, limits)) == ["dermoscope_ring: specificity lost"]
 
 
 def test_the_baseline_itself_fails_the_ring_conditions_it_is_measured_against():
@@ -94,6 +125,38 @@ def test_the_command_prints_the_verdict_writes_it_and_exits_by_it(tmp_path, caps
     assert written["trained_on"]["candidate"] == "Intel(R) Xeon(R) Processor"
     assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report), "--max-ece", "0.07"]) == 0
     assert "ships: every condition passes" in capsys.readouterr().out
+
+
+def test_every_limit_given_to_the_command_is_the_one_it_judges_by(tmp_path, capsys):
+    card = _card()
+    card["test"].update(sensitivity=0.93, specificity=0.41)
+    base, cand = _write_bundle(tmp_path, "base", card), _write_bundle(tmp_path, "cand", card)
+    rows = {base: _rows(), cand: _rows(ring_spec=0.62, ring_refused=0.05)}
+    for model_rows in rows.values():  # --shift-rule level reads the AUC under each shift
+        for row in model_rows.values():
+            row["roc_auc"] = 0.821 + row["auc_change"]
+    report = tmp_path / "robustness.json"
+    report.write_text(json.dumps({"results": rows}))
+    given = {"val_auc_margin": 0.011, "max_ece": 0.042, "max_train_minutes": 13.0, "shift_margin": 0.014,
+             "held_spec_margin": 0.016, "held_max_refused": 0.17, "min_test_auc_gain": 0.018, "paired_margin": 0.019,
+             "min_test_sensitivity": 0.85, "min_test_specificity": 0.3}
+    argv = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
+    assert main(["--baseline", base, "--candidate", cand, "--robustness", str(report), *argv, "--shift-rule", "level",
+                 "--held-shifts", "blur,dermoscope_ring"]) == 1
+    written = json.loads((tmp_path / "shipcheck.json").read_text())
+    assert {name: written["limits"][name] for name in given} == given
+    assert written["limits"]["shift_rule"] == "level"
+    assert written["limits"]["held_shifts"] == ["blur", "dermoscope_ring"]
+    # and they are the limits the verdict used
+    by_name = {c["name"]: c for c in written["conditions"]}
+    assert by_name["validation AUC"]["limit"] == ">= 0.880" and by_name["test ECE"]["limit"] == "<= 0.042"
+    assert by_name["training minutes"]["limit"] == "<= 13" and not by_name["training minutes"]["passed"]
+    assert by_name["test AUC"]["limit"] == ">= 0.839" and not by_name["test AUC"]["passed"]
+    assert by_name["test sensitivity at its threshold"]["limit"] == ">= 0.850"
+    assert by_name["test specificity at its threshold"]["limit"] == ">= 0.300"
+    assert by_name["blur: AUC under it"]["limit"] == ">= 0.778"  # level: the AUC under blur (0.792) less 0.014
+    assert by_name["blur: specificity lost"]["limit"] == "<= 0.016"  # blur is held too
+    assert by_name["dermoscope_ring: refused by the gate"]["limit"] == "< 0.170"
 
 
 def test_the_command_explains_a_bundle_missing_from_the_report(tmp_path, capsys):

@@ -128,7 +128,10 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
                                     f">= {floor:+.3f}" if key == "auc_change" else f">= {floor:.3f}",
                                     cand[key] >= floor))
     for shift in limits.held_shifts:
-        if shift not in cand_rows:
+        if shift not in cand_rows:  # a shift the verdicts must hold under, not measured: the rule cannot pass
+            conditions.append(Condition(f"{shift}: measured", None, float("nan"), "in the report", False,
+                                        f"the robustness report has no {shift} row for the candidate; rerun "
+                                        "python -m train.robustness with it"))
             continue
         drop = cand_rows["none"]["specificity"] - cand_rows[shift]["specificity"]
         base_drop = base_rows["none"]["specificity"] - base_rows[shift]["specificity"] if shift in base_rows else None
