@@ -204,6 +204,8 @@ def test_file_over_the_size_limit_is_413(malignant_jpeg):
 def test_too_many_files(client, benign_jpeg):
     res = upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(17)])
     assert res.status_code == 400 and res.get_json()["code"] == "too_many_files"
+    res = upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(16)])  # the limit itself
+    assert res.status_code == 200 and len(res.get_json()["predictions"]) == 16
 
 
 def test_unknown_route_is_a_404_page_and_json_under_api(client):
@@ -214,12 +216,20 @@ def test_unknown_route_is_a_404_page_and_json_under_api(client):
     assert client.get("/api/v1/predict").status_code == 405
 
 
-def test_security_headers(client):
-    headers = client.get("/").headers
-    assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["X-Frame-Options"] == "DENY"
-    assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert "unsafe-inline" not in headers["Content-Security-Policy"]
+def test_security_headers(client, malignant_jpeg):
+    responses = {"upload page": client.get("/"), "about page": client.get("/about"),
+                 "result page": upload(client, "/predict", [("lesion.jpg", malignant_jpeg)]),
+                 "API": upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)]),
+                 "404 page": client.get("/no/such/page"), "API error": upload(client, "/api/v1/predict", [])}
+    for name, res in responses.items():
+        headers = res.headers
+        assert headers["X-Content-Type-Options"] == "nosniff", name
+        assert headers["X-Frame-Options"] == "DENY", name
+        assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store", name
+        policy = dict(d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";") if d.strip())
+        assert policy["default-src"] == "'self'", name
+        for directive in ("script-src", "style-src"):  # only this site's own files, never inline or other hosts
+            assert policy.get(directive, policy["default-src"]) == "'self'", (name, directive)
 
 
 def test_form_needs_a_csrf_token(malignant_jpeg):
@@ -252,6 +262,9 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     old = folder / ("0" * 32 + ".png")
     Image.new("RGB", (40, 40)).save(old)
     os.utime(old, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    recent = folder / ("1" * 32 + ".png")  # kept 10 minutes ago: within the hour it is kept for
+    Image.new("RGB", (40, 40)).save(recent)
+    os.utime(recent, (time.time() - 600, time.time() - 600))
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "KEEP_UPLOADS": True,
                       "UPLOAD_FOLDER": str(folder), "UPLOAD_RETENTION_HOURS": 1})
     exif = Image.Exif()
@@ -259,8 +272,10 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     exif[0x0112] = 1
     tagged = encode(Image.open(io.BytesIO(malignant_jpeg)), "JPEG", exif=exif.tobytes())
     assert upload(app.test_client(), "/api/v1/predict", [("patient-smith.jpg", tagged)]).status_code == 200
+    assert recent.exists() and not old.exists(), "expired upload purged, recent one kept"
+    recent.unlink()
     kept = list(folder.iterdir())
-    assert len(kept) == 1 and not old.exists(), "expired upload purged, new one kept"
+    assert len(kept) == 1, "the new upload kept"
     assert "smith" not in kept[0].name and re.fullmatch(r"[0-9a-f]{32}\.png", kept[0].name)
     assert b"SecretCam" not in kept[0].read_bytes() and not Image.open(kept[0]).getexif()
 
@@ -275,10 +290,13 @@ def test_model_is_loaded_once_at_startup(app, client, malignant_jpeg, monkeypatc
     assert upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)]).status_code == 200
 
 
-def test_config_from_environment(monkeypatch):
+def test_config_from_environment(monkeypatch, benign_jpeg):
     monkeypatch.setenv("MELANOMA_MAX_FILES", "3")
     app = create_app({"TESTING": True})
     assert app.config["MAX_FILES"] == 3 and app.config["MODEL_PATH"] == str(DEFAULT_BUNDLE)
+    client = app.test_client()  # and the server applies it
+    assert upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(4)]).status_code == 400
+    assert upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(3)]).status_code == 200
 
 
 def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, benign_jpeg, malignant_jpeg):
