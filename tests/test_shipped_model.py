@@ -30,4 +30,6 @@ def test_evaluation_reproduces_the_card(tmp_path):
     assert metrics["n"] == card["n"]
     assert metrics["confusion_matrix"] == card["confusion_matrix"]
     assert abs(metrics["roc_auc"] - card["roc_auc"]) < 1e-4
+    for key in ("sensitivity", "specificity", "accuracy", "brier", "ece"):  # the README's table, every number
+        assert abs(metrics[key] - card[key]) < 1e-4, key
     assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "test"
