@@ -53,7 +53,8 @@ def test_heatmap_follows_a_mirrored_image(shipped):
     network trained on flipped images, so it is nearly equivariant (each fixture's correlation measured 0.81-0.98)."""
     bundle, _ = shipped
     spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
-    melanomas = np.stack([preprocess(p.read_bytes(), spec) for p in lesion_fixtures("malignant") + lesion_fixtures("cam")])
+    paths = lesion_fixtures("malignant") + lesion_fixtures("cam")
+    melanomas = np.stack([preprocess(p.read_bytes(), spec) for p in paths])
     cam = GradCAM(bundle.model)
     upright = cam.heatmaps(melanomas)
     mirrored = cam.heatmaps(np.ascontiguousarray(melanomas[:, :, ::-1]))[:, :, ::-1]

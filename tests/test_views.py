@@ -30,6 +30,18 @@ def test_turn_is_the_identity_at_0_a_grid_rotation_at_90_and_mirrors_the_corners
         views.parse_view("45@0")
 
 
+def test_a_zoomed_view_is_scored_on_the_zoomed_images(shipped, monkeypatch):
+    x = np.stack([shipped.preprocess(p.read_bytes()) for p in lesion_fixtures("malignant")])
+    y = np.array([True, False])  # labels only for the report's AUCs
+    scored, log_odds = [], views.log_odds
+    monkeypatch.setattr(views, "log_odds",
+                        lambda predictor, images: scored.append(images) or log_odds(predictor, images))
+    views.score_views(shipped, x, y, ["45@0.8"], bootstrap=10)
+    assert len(scored) == 2  # the upright images, then the view's
+    np.testing.assert_array_equal(scored[1], views.turn(x, 45.0, zoom=0.8))
+    assert not np.allclose(scored[1], views.turn(x, 45.0), atol=1.0)
+
+
 def test_views_score_the_shipped_model_as_its_predictor_does_on_the_turned_images(shipped):
     paths = lesion_fixtures("benign") + lesion_fixtures("malignant")
     y = np.array([0] * len(lesion_fixtures("benign")) + [1] * len(lesion_fixtures("malignant"))) == 1
