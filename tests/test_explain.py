@@ -22,6 +22,13 @@ def shipped():
     return bundle, images
 
 
+@pytest.fixture(scope="module")
+def melanomas(shipped) -> np.ndarray:
+    """The six fixture melanomas (malignant and cam), preprocessed by the one path."""
+    spec = PreprocessSpec.from_dict(shipped[0].card["preprocessing"])
+    return np.stack([preprocess(p.read_bytes(), spec) for p in lesion_fixtures("malignant") + lesion_fixtures("cam")])
+
+
 def correlation(a, b):
     if a.std() == 0 or b.std() == 0:
         return 0.0
@@ -48,14 +55,10 @@ def test_heatmap_changes_when_the_image_changes(shipped):
     assert correlation(a, other) < 0.9
 
 
-def test_heatmap_follows_a_mirrored_image(shipped):
+def test_heatmap_follows_a_mirrored_image(shipped, melanomas):
     """The map of a mirrored melanoma is the mirrored map: it follows the lesion, not a fixed pattern or noise. The
     network trained on flipped images, so it is nearly equivariant (each fixture's correlation measured 0.81-0.98)."""
-    bundle, _ = shipped
-    spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
-    paths = lesion_fixtures("malignant") + lesion_fixtures("cam")
-    melanomas = np.stack([preprocess(p.read_bytes(), spec) for p in paths])
-    cam = GradCAM(bundle.model)
+    cam = GradCAM(shipped[0].model)
     upright = cam.heatmaps(melanomas)
     mirrored = cam.heatmaps(np.ascontiguousarray(melanomas[:, :, ::-1]))[:, :, ::-1]
     similarities = [correlation(a, b) for a, b in zip(upright, mirrored)]
@@ -74,15 +77,13 @@ def served_map_matches_grad_cam(png: bytes, jpeg: bytes, bundle) -> None:
     assert np.abs(served - np.asarray(overlay(image, np.zeros_like(heat)), np.int16)).mean() > 5  # a map is drawn
 
 
-def test_heatmap_collapses_when_the_head_is_randomised(shipped):
+def test_heatmap_collapses_when_the_head_is_randomised(shipped, melanomas):
     """Model randomisation: with the trained head replaced by random weights, the map no longer
     resembles the trained model's map."""
     from model.inference import dihedral_views
 
-    bundle, images = shipped
-    spec = PreprocessSpec.from_dict(bundle.card["preprocessing"])
-    melanomas = [preprocess(p.read_bytes(), spec) for p in lesion_fixtures("malignant") + lesion_fixtures("cam")]
-    views = dihedral_views(np.stack(melanomas), 4)  # 24 melanoma views
+    bundle, _ = shipped
+    views = dihedral_views(melanomas, 4)  # 24 melanoma views
     trained = GradCAM(bundle.model).heatmaps(views)
     similarities = []
     for seed in range(2):

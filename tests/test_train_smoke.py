@@ -80,6 +80,28 @@ def test_model_card_is_complete(trained):
         assert key in card["test"], key
 
 
+def _spy(monkeypatch, name: str) -> list[dict]:
+    """Wrap train.train's `name` (a function or class the training command calls) so that each call's arguments,
+    by parameter name, and its result are recorded; the real one still runs."""
+    import inspect
+
+    import train.train as train_mod
+
+    real, calls = getattr(train_mod, name), []
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        try:
+            bound = dict(inspect.signature(real).bind(*args, **kwargs).arguments)
+        except TypeError:  # a class whose __init__ takes what its base's does
+            bound = {"args": args, **kwargs}
+        calls.append({**bound, "result": result})
+        return result
+
+    monkeypatch.setattr(train_mod, name, spy)
+    return calls
+
+
 def _split_images(tiny_data, split, predictor):
     paths = sorted((tiny_data / split).rglob("*.png"))
     y = np.array([p.parent.name == "malignant" for p in paths], int)
@@ -256,11 +278,9 @@ def test_calibrate_with_platt_scaling_writes_a_bias_the_predictor_serves(trained
     # validation sensitivity at its threshold, and the ranking (AUC) is the temperature-only fit's (below)
     predictor = Predictor(load_bundle(bundle))
     assert predictor.logit_bias == platt["logit_bias"]
-    val = sorted((tiny_data / "val").rglob("*.png"))
-    y = np.array([p.parent.name == "malignant" for p in val])
-    x = np.stack([predictor.preprocess(v) for v in val])
+    x, y = _split_images(tiny_data, "val", predictor)
     p = predictor.probability(x)
-    assert np.mean(p[y] >= platt["threshold"]) == pytest.approx(platt["validation"]["sensitivity"])
+    assert np.mean(p[y == 1] >= platt["threshold"]) == pytest.approx(platt["validation"]["sensitivity"])
     raw = predictor.raw_probabilities(x).astype(np.float64)  # served: sigmoid(log odds / T + bias), worked out here
     expected = 1 / (1 + np.exp(-(np.log(raw[:, 1] / raw[:, 0]) / platt["temperature"] + platt["logit_bias"])))
     np.testing.assert_allclose(p, expected, atol=1e-6)
@@ -287,11 +307,9 @@ def test_calibrate_with_view_turns_refits_on_the_views_the_predictor_then_serves
     assert "views [0.0, 45.0]" in capsys.readouterr().out
     predictor = Predictor(load_bundle(bundle))
     assert predictor.turns == (0.0, 45.0)
-    val = sorted((tiny_data / "val").rglob("*.png"))
-    y = np.array([p.parent.name == "malignant" for p in val])
-    x = np.stack([predictor.preprocess(v) for v in val])
+    x, y = _split_images(tiny_data, "val", predictor)
     p = predictor.probability(x)
-    assert np.mean(p[y] >= card["threshold"]) == pytest.approx(card["validation"]["sensitivity"])
+    assert np.mean(p[y == 1] >= card["threshold"]) == pytest.approx(card["validation"]["sensitivity"])
     # it serves the two views' mean log-probability, renormalised, each view scored on its own here
     views = [upright.raw_probabilities(x, turns=(t,)).astype(np.float64) for t in (0.0, 45.0)]
     assert np.abs(views[0] - views[1]).max() > 1e-3  # the turned view scores differently
@@ -398,36 +416,22 @@ def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_p
 def test_augmentation_is_on_the_training_path_only(tiny_data, tmp_path, monkeypatch):
     """What the training command itself feeds the network: training batches augmented (no batch image is any
     training image as loaded), validation images exactly as the one preprocessing path loads them."""
-    import train.train as train_mod
     from model.preprocessing import PreprocessSpec
     from train.data import load_images
 
-    seen = {"train": [], "val": []}
-    real_make_dataset, real_validation = train_mod.make_dataset, train_mod.ValidationAUC
-
-    def make_dataset_spy(x, *args, **kwargs):
-        ds = real_make_dataset(x, *args, **kwargs)
-        seen["train"].append((np.array(x), next(iter(ds))[0].numpy()))
-        return ds
-
-    def validation_spy(x_val, *args, **kwargs):
-        seen["val"].append(np.array(x_val))
-        return real_validation(x_val, *args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "make_dataset", make_dataset_spy)
-    monkeypatch.setattr(train_mod, "ValidationAUC", validation_spy)
+    datasets, validations = _spy(monkeypatch, "make_dataset"), _spy(monkeypatch, "ValidationAUC")
     train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
                 "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
                 "--unfreeze-from", "6", "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
                 "--output", str(tmp_path / "bundle" / "tiny.keras")])
-    assert seen["train"] and seen["val"]
-    loaded, batch = seen["train"][0]
+    assert datasets and validations
+    loaded, batch = datasets[0]["x"], next(iter(datasets[0]["result"]))[0].numpy()
     assert batch.shape == (8, 64, 64, 3)
     for image in batch:
         assert not any(np.array_equal(image, original.astype(np.float32)) for original in loaded)
     spec = PreprocessSpec.from_dict(load_bundle(tmp_path / "bundle" / "tiny.keras").card["preprocessing"])
     expected = load_images(sorted((tiny_data / "val").rglob("*.png")), spec)
-    for x_val in seen["val"]:  # the same arrays, in any order
+    for x_val in (call["x_val"] for call in validations):  # the same arrays, in any order
         assert x_val.shape == expected.shape and x_val.dtype == expected.dtype
         assert sorted(v.tobytes() for v in x_val) == sorted(e.tobytes() for e in expected)
 
@@ -723,28 +727,6 @@ def test_ranking_loss_adds_the_squared_hinge_of_pairs_ranked_closer_than_the_mar
     np.testing.assert_allclose(float(loss(benign, separated)),
                                float(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(benign, separated)),
                                rtol=1e-5)
-
-
-def _spy(monkeypatch, name: str) -> list[dict]:
-    """Wrap train.train's `name` (a function or class the training command calls) so that each call's arguments,
-    by parameter name, and its result are recorded; the real one still runs."""
-    import inspect
-
-    import train.train as train_mod
-
-    real, calls = getattr(train_mod, name), []
-
-    def spy(*args, **kwargs):
-        result = real(*args, **kwargs)
-        try:
-            bound = dict(inspect.signature(real).bind(*args, **kwargs).arguments)
-        except TypeError:  # a class whose __init__ takes what its base's does
-            bound = {"args": args, **kwargs}
-        calls.append({**bound, "result": result})
-        return result
-
-    monkeypatch.setattr(train_mod, name, spy)
-    return calls
 
 
 def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:

@@ -53,7 +53,7 @@ class Limits:
 class Condition:
     name: str
     baseline: float | None
-    candidate: float
+    candidate: float | None
     limit: str
     passed: bool
     detail: str = ""
@@ -129,7 +129,7 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
                                     cand[key] >= floor))
     for shift in limits.held_shifts:
         if shift not in cand_rows:  # a shift the verdicts must hold under, not measured: the rule cannot pass
-            conditions.append(Condition(f"{shift}: measured", None, float("nan"), "in the report", False,
+            conditions.append(Condition(f"{shift}: measured", None, None, "in the report", False,
                                         f"the robustness report has no {shift} row for the candidate; rerun "
                                         "python -m train.robustness with it"))
             continue
@@ -147,8 +147,8 @@ def check(baseline: dict, candidate: dict, base_rows: dict, cand_rows: dict, lim
 def format_table(conditions: list[Condition]) -> str:
     lines = [f"{'condition':<34} {'baseline':>9} {'candidate':>9} {'limit':>10}  verdict", "-" * 74]
     for c in conditions:
-        base = "" if c.baseline is None else f"{c.baseline:.3f}"
-        lines.append(f"{c.name:<34} {base:>9} {c.candidate:>9.3f} {c.limit:>10}  {'pass' if c.passed else 'FAIL'}")
+        base, cand = ("" if value is None else f"{value:.3f}" for value in (c.baseline, c.candidate))
+        lines.append(f"{c.name:<34} {base:>9} {cand:>9} {c.limit:>10}  {'pass' if c.passed else 'FAIL'}")
         if c.detail:
             lines.append(f"    {c.detail}")
     failed = [c.name for c in conditions if not c.passed]
