@@ -4,8 +4,8 @@ import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from train.metrics import (bootstrap_intervals, classification_metrics, diagnosis_breakdown, expected_calibration_error,
-                           fit_temperature, fit_temperature_and_bias, format_diagnosis_table, roc_auc,
-                           threshold_for_sensitivity)
+                           fit_temperature, fit_temperature_and_bias, format_diagnosis_table, paired_auc_interval,
+                           roc_auc, threshold_for_sensitivity)
 
 
 def test_temperature_recovers_an_overconfident_model():
@@ -162,3 +162,28 @@ def test_fast_auc_and_bootstrap_match_scikit_learn_ties_included():
     for name, values in samples.items():
         np.testing.assert_allclose(intervals[name], np.percentile(values, [2.5, 97.5]), atol=1e-12)
     assert bootstrap_intervals(p, y, threshold=2.0, n=50)["f1_malignant"] == (0.0, 0.0)  # nothing flagged: F1 is 0
+
+
+def test_the_paired_interval_is_that_of_the_same_resamples_scored_by_scikit_learn():
+    rng = np.random.default_rng(5)
+    y = np.array([1, 1] + [0] * 10)  # two melanomas in twelve: about one resample in eight has none, and is skipped
+    ref = np.round(rng.uniform(size=12) * 0.8 + 0.2 * y, 1)  # ties across the classes
+    p = np.round(rng.uniform(size=12) * 0.7 + 0.3 * y, 1)
+    draws, plain, skipped = np.random.default_rng(7), [], 0
+    for _ in range(300):
+        idx = draws.integers(0, 12, 12)
+        if y[idx].min() == y[idx].max():
+            skipped += 1
+            continue
+        plain.append(roc_auc_score(y[idx], p[idx]) - roc_auc_score(y[idx], ref[idx]))  # candidate minus reference
+    assert skipped > 10
+    interval = paired_auc_interval(y, ref, p, n=300, seed=7)
+    np.testing.assert_allclose(interval, np.percentile(plain, [2.5, 97.5]), atol=1e-12)
+    assert interval[0] < interval[1]
+    draws, pos, neg, stratified = np.random.default_rng(7), np.flatnonzero(y == 1), np.flatnonzero(y == 0), []
+    for _ in range(300):  # stratified: each class drawn apart, so every resample keeps two melanomas and ten others
+        idx = np.concatenate([draws.choice(pos, 2), draws.choice(neg, 10)])
+        stratified.append(roc_auc_score(y[idx], p[idx]) - roc_auc_score(y[idx], ref[idx]))
+    np.testing.assert_allclose(paired_auc_interval(y, ref, p, n=300, seed=7, stratified=True),
+                               np.percentile(stratified, [2.5, 97.5]), atol=1e-12)
+    assert paired_auc_interval(np.zeros(12), ref, p, n=20) == pytest.approx([np.nan, np.nan], nan_ok=True)

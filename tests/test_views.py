@@ -9,6 +9,7 @@ from conftest import lesion_fixtures
 from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.inference import Predictor
 from train import views
+from train.metrics import paired_auc_interval
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,22 @@ def test_views_score_the_shipped_model_as_its_predictor_does_on_the_turned_image
     assert not np.allclose(turned, views.log_odds(shipped, x), atol=1e-2)  # a 45-degree view is another view
     assert report["views"]["45"]["roc_auc_with_upright"] == pytest.approx(
         skm.roc_auc_score(y, (views.log_odds(shipped, x) + turned) / 2))
+
+
+def test_a_views_interval_is_the_paired_bootstrap_of_its_change_from_the_upright_view(shipped):
+    paths = lesion_fixtures("benign") + lesion_fixtures("malignant") + lesion_fixtures("cam")
+    x = np.stack([shipped.preprocess(p.read_bytes()) for p in paths])
+    # labels only for the AUCs: with the true ones every view ranks these eight perfectly and every change is 0; with
+    # the four Grad-CAM melanomas labelled alternately, the upright and the 45-degree views rank them differently
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1]) == 1
+    report = views.score_views(shipped, x, y, ["45"], bootstrap=200)["views"]["45"]
+    upright, turned = views.log_odds(shipped, x), views.log_odds(shipped, views.turn(x, 45.0))
+    change = skm.roc_auc_score(y, turned) - skm.roc_auc_score(y, upright)
+    assert change != 0 and report["auc_change"] == pytest.approx(change)
+    # the view minus the upright view, over the same 200 resamples of the images
+    assert report["auc_change_ci95"] == pytest.approx(paired_auc_interval(y, upright, turned, n=200), abs=1e-9)
+    low, high = report["auc_change_ci95"]
+    assert low < high
 
 
 def test_views_command_writes_its_report_and_refuses_a_bad_view(tiny_data, tmp_path, capsys):
