@@ -13,6 +13,7 @@ The model is flat (one functional graph), so the last convolutional feature map
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -121,6 +122,25 @@ def load_npz_weights(model: keras.Model, path: str | os.PathLike) -> int:
     return loaded
 
 
+class WeightsError(ValueError):
+    """Pretrained weights that cannot be found, fetched or loaded; the message says what to do."""
+
+
+# Keras' own ImageNet weights for EfficientNetB0 without its top, as `keras.applications.EfficientNetB0` fetches them
+# (`keras/src/applications/efficientnet.py`: the URL and the file's MD5).
+KERAS_B0_FILE = "efficientnetb0_notop.h5"
+KERAS_B0_URL = "https://storage.googleapis.com/keras-applications/" + KERAS_B0_FILE
+KERAS_B0_MD5 = "50bc09e76180e00e4465e1a485ddc09d"
+# With weights="imagenet" Keras adds a Rescaling by 1/sqrt(std) after its Normalization layer (the stddev it stores
+# is used as a variance; tensorflow/tensorflow#49930); built from a file path it does not.
+_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def keras_cache_path() -> Path:
+    """Where `keras.utils.get_file` keeps (and first looks for) EfficientNetB0's ImageNet weights."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models" / KERAS_B0_FILE
+
+
 def _resolve_weights(backbone: str, weights: str | None) -> str | None:
     """Map 'imagenet' / 'none' / a path to what the builder needs (None, 'imagenet' or a file)."""
     if weights in (None, "none", "None"):
@@ -128,14 +148,60 @@ def _resolve_weights(backbone: str, weights: str | None) -> str | None:
     if weights == "imagenet" and backbone == "efficientnet_lite0":
         path = DEFAULT_WEIGHTS_DIR / "efficientnet_lite0_imagenet_notop.npz"
         if not path.exists():
-            raise FileNotFoundError(
+            raise WeightsError(
                 f"ImageNet weights for EfficientNet-Lite0 were not found at {path}. "
                 "Pass --weights PATH to an .npz keyed by Keras layer names, or set MELANOMA_WEIGHTS_DIR."
             )
         return str(path)
-    if weights != "imagenet" and not Path(weights).exists():
-        raise FileNotFoundError(f"Weights file not found. Received: weights={weights!r}")
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise WeightsError(f"Weights file not found. Received: weights={weights!r}")
     return weights
+
+
+def _keras_b0(pixels, imagenet: bool) -> keras.Model:
+    """`keras.applications.EfficientNetB0` without its top on `pixels`; with `imagenet`, Keras' ImageNet weights,
+    from its cache or downloaded, and a sentence saying what to do when neither works."""
+    try:
+        return keras.applications.EfficientNetB0(include_top=False, weights="imagenet" if imagenet else None,
+                                                 input_tensor=pixels)
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception when the download fails
+        if not imagenet or "URL fetch failure" not in str(exc):
+            raise
+        cache = keras_cache_path()
+        raise WeightsError(
+            f"EfficientNetB0's ImageNet weights are not in Keras' cache ({cache}) and could not be downloaded "
+            f"({exc}). Where the internet is reachable, download {KERAS_B0_URL} and put it at {cache} (or under "
+            f"$KERAS_HOME/models/), or pass --weights PATH to that file; or train --backbone efficientnet_lite0, "
+            f"whose ImageNet weights load from {DEFAULT_WEIGHTS_DIR}."
+        ) from None
+
+
+def is_keras_b0_imagenet_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is Keras' own EfficientNetB0 ImageNet file (by its MD5, as Keras checks it)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == KERAS_B0_MD5
+
+
+def _load_backbone_file(model: keras.Model, inputs, features, backbone: str, path: str) -> None:
+    try:
+        if path.endswith(".npz"):
+            load_npz_weights(model, path)
+            return
+        keras.Model(inputs, features).load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise WeightsError(f"The weights in {path} do not fit the {backbone} backbone ({exc}). Pass --weights an "
+                           f".npz keyed by Keras layer names, or a Keras weights file of this backbone.") from None
+    if backbone == "efficientnet_b0" and is_keras_b0_imagenet_file(path):
+        # Keras' ImageNet file given as a path: fold the Rescaling Keras adds for weights="imagenet" into the
+        # Normalization layer's variance, (x - m) / sqrt(v) / sqrt(s) = (x - m) / sqrt(v * s), so the network is the
+        # one `weights="imagenet"` builds.
+        norm = next(layer for layer in model.layers if isinstance(layer, layers.Normalization))
+        mean, variance, count = norm.get_weights()
+        norm.set_weights([mean, variance * np.asarray(_IMAGENET_STDDEV_RGB, variance.dtype), count])
+        norm.finalize_state()  # the layer computes with copies of its variables, refreshed here (as loading does)
 
 
 @keras.saving.register_keras_serializable(package="melanoma")
@@ -275,11 +341,7 @@ def build_model(
     if backbone == "efficientnet_lite0":
         features = lite0_features(pixels, drop_connect_rate)
     else:
-        base = keras.applications.EfficientNetB0(
-            include_top=False,
-            weights="imagenet" if resolved == "imagenet" else None,
-            input_tensor=pixels,
-        )
+        base = _keras_b0(pixels, imagenet=resolved == "imagenet")
         features = base.output
         if drop_connect_rate != DROP_CONNECT:  # keras.applications fixes DROP_CONNECT; the rates scale with it
             for layer in base.layers:
@@ -296,12 +358,15 @@ def build_model(
     outputs = layers.Dense(2, activation="softmax", bias_initializer=bias, name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"melanoma_{backbone}")
     if resolved not in (None, "imagenet"):
-        if str(resolved).endswith(".npz"):
-            load_npz_weights(model, resolved)
-        else:
-            backbone_model = keras.Model(inputs, features)
-            backbone_model.load_weights(resolved)
+        _load_backbone_file(model, inputs, features, backbone, str(resolved))
     return model
+
+
+def check_weights(backbone: str, weights: str | None) -> None:
+    """Fail early, with `WeightsError`'s sentence, when `build_model` could not get these weights: a file that is not
+    there, or EfficientNetB0's ImageNet weights neither cached nor downloadable (fetched now if they can be)."""
+    if _resolve_weights(backbone, weights) == "imagenet":
+        _keras_b0(keras.Input((32, 32, 3)), imagenet=True)
 
 
 def backbone_layers(model: keras.Model) -> list:

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.architecture import (LAST_CONV_LAYER, AttentionPooling, CircleMask, GeMPooling, backbone_layers, build_model,
-                                freeze_backbone, load_npz_weights, unfreeze_top_blocks)
+from model import architecture
+from model.architecture import (LAST_CONV_LAYER, AttentionPooling, CircleMask, GeMPooling, WeightsError, backbone_layers,
+                                build_model, freeze_backbone, load_npz_weights, unfreeze_top_blocks)
 from tests.conftest import SHARED_WEIGHTS
 
 
@@ -137,8 +138,69 @@ def test_gem_head_saves_loads_and_leaves_the_backbone_split_alone(tmp_path):
 def test_bad_arguments_say_what_was_received():
     with pytest.raises(ValueError, match="Received: backbone='resnet'"):
         build_model("resnet", weights="none")
-    with pytest.raises(FileNotFoundError, match="Received: weights="):
+    with pytest.raises(WeightsError, match="Received: weights="):
         build_model("efficientnet_lite0", weights="/nonexistent/weights.npz", image_size=64)
+    with pytest.raises(WeightsError, match="do not fit the efficientnet_lite0 backbone"):
+        build_model("efficientnet_lite0", weights=__file__, image_size=64)  # a file, but not weights
+
+
+def offline(monkeypatch):
+    """Keras' download of EfficientNetB0's ImageNet weights fails as it does without internet (and nothing is
+    fetched, whatever the machine's cache holds)."""
+    from keras.src.applications import efficientnet
+
+    def no_internet(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", no_internet)
+
+
+def test_b0_imagenet_weights_out_of_reach_give_a_sentence_that_says_where_to_put_them(monkeypatch, tmp_path):
+    offline(monkeypatch)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for attempt in (lambda: build_model("efficientnet_b0", weights="imagenet", image_size=64),
+                    lambda: architecture.check_weights("efficientnet_b0", "imagenet")):
+        with pytest.raises(WeightsError) as refused:
+            attempt()
+        message = str(refused.value)
+        assert "could not be downloaded (URL fetch failure" in message
+        assert f"put it at {tmp_path / 'keras' / 'models' / 'efficientnetb0_notop.h5'}" in message
+        assert architecture.KERAS_B0_URL in message and "--backbone efficientnet_lite0" in message
+    architecture.check_weights("efficientnet_b0", "none")  # nothing to fetch
+    with pytest.raises(WeightsError, match="Weights file not found"):
+        architecture.check_weights("efficientnet_lite0", str(tmp_path / "missing.npz"))
+
+
+def test_keras_b0_imagenet_file_given_as_a_path_builds_the_network_weights_imagenet_builds(monkeypatch, tmp_path):
+    """Keras adds a Rescaling layer for weights="imagenet" only: the same file given as a path must give the same
+    network (the folded variance), and another B0 weights file must load as it is."""
+    import h5py
+    from keras.src.applications import efficientnet
+    from keras.src.legacy.saving import legacy_h5_format
+
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
+    rng = np.random.default_rng(0)
+    for w in source.weights:  # weights with a scale, and the stored "variance" near Keras' ImageNet stddev
+        w.assign((rng.uniform(0.2, 0.3, w.shape) if "variance" in w.path else rng.normal(0, 0.05, w.shape))
+                 .astype("float32"))
+    path = tmp_path / "efficientnetb0_notop.h5"
+    with h5py.File(path, "w") as f:  # the legacy H5 layout of Keras' own file
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", lambda *args, **kwargs: str(path))
+    stored = source.get_layer(next(l.name for l in source.layers if isinstance(l, keras.layers.Normalization)))
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+
+    def features(model):  # what the first convolution sees (with random weights, deeper layers barely see the input)
+        return keras.Model(model.inputs, model.get_layer("stem_conv").output)(x).numpy()
+
+    imagenet = features(build_model("efficientnet_b0", weights="imagenet", image_size=64))
+    as_is = build_model("efficientnet_b0", weights=str(path), image_size=64)  # not Keras' file: loaded as it is
+    norm = next(l for l in as_is.layers if isinstance(l, keras.layers.Normalization))
+    np.testing.assert_array_equal(norm.get_weights()[1], stored.get_weights()[1])
+    assert not np.allclose(features(as_is), imagenet, atol=1e-3)
+    monkeypatch.setattr(architecture, "KERAS_B0_MD5", __import__("hashlib").md5(path.read_bytes()).hexdigest())
+    assert architecture.is_keras_b0_imagenet_file(path)
+    np.testing.assert_allclose(features(build_model("efficientnet_b0", weights=str(path), image_size=64)), imagenet,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_b0_backbone_builds_without_download():

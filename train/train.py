@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from model.architecture import BACKBONES, DROP_CONNECT, POOLINGS, build_model, freeze_backbone, unfreeze_top_blocks
+from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, WeightsError, build_model, check_weights,
+                                freeze_backbone, unfreeze_top_blocks)
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
 from model.machine import cpu_model
@@ -469,6 +470,7 @@ def code_version(root: str | os.PathLike = Path(__file__).resolve().parent.paren
 def train(args: argparse.Namespace) -> Bundle | None:
     """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
     started = time.perf_counter()
+    check_weights(args.backbone, args.weights)  # before the run folder and minutes of reading data, not after
     code = code_version()  # now: the tree may move while a long run trains
     strategy = make_strategy(args)
     replicas = strategy.num_replicas_in_sync
@@ -710,6 +712,6 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except data_mod.DataError as exc:
+    except (data_mod.DataError, WeightsError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
