@@ -212,7 +212,7 @@ def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
 
 
 def main(argv=None) -> dict:
-    from model.bundle import DEFAULT_BUNDLE
+    from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_card
     from model.machine import cpu_model
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
@@ -225,6 +225,12 @@ def main(argv=None) -> dict:
     for name in ("requests", "memory_requests"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {getattr(args, name)}")
+    try:  # before minutes of benchmarking, and before a server that cannot start is waited for
+        if not Path(args.model).is_file():
+            raise BundleNotFound(f"Model bundle not found: {args.model}")
+        load_card(args.model)
+    except BundleError as exc:
+        parser.error(f"--model: {exc}")
 
     report = {"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version()},

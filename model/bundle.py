@@ -14,6 +14,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "model" / "shipped" / "melanoma_efficientnet.keras"
 
 
+class BundleError(ValueError):
+    """A bundle that cannot be used: the message says which file and what is wrong."""
+
+
+class BundleNotFound(BundleError, FileNotFoundError):
+    """The .keras file, or the model card that must sit beside it, is not there."""
+
+
 @dataclass
 class Bundle:
     model: keras.Model
@@ -67,7 +75,15 @@ def load_card(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = next(iter(sorted(path.glob("*.keras"))), path / "missing.keras")
-    return json.loads(card_path(path).read_text())
+    card = card_path(path)
+    if not card.is_file():
+        if path.suffix == ".keras" and not path.exists():
+            raise BundleNotFound(f"Model bundle not found: {path}")
+        raise BundleNotFound(f"The model card {card} is missing: a bundle is the .keras file and its card beside it")
+    try:
+        return json.loads(card.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"The model card {card} is not valid JSON ({exc})") from None
 
 
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
@@ -76,12 +92,16 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     if path.is_dir():
         found = sorted(path.glob("*.keras"))
         if not found:
-            raise FileNotFoundError(f"No .keras file in {path}")
+            raise BundleNotFound(f"No .keras file in {path}")
         path = found[0]
-    if not path.exists():
-        raise FileNotFoundError(f"Model bundle not found: {path}")
+    if not path.is_file():
+        raise BundleNotFound(f"Model bundle not found: {path}")
     card = load_card(path)
     if tuple(card.get("class_names", ())) != CLASS_NAMES:
-        raise ValueError(f"The model card must list class_names {list(CLASS_NAMES)}. Received: {card.get('class_names')}")
-    model = keras.models.load_model(path, compile=False)
+        raise BundleError(f"The model card must list class_names {list(CLASS_NAMES)}. "
+                          f"Received: {card.get('class_names')}")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path} is not a Keras model file this version can load ({exc})") from None
     return Bundle(model, card, path)

@@ -25,6 +25,7 @@ from model.bundle import card_path, load_bundle
 from model.inference import Predictor
 from model.turn import parse_turns
 from train import data as data_mod
+from train.cli import command
 from train.gate import indeterminate_band
 from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
                            threshold_for_sensitivity)
@@ -129,6 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

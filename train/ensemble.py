@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from model.bundle import load_bundle
 from model.inference import Predictor, average_views, calibrated_malignant_probability
 from train import data as data_mod
+from train.cli import command
 from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
 
 log = logging.getLogger("train.ensemble")
@@ -33,6 +34,7 @@ def raw_split(predictor: Predictor, paths, batch_size: int = 32) -> np.ndarray:
                            for i in range(0, len(arrays), batch_size)])
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m train.ensemble", description=__doc__.split("\n")[0])

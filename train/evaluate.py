@@ -23,6 +23,7 @@ import numpy as np
 from model.bundle import card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
+from train.cli import command
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
 
@@ -87,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

@@ -37,6 +37,7 @@ from model.runtime import make_forward
 from model.turn import parse_turns, turn
 from train import data as data_mod
 from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
+from train.cli import command
 from train.robustness import dermoscope_ring
 from train.shipcheck import Limits
 
@@ -301,6 +302,7 @@ def refusal_rate(predictor: Predictor, paths: list[Path], batch: int = 16) -> tu
     return float(np.mean([o["refused"] for o in outcomes])), outcomes
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m train.gate", description=__doc__.split("\n")[0])

@@ -27,6 +27,7 @@ from model.bundle import load_bundle
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
+from train.cli import command
 from train.metrics import expected_calibration_error, paired_auc_interval
 from train.plots import robustness_chart
 
@@ -177,6 +178,7 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

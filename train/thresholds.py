@@ -25,6 +25,7 @@ import numpy as np
 from model.bundle import load_bundle
 from model.inference import Predictor
 from train import data as data_mod
+from train.cli import command
 from train.evaluate import predict_split
 from train.metrics import threshold_for_sensitivity
 
@@ -84,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

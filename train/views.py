@@ -26,6 +26,7 @@ from model.inference import Predictor
 from model.turn import turn
 from train import data as data_mod
 from train.calibrate import validation_split
+from train.cli import command
 from train.metrics import paired_auc_interval
 
 log = logging.getLogger("train.views")
@@ -86,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

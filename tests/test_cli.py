@@ -1,0 +1,53 @@
+"""Every command answers a mistake a person can fix with one sentence and exit status 2, never a traceback."""
+import importlib
+
+import pytest
+
+from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_bundle, load_card
+from train.cli import command
+from train.data import DataError
+
+COMMANDS = ["train.evaluate", "train.calibrate", "train.robustness", "train.gate", "train.views", "train.ensemble",
+            "train.thresholds"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_missing_bundle_is_one_sentence_and_status_2(name, tiny_data, tmp_path, capsys):
+    missing = tmp_path / "no_model.keras"
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(name).main(["--model", str(missing), "--data", str(tiny_data)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
+
+
+def test_missing_data_with_a_real_bundle_is_one_sentence_and_status_2(tmp_path, capsys):
+    from train import evaluate
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tmp_path / "no_data")])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == f"error: The data path does not exist: {tmp_path / 'no_data'}\n"
+
+
+def test_a_bundle_without_its_card_or_not_a_model_says_which_file(tmp_path):
+    (tmp_path / "alone.keras").write_bytes(DEFAULT_BUNDLE.read_bytes())
+    with pytest.raises(BundleNotFound, match=r"The model card .*alone\.json is missing"):
+        load_bundle(tmp_path / "alone.keras")
+    (tmp_path / "text.keras").write_text("not a model")
+    (tmp_path / "text.json").write_text(DEFAULT_BUNDLE.with_suffix(".json").read_text())
+    with pytest.raises(BundleError, match=r"text\.keras is not a Keras model file"):
+        load_bundle(tmp_path / "text.keras")
+    (tmp_path / "text.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"text\.json is not valid JSON"):
+        load_card(tmp_path / "text.keras")
+    with pytest.raises(BundleNotFound, match="Model bundle not found"):
+        load_card(tmp_path / "nothing.keras")
+
+
+def test_command_passes_results_and_other_errors_through(capsys):
+    assert command(lambda argv: argv)(["x"]) == ["x"]
+    with pytest.raises(SystemExit) as refused:
+        command(lambda argv: (_ for _ in ()).throw(DataError("The data folder is empty: /d")))()
+    assert refused.value.code == 2 and capsys.readouterr().err == "error: The data folder is empty: /d\n"
+    with pytest.raises(ZeroDivisionError):  # a bug stays a traceback, for whoever fixes it
+        command(lambda argv: 1 / 0)()
