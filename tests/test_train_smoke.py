@@ -1019,3 +1019,33 @@ def test_circle_mask_trains_and_every_runtime_serves_it_blind_to_the_corners(tin
         np.testing.assert_allclose(features_c, features, rtol=1e-4, atol=1e-4)
         assert np.ptp(features, axis=0).max() > 1e-3  # the features do depend on the image
         np.testing.assert_allclose(probs, bundle.model(x).numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("option, value, sentence", [
+    ("--image-size", "16", "--image-size is the square input's side in pixels, 32 or more"),
+    ("--batch-size", "0", "--batch-size is a count, 1 or more, not 0"),
+    ("--epochs", "-1", "--epochs is a count, 0 or more, not -1"),
+    ("--head-epochs", "-1", "--head-epochs is a count, 0 or more, not -1"),
+    ("--warmup-epochs", "-2", "--warmup-epochs is a count, 0 or more, not -2"),
+    ("--patience", "0", "--patience is a count, 1 or more, not 0"),
+    ("--max-train-images", "1", "--max-train-images needs at least 2 images"),
+    ("--unfreeze-from", "8", "--unfreeze-from is the first backbone block fine-tuned, 0 (stem) to 7, not 8"),
+    ("--lr", "0", "--lr is a learning rate above 0"),
+    ("--head-lr", "-1e-3", "--head-lr is a learning rate above 0"),
+    ("--weight-decay", "-1e-4", "--weight-decay is 0 (off) or more"),
+    ("--dropout", "1", "--dropout is in [0, 1) (0 = off), not 1.0"),
+    ("--label-smoothing", "-0.1", "--label-smoothing is in [0, 1) (0 = off), not -0.1"),
+    ("--target-sensitivity", "1", "--target-sensitivity is a share of melanomas between 0 and 1"),
+])
+def test_training_options_out_of_range_are_refused_before_anything_runs(option, value, sentence, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:  # the data folder does not exist: the options are judged first
+        train_main(["--data", str(tmp_path / "no_data"), f"{option}={value}", "--run-dir", str(tmp_path / "run")])
+    assert refused.value.code == 2 and sentence in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_epoch_in_either_stage_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        train_main(["--data", str(tmp_path / "no_data"), "--head-epochs", "0", "--epochs", "0"])
+    assert refused.value.code == 2 and "--head-epochs and --epochs are both 0: nothing would train" in \
+        capsys.readouterr().err

@@ -208,6 +208,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     args = p.parse_args(argv)
+    if args.image_size < 32:
+        p.error(f"--image-size is the square input's side in pixels, 32 or more (e.g. 256), not {args.image_size}")
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--epochs", args.epochs, 0),
+                               ("--head-epochs", args.head_epochs, 0), ("--warmup-epochs", args.warmup_epochs, 0),
+                               ("--patience", args.patience, 1)):
+        if value < least:
+            p.error(f"{flag} is a count, {least} or more, not {value}")
+    if args.head_epochs + args.epochs < 1:
+        p.error("--head-epochs and --epochs are both 0: nothing would train")
+    if args.max_train_images is not None and args.max_train_images < 2:
+        p.error(f"--max-train-images needs at least 2 images (one of each class), not {args.max_train_images}")
+    if not 0 <= args.unfreeze_from <= 7:
+        p.error(f"--unfreeze-from is the first backbone block fine-tuned, 0 (stem) to 7, not {args.unfreeze_from}")
+    for flag, rate in (("--lr", args.lr), ("--head-lr", args.head_lr)):
+        if not rate > 0:
+            p.error(f"{flag} is a learning rate above 0 (e.g. 3e-4), not {rate}")
+    if args.weight_decay < 0:
+        p.error(f"--weight-decay is 0 (off) or more (e.g. 1e-4), not {args.weight_decay}")
+    for flag, share in (("--dropout", args.dropout), ("--label-smoothing", args.label_smoothing)):
+        if not 0.0 <= share < 1.0:
+            p.error(f"{flag} is in [0, 1) (0 = off), not {share}")
+    if not 0.0 < args.target_sensitivity < 1.0:
+        p.error(f"--target-sensitivity is a share of melanomas between 0 and 1 (e.g. 0.9), not "
+                f"{args.target_sensitivity}")
     for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
                        ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment),
                        ("--cutout", args.cutout), ("--right-angles", args.right_angles)):
