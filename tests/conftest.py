@@ -133,3 +133,14 @@ def png_claiming(width: int, height: int) -> bytes:
 def bomb_png() -> bytes:
     """A tiny PNG whose header claims 40000 x 40000 pixels (Pillow's own bomb check refuses it too)."""
     return png_claiming(40000, 40000)
+
+
+@pytest.fixture
+def keras_offline(monkeypatch):
+    """Keras' download of EfficientNetB0's ImageNet weights fails as it does without internet (and nothing is fetched,
+    whatever this machine's Keras cache holds)."""
+    from keras.src.applications import efficientnet
+
+    def no_internet(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", no_internet)

@@ -144,18 +144,8 @@ def test_bad_arguments_say_what_was_received():
         build_model("efficientnet_lite0", weights=__file__, image_size=64)  # a file, but not weights
 
 
-def offline(monkeypatch):
-    """Keras' download of EfficientNetB0's ImageNet weights fails as it does without internet (and nothing is
-    fetched, whatever the machine's cache holds)."""
-    from keras.src.applications import efficientnet
-
-    def no_internet(fname, origin, **kwargs):
-        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
-    monkeypatch.setattr(efficientnet.file_utils, "get_file", no_internet)
-
-
-def test_b0_imagenet_weights_out_of_reach_give_a_sentence_that_says_where_to_put_them(monkeypatch, tmp_path):
-    offline(monkeypatch)
+def test_b0_imagenet_weights_out_of_reach_give_a_sentence_that_says_where_to_put_them(keras_offline, monkeypatch,
+                                                                                         tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     for attempt in (lambda: build_model("efficientnet_b0", weights="imagenet", image_size=64),
                     lambda: architecture.check_weights("efficientnet_b0", "imagenet")):

@@ -436,12 +436,7 @@ def test_augmentation_is_on_the_training_path_only(tiny_data, tmp_path, monkeypa
         assert sorted(v.tobytes() for v in x_val) == sorted(e.tobytes() for e in expected)
 
 
-def test_weights_out_of_reach_stop_training_with_a_sentence_before_the_data_is_read(tmp_path, caplog, monkeypatch):
-    from keras.src.applications import efficientnet
-
-    def no_internet(fname, origin, **kwargs):  # as Keras' download fails without internet; nothing is fetched
-        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
-    monkeypatch.setattr(efficientnet.file_utils, "get_file", no_internet)
+def test_weights_out_of_reach_stop_training_with_a_sentence_before_the_data_is_read(keras_offline, tmp_path, caplog):
     missing = tmp_path / "no_such_data"  # read first, this would stop training with its own sentence
     for weights, sentence in (("imagenet", "EfficientNetB0's ImageNet weights are not in Keras' cache"),
                               (str(tmp_path / "b0.h5"), "Weights file not found")):
