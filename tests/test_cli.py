@@ -1,4 +1,4 @@
-"""Every command answers a mistake a person can fix with one sentence and exit status 2, never a traceback."""
+"""Every command, and the server, answers a mistake a person can fix with one sentence, never a traceback."""
 import importlib
 
 import pytest
@@ -51,3 +51,12 @@ def test_command_passes_results_and_other_errors_through(capsys):
     assert refused.value.code == 2 and capsys.readouterr().err == "error: The data folder is empty: /d\n"
     with pytest.raises(ZeroDivisionError):  # a bug stays a traceback, for whoever fixes it
         command(lambda argv: 1 / 0)()
+
+
+def test_the_server_without_its_bundle_stops_with_one_sentence(tmp_path):
+    from app import create_app
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"MODEL_PATH": str(tmp_path / "gone.keras")})
+    assert str(stopped.value) == (f"error: Model bundle not found: {tmp_path / 'gone.keras'}. Set MELANOMA_MODEL_PATH "
+                                  f"to a bundle's .keras file, with its model card beside it (default: the shipped "
+                                  f"model, {DEFAULT_BUNDLE}).")

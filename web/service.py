@@ -15,7 +15,7 @@ import numpy as np
 from flask import Flask
 from PIL import Image
 
-from model.bundle import load_bundle
+from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
 from model.explain import GradCAM, overlay, png_base64
 from model.inference import Predictor
 from model.preprocessing import ImageError
@@ -69,7 +69,11 @@ class ModelService:
         threads = int(app.config.get("INFERENCE_THREADS") or 0)
         set_tf_threads(threads)
         path = app.config["MODEL_PATH"]
-        self.bundle = load_bundle(path)
+        try:
+            self.bundle = load_bundle(path)
+        except BundleError as exc:  # the server cannot start: say why in one line, not a traceback
+            raise SystemExit(f"error: {exc}. Set MELANOMA_MODEL_PATH to a bundle's .keras file, with its model card "
+                             f"beside it (default: the shipped model, {DEFAULT_BUNDLE}).") from None
         self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None,
                                    runtime=app.config.get("RUNTIME", "auto"), threads=threads,
                                    streams=int(app.config.get("INFERENCE_STREAMS") or 0))
