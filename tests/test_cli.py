@@ -60,3 +60,13 @@ def test_the_server_without_its_bundle_stops_with_one_sentence(tmp_path):
     assert str(stopped.value) == (f"error: Model bundle not found: {tmp_path / 'gone.keras'}. Set MELANOMA_MODEL_PATH "
                                   f"to a bundle's .keras file, with its model card beside it (default: the shipped "
                                   f"model, {DEFAULT_BUNDLE}).")
+
+
+def test_the_learning_curve_names_a_bundle_whose_card_is_missing_or_broken(tmp_path, capsys):
+    from train import learning_curve
+    (tmp_path / "broken.json").write_text("{")
+    for model, sentence in ((tmp_path / "gone.keras", "Model bundle not found"),
+                            (tmp_path / "broken.keras", "is not valid JSON")):
+        with pytest.raises(SystemExit) as refused:
+            learning_curve.main(["--model", str(model), "--out", str(tmp_path / "lc")])
+        assert refused.value.code == 2 and sentence in capsys.readouterr().err

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_card
+from model.bundle import BundleError, load_card
 from train.plots import learning_curve_chart
 
 
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
         result = learning_curve(args.model, args.target_auc)
-    except (CurveError, FileNotFoundError) as e:
+    except (CurveError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     out = Path(args.out)
