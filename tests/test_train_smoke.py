@@ -185,6 +185,18 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     assert "ROC AUC" in printed and "sensitivity" in printed
     for name in ("metrics.json", "roc.png", "pr.png", "confusion_matrix.png", "reliability.png"):
         assert (out / name).exists()
+    # one row per test image: its own file, label and serving score, flagged as the bundle's threshold says
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    paths = sorted((tiny_data / "test").rglob("*.png"))
+    assert sorted(r["image"] for r in rows) == sorted(str(q.relative_to(tiny_data)) for q in paths)
+    served = dict(zip((str(q.relative_to(tiny_data)) for q in paths), p))
+    for r in rows:
+        assert r["label"] == (tiny_data / r["image"]).parent.name
+        assert float(r["probability_malignant"]) == pytest.approx(served[r["image"]], abs=1e-6)
+        assert r["flagged"] == str(int(float(r["probability_malignant"]) >= predictor.threshold))
+    flagged = [r["flagged"] == "1" for r in rows if r["label"] == "malignant"]
+    assert np.mean(flagged) == pytest.approx(metrics["sensitivity"])
     tta = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(tiny_data),
                              "--out", str(out / "tta"), "--tta", "4"])
     assert tta["tta_views"] == 4
@@ -936,6 +948,9 @@ def test_evaluate_breaks_the_results_down_by_diagnosis(trained, tiny_data, tmp_p
     assert by["melanoma"]["label"] == "malignant" and by["melanoma"]["flagged"] == pytest.approx(metrics["sensitivity"])
     assert {by["nevus"]["label"], by["keratosis"]["label"]} == {"benign"}
     assert json.loads((tmp_path / "dx" / "metrics.json").read_text())["by_diagnosis"] == metrics["by_diagnosis"]
+    with open(tmp_path / "dx" / "predictions.csv", newline="") as f:
+        assert sorted((r["image"].split("/")[-1].split(".")[0], r["diagnosis"]) for r in csv.DictReader(f)) == \
+            sorted(tuple(row.split(",")) for row in rows)
     assert "AUC against malignant" in capsys.readouterr().out
     # images the CSV lacks (here every benign one): one sentence, exit code 2, nothing evaluated
     dx.write_text("image_id,diagnosis\n" + "\n".join(r for r in rows if r.endswith("melanoma")) + "\n")

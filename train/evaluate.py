@@ -12,6 +12,7 @@ evaluated without the images that have an exact or near duplicate in train or va
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import card_path, load_bundle, load_card
+from model.bundle import CLASS_NAMES, card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
 from train.cli import command
@@ -88,6 +89,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_predictions(path: Path, paths, root: Path, p: np.ndarray, y: np.ndarray, threshold: float,
+                      diagnoses=None) -> None:
+    """One row per evaluated image, in the order scored: its path under the data folder, true label, calibrated
+    probability of melanoma, whether it is flagged at the bundle's threshold (and its diagnosis when given)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "probability_malignant", "flagged"] + (["diagnosis"] if diagnoses else []))
+        for i, (image, pi, yi) in enumerate(zip(paths, p, y)):
+            row = [data_mod.relative_path(Path(image), Path(root)), CLASS_NAMES[int(yi)], f"{pi:.6f}",
+                   int(pi >= threshold)]
+            writer.writerow(row + ([diagnoses[i]] if diagnoses else []))
+
+
 @command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -122,6 +136,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     np.savez(out / "predictions.npz", probability_malignant=p, label=y)
+    write_predictions(out / "predictions.csv", paths, dataset.root, p, y, predictor.threshold, diagnoses)
     evaluation_figures(p, y, metrics, out)
     sample_grid(paths, p, y, predictor.threshold, out / "samples.png")
     print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
