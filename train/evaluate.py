@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
         print("\n" + format_diagnosis_table(metrics["by_diagnosis"], predictor.threshold))
     for name, rows in metrics.get("by_cue", {}).items():
         print(f"\n{name}:\n" + format_diagnosis_table(rows, predictor.threshold).replace("diagnosis", "group    ", 1))
-    print(f"\nwritten: {out}/metrics.json and PNGs")
+    print(f"\nwritten: {out}/metrics.json, predictions.csv and PNGs")
     if args.update_card:
         card = load_card(args.model)
         card["test"] = {k: v for k, v in metrics.items() if k != "reliability_bins"}
