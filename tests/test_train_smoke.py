@@ -56,7 +56,8 @@ def test_code_version_is_the_commit_and_whether_tracked_files_changed(tmp_path):
 def test_training_writes_a_complete_run_folder(trained):
     for name in ("args.json", "history.csv", "training_curves.png", "duplicates.json", "audit.json",
                  "melanoma_efficientnet.keras",
-                 "melanoma_efficientnet.json", "test/metrics.json", "test/roc.png", "test/reliability.png"):
+                 "melanoma_efficientnet.json", "test/metrics.json", "test/roc.png", "test/reliability.png",
+                 "test/predictions.csv"):
         assert (trained / name).exists(), name
     rows = list(csv.DictReader(open(trained / "history.csv")))
     assert [r["stage"] for r in rows] == ["head", "fine_tune", "fine_tune"]
@@ -197,6 +198,13 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
         assert r["flagged"] == str(int(float(r["probability_malignant"]) >= predictor.threshold))
     flagged = [r["flagged"] == "1" for r in rows if r["label"] == "malignant"]
     assert np.mean(flagged) == pytest.approx(metrics["sensitivity"])
+    with open(trained / "test" / "predictions.csv", newline="") as f:  # what the training run wrote: the same rows
+        at_training = {r["image"]: r for r in csv.DictReader(f)}
+    assert at_training.keys() == {r["image"] for r in rows}
+    for r in rows:
+        assert (at_training[r["image"]]["label"], at_training[r["image"]]["flagged"]) == (r["label"], r["flagged"])
+        assert float(at_training[r["image"]]["probability_malignant"]) == pytest.approx(
+            float(r["probability_malignant"]), abs=1e-5)
     tta = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(tiny_data),
                              "--out", str(out / "tta"), "--tta", "4"])
     assert tta["tta_views"] == 4

@@ -40,7 +40,7 @@ from train.audit import audit, cue_warning, remedy_applied
 from train.augment import build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
-from train.evaluate import evaluate_split
+from train.evaluate import evaluate_split, write_predictions
 from train.distributed import fit_multi_worker, is_chief, make_strategy
 from train.losses import training_loss
 from train.optimizers import SharpnessAware, clip_norm, fine_tune_optimizer
@@ -657,6 +657,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     test_metrics, p_test, y_test = evaluate_split(predictor, dataset, "test")
     evaluation_figures(p_test, y_test, test_metrics, run_dir / "test")
     (run_dir / "test" / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n")
+    write_predictions(run_dir / "test" / "predictions.csv", dataset.split("test", drop_duplicates=True).paths,
+                      dataset.root, p_test, y_test, predictor.threshold)
     print(format_table(test_metrics, f"test split ({test_metrics['duplicates_dropped']} duplicates dropped)"))
     history = (run_dir / "history.csv").read_text().splitlines()
     card.update({
