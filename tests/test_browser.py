@@ -93,3 +93,49 @@ def test_upload_a_text_file_and_see_the_error(live_server, page, tmp_path):
 def test_about_page_renders(live_server, page):
     page.goto(live_server + "/about")
     assert "ROC AUC" in page.inner_text("main")
+
+
+def test_every_page_passes_the_axe_accessibility_checks(live_server, page, tmp_path):
+    """axe-core (Deque's WCAG 2 rules and best practices, bundled by axe-playwright-python) on every page a
+    clinician sees: the upload page on a desktop and a phone, both verdicts, a refusal, an error, about, not found."""
+    import numpy as np
+    from PIL import Image
+    from axe_playwright_python.sync_playwright import Axe
+
+    axe = Axe()
+    noise = tmp_path / "noise.png"  # refused: not a lesion
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(noise)
+    notes = tmp_path / "notes.txt"  # the error page
+    notes.write_text("not an image\n")
+    found = {}
+
+    def check(name):
+        violations = axe.run(page).response["violations"]
+        found[name] = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+                       for v in violations]
+
+    page.goto(live_server + "/")
+    check("upload")
+    page.set_viewport_size({"width": 390, "height": 844})
+    check("upload, phone")
+    page.set_viewport_size({"width": 1100, "height": 900})
+    for name, upload, shown in (("malignant", lesion_fixtures("malignant")[0], "#verdict"),
+                                ("benign", lesion_fixtures("benign")[0], "#verdict"),
+                                ("refused", noise, "#refusal-reason"), ("error", notes, "#error-message")):
+        page.goto(live_server + "/")
+        page.set_input_files("#image", str(upload))
+        page.click("#submit")
+        page.wait_for_selector(shown)
+        check(name)
+    page.goto(live_server + "/about")
+    check("about")
+    page.goto(live_server + "/no-such-page")
+    check("not found")
+    assert len(found) == 8 and not any(found.values()), found
+    # and the checks can fail: an image without its text alternative is a violation axe reports
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+    page.click("#submit")
+    page.wait_for_selector("#heatmap")
+    page.evaluate("document.querySelector('#heatmap').removeAttribute('alt')")
+    assert [v["id"] for v in axe.run(page).response["violations"]] == ["image-alt"]
