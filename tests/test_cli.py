@@ -70,3 +70,18 @@ def test_the_learning_curve_names_a_bundle_whose_card_is_missing_or_broken(tmp_p
         with pytest.raises(SystemExit) as refused:
             learning_curve.main(["--model", str(model), "--out", str(tmp_path / "lc")])
         assert refused.value.code == 2 and sentence in capsys.readouterr().err
+
+
+def test_evaluating_images_of_one_class_is_one_sentence(tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import lesion_fixtures
+    from train import evaluate
+    (tmp_path / "clinic" / "benign").mkdir(parents=True)
+    for path in lesion_fixtures("benign"):
+        shutil.copy(path, tmp_path / "clinic" / "benign" / path.name)
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tmp_path / "clinic"), "--split", "all"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == (f"error: The images of {tmp_path / 'clinic'} need both classes for ROC AUC, "
+                                       f"sensitivity and specificity; they are {{'benign': 2, 'malignant': 0}}.\n")

@@ -79,6 +79,20 @@ def test_clear_errors(tmp_path):
         discover(odd)
 
 
+def test_too_few_images_to_split_is_a_sentence_and_whole_data_is_not_split(tmp_path):
+    make_class_folders(tmp_path / "nine", n=9)
+    with pytest.raises(DataError, match=r"^Too few images to split \{'benign': 9, 'malignant': 9\} into training, "
+                                        r"validation and test sets .* each class needs about 10 images or more"):
+        discover(tmp_path / "nine")
+    whole = discover(tmp_path / "nine", whole=True)  # for python -m train.evaluate --split all: no split needed
+    assert (len(whole.splits["train"]), len(whole.splits["val"])) == (0, 0)
+    assert whole.split("all").counts() == {"benign": 9, "malignant": 9}
+    make_class_folders(tmp_path / "ten", n=10)
+    split = discover(tmp_path / "ten")
+    assert {name: s.counts() for name, s in split.splits.items()}["val"] == {"benign": 1, "malignant": 1}
+    assert sorted(map(str, split.split("all").paths)) == sorted(map(str, (tmp_path / "ten").rglob("*.png")))
+
+
 def test_unreadable_image_is_named(tmp_path):
     make_class_folders(tmp_path, n=10)
     (tmp_path / "benign" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -33,3 +33,43 @@ def test_evaluation_reproduces_the_card(tmp_path):
     for key in ("sensitivity", "specificity", "accuracy", "brier", "ece"):  # the README's table, every number
         assert abs(metrics[key] - card[key]) < 1e-4, key
     assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "test"
+
+
+def test_another_clinics_folder_is_evaluated_whole_with_split_all(tmp_path, capsys):
+    """`--split all` scores every image of a folder of class subfolders (which would otherwise be split 70/10/20 and
+    evaluated on a fifth), each as the server scores it."""
+    import csv
+    import shutil
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from model.bundle import load_bundle
+    from model.inference import Predictor
+    from tests.conftest import lesion_fixtures
+    from train import evaluate
+
+    folder = tmp_path / "clinic"
+    for label, paths in (("benign", lesion_fixtures("benign")),
+                         ("malignant", lesion_fixtures("malignant") + lesion_fixtures("cam"))):
+        (folder / label).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, folder / label / path.name)
+    # labels only for the AUC: with the true ones these eight rank perfectly; here two melanomas are called benign
+    for name in ("ISIC_0012258.jpg", "ISIC_0012356.jpg"):
+        shutil.move(folder / "malignant" / name, folder / "benign" / name)
+    metrics = evaluate.main(["--model", str(DEFAULT_BUNDLE), "--data", str(folder), "--split", "all",
+                             "--out", str(tmp_path / "eval")])
+    images = sorted(folder.rglob("*.jpg"))
+    assert (metrics["n"], metrics["split"], metrics["duplicates_dropped"]) == (8, "all", 0)
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(str(p.relative_to(folder)) for p in images)
+    predictor = Predictor(load_bundle(DEFAULT_BUNDLE))
+    served = predictor.probability(np.stack([predictor.preprocess(p.read_bytes()) for p in images]))
+    y = np.array([p.parent.name == "malignant" for p in images])
+    for path, probability in zip(images, served):
+        assert float(rows[str(path.relative_to(folder))]["probability_malignant"]) == pytest.approx(probability,
+                                                                                                   abs=1e-5)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, served), abs=1e-6) and metrics["roc_auc"] < 1.0
+    assert "on all (0 duplicates dropped" in capsys.readouterr().out

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "val", "test")
+ALL = "all"  # every image of a data set, for evaluating a bundle trained on other data
 LABEL_ALIASES = {
     "benign": "benign", "nevus": "benign", "naevus": "benign", "0": "benign",
     "malignant": "malignant", "melanoma": "malignant", "1": "malignant",
@@ -60,7 +61,12 @@ class Dataset:
     duplicates: list[dict] = field(default_factory=list)
 
     def split(self, name: str, drop_duplicates: bool = True) -> Split:
-        """A split; for `test`, without the images that have a duplicate in train or val."""
+        """A split; for `test`, without the images that have a duplicate in train or val; `all`: every image of the
+        data, whatever its split (for a bundle trained elsewhere, where this data's splits mean nothing)."""
+        if name == ALL:
+            parts = [self.splits[n] for n in SPLITS]
+            return Split([p for s in parts for p in s.paths], [y for s in parts for y in s.labels],
+                         [g for s in parts for g in s.groups])
         s = self.splits[name]
         if not drop_duplicates or name != "test":
             return s
@@ -119,17 +125,20 @@ def _class_folders(folder: Path) -> Split:
 
 
 def discover(source: str | Path, images: str | Path | None = None, seed: int = 42,
-             val_fraction: float = 0.1, test_fraction: float = 0.2) -> Dataset:
-    """Find the images and labels under `source` (a folder or a CSV) and return three splits."""
+             val_fraction: float = 0.1, test_fraction: float = 0.2, whole: bool = False) -> Dataset:
+    """Find the images and labels under `source` (a folder or a CSV) and return three splits. With `whole`, data
+    without a split of its own is not split (every image in `test`), for `Dataset.split("all")`."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"The data path does not exist: {source}")
+    if whole:
+        val_fraction = test_fraction = None
     if source.is_file():
         return _from_csv(source, Path(images) if images else source.parent, seed, val_fraction, test_fraction)
     if all((source / s).is_dir() for s in SPLITS):
         splits = {s: _class_folders(source / s) for s in SPLITS}
         for name, s in splits.items():
-            if len(set(s.labels)) < 2:
+            if len(set(s.labels)) < 2 and not whole:
                 raise DataError(f"The {name} split under {source} needs images of both classes; it has {s.counts()}.")
         return Dataset(source, "split_folders", splits)
     if not any(source.iterdir()):
@@ -138,21 +147,29 @@ def discover(source: str | Path, images: str | Path | None = None, seed: int = 4
     return Dataset(source, "class_folders", _split(pooled, seed, val_fraction, test_fraction))
 
 
-def _split(pooled: Split, seed: int, val_fraction: float, test_fraction: float) -> dict[str, Split]:
-    """Stratified, seeded split that keeps every group (lesion) inside one split."""
+def _split(pooled: Split, seed: int, val_fraction: float | None, test_fraction: float | None) -> dict[str, Split]:
+    """Stratified, seeded split that keeps every group (lesion) inside one split; with no fractions, no split: every
+    image in `test`."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if val_fraction is None or test_fraction is None:
+        return {"train": Split(), "val": Split(), "test": pooled}
     labels = np.asarray(pooled.labels)
     groups = np.asarray(pooled.groups)
     if len(set(labels.tolist())) < 2:
         raise DataError(f"Both classes are needed to train; found only {pooled.counts()}.")
     n_test = max(2, round(1 / test_fraction))
-    test_fold = next(StratifiedGroupKFold(n_test, shuffle=True, random_state=seed).split(labels, labels, groups))
-    rest, test = test_fold
     n_val = max(2, round((1 - test_fraction) / val_fraction))
-    tr, va = next(
-        StratifiedGroupKFold(n_val, shuffle=True, random_state=seed).split(labels[rest], labels[rest], groups[rest])
-    )
+    try:
+        rest, test = next(StratifiedGroupKFold(n_test, shuffle=True, random_state=seed).split(labels, labels, groups))
+        tr, va = next(StratifiedGroupKFold(n_val, shuffle=True, random_state=seed).split(labels[rest], labels[rest],
+                                                                                          groups[rest]))
+    except ValueError:  # scikit-learn: more folds than images of a class
+        raise DataError(
+            f"Too few images to split {pooled.counts()} into training, validation and test sets with both classes in "
+            f"each ({1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%}, stratified): each "
+            f"class needs about {n_val + 2} images or more. Add images or give train/, val/ and test/ folders; to "
+            f"score a bundle on every image, use python -m train.evaluate --split all.") from None
     index = {"train": rest[tr], "val": rest[va], "test": test}
     return {
         name: Split([pooled.paths[i] for i in idx], [pooled.labels[i] for i in idx], [pooled.groups[i] for i in idx])

@@ -48,7 +48,7 @@ def evaluate_split(predictor: Predictor, dataset: data_mod.Dataset, split: str, 
     metrics = classification_metrics(p, y, predictor.threshold)
     metrics.update({
         "split": split,
-        "duplicates_dropped": len(dataset.splits[split]) - len(s),
+        "duplicates_dropped": len(dataset.split(split, drop_duplicates=False)) - len(s),
         "tta_views": int(tta_views or predictor.tta_views),
         "seconds_per_image": seconds / max(len(y), 1),
     })
@@ -65,7 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="bundle .keras file (its .json card beside it)")
     parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
-    parser.add_argument("--split", default="test", choices=data_mod.SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--split", default="test", choices=(*data_mod.SPLITS, data_mod.ALL),
+                        help="split to evaluate; all = every image of the data, e.g. another clinic's images for a "
+                             "bundle trained elsewhere (no duplicates dropped: check that none was trained on) "
+                             "(default: test)")
     parser.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                         help="test-time augmentation views (default: the bundle's tta_views)")
     parser.add_argument("--keep-duplicates", action="store_true",
@@ -108,10 +111,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     bundle = load_bundle(args.model)
     predictor = Predictor(bundle, runtime=args.runtime)
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=args.split == data_mod.ALL)
+    if len(set(dataset.split(args.split).labels)) < 2:
+        which = "The images" if args.split == data_mod.ALL else f"The {args.split} images"
+        raise data_mod.DataError(f"{which} of {args.data} need both classes for ROC AUC, sensitivity and "
+                                 f"specificity; they are {dataset.split(args.split).counts()}.")
     if args.update_card:
         _check_card_update(args, bundle.card, dataset)
-    dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    if args.split != data_mod.ALL:  # duplicates across this data's own splits; under `all` no split is held out
+        dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
     diagnoses = None
     if args.diagnosis:
