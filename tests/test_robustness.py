@@ -99,3 +99,8 @@ def test_command_writes_a_report_on_a_data_folder(tiny_data, tmp_path, capsys):
     assert json.loads((out / "robustness.json").read_text())["n"] == report["n"] == 12
     assert (out / "robustness.png").stat().st_size > 0
     assert "warm_light" in capsys.readouterr().out
+    # every image of the data with --split all: tiny_data's 24 + 12 + 12, none dropped
+    report = main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--split", "all",
+                   "--shifts", "warm_light", "--bootstrap", "20", "--out", str(tmp_path / "rob_all")])
+    assert (report["n"], report["duplicates_dropped"], report["split"]) == (
+        len(list(tiny_data.rglob("*.png"))), 0, "all")

@@ -93,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="bundle .keras file; give it more than once to compare bundles on the same images")
     parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
-    parser.add_argument("--split", default="test", choices=data_mod.SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--split", default="test", choices=(*data_mod.SPLITS, data_mod.ALL),
+                        help="split to evaluate; all = every image of the data, as python -m train.evaluate --split "
+                             "all (default: test)")
     parser.add_argument("--shifts", default=",".join(SHIFTS),
                         help=f"comma-separated shifts, from: {', '.join(SHIFTS)} (default: all)")
     parser.add_argument("--bootstrap", type=int, default=1000,
@@ -182,9 +184,14 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
-    dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    whole = args.split == data_mod.ALL
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=whole)
+    if not whole:
+        dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     split = dataset.split(args.split, drop_duplicates=not args.keep_duplicates)
+    if len(set(split.labels)) < 2:
+        raise data_mod.DataError(f"The {args.split} images of {args.data} need both classes for ROC AUC; they are "
+                                 f"{split.counts()}.")
     images = []
     for path in split.paths:
         try:
@@ -201,7 +208,7 @@ def main(argv=None) -> dict:
     out = Path(args.out or f"runs/robustness_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "split": args.split, "n": int(len(y)), "n_malignant": int(y.sum()),
-              "duplicates_dropped": len(dataset.splits[args.split]) - len(split), "data_hash": dataset.data_hash(),
+              "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split), "data_hash": dataset.data_hash(),
               "shifts": {name: SHIFTS[name][0] for name in args.shifts}, "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=2) + "\n")
     robustness_chart(results, out / "robustness.png")
