@@ -20,6 +20,18 @@ def test_a_count_below_one_is_refused_with_a_sentence(flag, capsys):
     assert f"{flag} must be at least 1. Received: 0" in capsys.readouterr().err
 
 
+def test_a_missing_bundle_or_card_is_refused_before_any_server_starts(tmp_path, capsys):
+    from model.bundle import DEFAULT_BUNDLE
+
+    (tmp_path / "alone.keras").write_bytes(DEFAULT_BUNDLE.read_bytes())  # without its card
+    for model, sentence in ((tmp_path / "gone.keras", "--model: Model bundle not found"),
+                            (tmp_path / "alone.keras", "--model: The model card")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--model", str(model), "--out", str(tmp_path / "bench")])
+        assert exc.value.code == 2 and sentence in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
+
+
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--batch-size", "0"]])
 def test_train_step_refuses_a_count_below_one_with_a_sentence(argv, capsys):
     from bench.train_step import main as train_step_main
