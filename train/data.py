@@ -124,6 +124,16 @@ def _class_folders(folder: Path) -> Split:
     return split
 
 
+def scorable(split: Split, name: str, source) -> Split:
+    """`split` (of data `source`, `name` a split or `all`), or a DataError when it lacks a class: ROC AUC, sensitivity
+    and specificity need both."""
+    if len(set(split.labels)) < 2:
+        which = "The images" if name == ALL else f"The {name} images"
+        raise DataError(f"{which} of {source} need both classes for ROC AUC, sensitivity and specificity; they are "
+                        f"{split.counts()}.")
+    return split
+
+
 def discover(source: str | Path, images: str | Path | None = None, seed: int = 42,
              val_fraction: float = 0.1, test_fraction: float = 0.2, whole: bool = False) -> Dataset:
     """Find the images and labels under `source` (a folder or a CSV) and return three splits. With `whole`, data

@@ -112,10 +112,7 @@ def main(argv=None) -> dict:
     bundle = load_bundle(args.model)
     predictor = Predictor(bundle, runtime=args.runtime)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=args.split == data_mod.ALL)
-    if len(set(dataset.split(args.split).labels)) < 2:
-        which = "The images" if args.split == data_mod.ALL else f"The {args.split} images"
-        raise data_mod.DataError(f"{which} of {args.data} need both classes for ROC AUC, sensitivity and "
-                                 f"specificity; they are {dataset.split(args.split).counts()}.")
+    data_mod.scorable(dataset.split(args.split), args.split, args.data)
     if args.update_card:
         _check_card_update(args, bundle.card, dataset)
     if args.split != data_mod.ALL:  # duplicates across this data's own splits; under `all` no split is held out

@@ -188,10 +188,8 @@ def main(argv=None) -> dict:
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=whole)
     if not whole:
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
-    split = dataset.split(args.split, drop_duplicates=not args.keep_duplicates)
-    if len(set(split.labels)) < 2:
-        raise data_mod.DataError(f"The {args.split} images of {args.data} need both classes for ROC AUC; they are "
-                                 f"{split.counts()}.")
+    split = data_mod.scorable(dataset.split(args.split, drop_duplicates=not args.keep_duplicates), args.split,
+                              args.data)
     images = []
     for path in split.paths:
         try:
@@ -208,7 +206,8 @@ def main(argv=None) -> dict:
     out = Path(args.out or f"runs/robustness_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "split": args.split, "n": int(len(y)), "n_malignant": int(y.sum()),
-              "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split), "data_hash": dataset.data_hash(),
+              "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split),
+              "data_hash": dataset.data_hash(),
               "shifts": {name: SHIFTS[name][0] for name in args.shifts}, "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=2) + "\n")
     robustness_chart(results, out / "robustness.png")

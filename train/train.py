@@ -657,8 +657,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     test_metrics, p_test, y_test = evaluate_split(predictor, dataset, "test")
     evaluation_figures(p_test, y_test, test_metrics, run_dir / "test")
     (run_dir / "test" / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n")
-    write_predictions(run_dir / "test" / "predictions.csv", dataset.split("test", drop_duplicates=True).paths,
-                      dataset.root, p_test, y_test, predictor.threshold)
+    write_predictions(run_dir / "test" / "predictions.csv", dataset.split("test").paths, dataset.root, p_test, y_test,
+                      predictor.threshold)
     print(format_table(test_metrics, f"test split ({test_metrics['duplicates_dropped']} duplicates dropped)"))
     history = (run_dir / "history.csv").read_text().splitlines()
     card.update({
