@@ -20,6 +20,11 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO")
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 32
 RESAMPLE = Image.Resampling.BILINEAR
+# ISO base media file brands of HEVC-coded HEIF images and sequences: the iPhone camera's HEIC photos among them.
+HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+HEIC_MESSAGE = ("This is a HEIC photo (the format iPhones and some other phones save by default), which is not read "
+                "here. Export it as JPEG and upload that file: on a Mac, open it in Preview and choose File > Export, "
+                "Format JPEG; on an iPhone, Settings > Camera > Formats > Most Compatible saves new photos as JPEG.")
 
 
 class ImageError(ValueError):
@@ -63,6 +68,16 @@ class PreprocessSpec:
         )
 
 
+def is_heic(head: bytes) -> bool:
+    """Whether the first bytes of a file are an HEVC-coded HEIF image (HEIC): an ISO base media `ftyp` box whose
+    major or compatible brands name HEVC. AVIF (the same container around AV1, brands `avif` and `mif1`) is not."""
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(head[:4], "big")
+    brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    return bool(brands & HEVC_BRANDS)
+
+
 def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
     """Decode an image safely and return it as an upright RGB PIL image.
 
@@ -73,8 +88,17 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
         if len(data) == 0:
             raise ImageError("empty_file", "The file is empty.")
         source = io.BytesIO(data)
+        head = bytes(data[:64])
     else:
         source = data
+        try:
+            with open(data, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            head = b""  # Pillow names the problem below
+    if is_heic(head):
+        # Pillow has no HEVC decoder; its AVIF reader would take some of these for damaged files.
+        raise ImageError("unsupported_format", HEIC_MESSAGE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,6 +1,7 @@
 """The web app on the real shipped model: pages, API, and every bad input with its status and sentence."""
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,7 @@ def test_one_bad_file_among_good_ones_is_rejected_alone(client, benign_jpeg):
     assert bad == {"filename": "notes.txt", "rejected": True, "reason": bad["reason"], "code": "not_an_image"}
 
 
+HEIC = Path(__file__).parent / "fixtures" / "formats" / "lesion.heic"  # an iPhone-format photo
 BAD_INPUTS = [
     # (id, payload builder, status, code, words in the message)
     ("empty file", lambda j, b: b"", 400, "empty_file", "empty"),
@@ -146,6 +148,7 @@ BAD_INPUTS = [
     ("garbage after jpeg header", lambda j, b: j[:200] + bytes(range(256)) * 4, 400, "corrupt_image", "damaged"),
     ("ico format", lambda j, b: encode(synthetic_lesion(64), "ICO"), 415, "unsupported_format", "not supported"),
     ("ppm format", lambda j, b: encode(synthetic_lesion(64), "PPM"), 415, "unsupported_format", "not supported"),
+    ("heic photo", lambda j, b: HEIC.read_bytes(), 415, "unsupported_format", "Export it as JPEG"),
     ("decompression bomb", lambda j, b: b, 400, "too_many_pixels", "megapixels"),
     ("tiny image", lambda j, b: encode(Image.new("RGB", (12, 12), (200, 150, 120)), "PNG"), 400, "too_small", "pixels"),
     ("animated gif", lambda j, b: encode(synthetic_lesion(64), "GIF", save_all=True,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -91,6 +93,15 @@ def test_too_few_images_to_split_is_a_sentence_and_whole_data_is_not_split(tmp_p
     split = discover(tmp_path / "ten")
     assert {name: s.counts() for name, s in split.splits.items()}["val"] == {"benign": 1, "malignant": 1}
     assert sorted(map(str, split.split("all").paths)) == sorted(map(str, (tmp_path / "ten").rglob("*.png")))
+
+
+def test_heic_photos_are_named_not_left_out(tmp_path):
+    make_class_folders(tmp_path, n=10)
+    heic = Path(__file__).parent / "fixtures" / "formats" / "lesion.heic"
+    (tmp_path / "malignant" / "IMG_0042.HEIC").write_bytes(heic.read_bytes())
+    with pytest.raises(DataError, match=r"^1 HEIC photo\(s\) under .*malignant \(for example IMG_0042.HEIC\) cannot "
+                                        r"be read here and would be left out. Convert them to JPEG"):
+        discover(tmp_path)
 
 
 def test_unreadable_image_is_named(tmp_path):

@@ -1,12 +1,13 @@
 """The one preprocessing path: every mode and format becomes the same kind of RGB array, and
 training, evaluation and serving produce the same array for the same file."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess, shades_of_gray
+from model.preprocessing import ImageError, PreprocessSpec, decode, is_heic, preprocess, shades_of_gray
 from tests.conftest import encode, lesion_fixtures, png_claiming, synthetic_lesion
 
 SPEC = PreprocessSpec(image_size=64)
@@ -92,6 +93,30 @@ def test_unsupported_format_is_named():
     with pytest.raises(ImageError) as info:
         decode(encode(synthetic_lesion(64), "ICO"))
     assert info.value.code == "unsupported_format" and "ICO" in info.value.message
+
+
+HEIC = Path(__file__).parent / "fixtures" / "formats" / "lesion.heic"
+
+
+@pytest.mark.parametrize("major", [b"heic", b"mif1"])  # mif1 as some Android phones write it
+@pytest.mark.parametrize("as_path", [False, True])
+def test_heic_photo_is_refused_with_how_to_export_it(tmp_path, major, as_path):
+    data = HEIC.read_bytes()
+    data = data[:8] + major + data[12:]
+    source = tmp_path / "photo.heic"
+    source.write_bytes(data)
+    with pytest.raises(ImageError) as info:
+        decode(source if as_path else data)
+    assert info.value.code == "unsupported_format"
+    assert info.value.message.startswith("This is a HEIC photo") and "Export it as JPEG" in info.value.message
+
+
+def test_only_hevc_brands_are_taken_for_heic():
+    assert is_heic(HEIC.read_bytes()[:64])
+    assert not is_heic(encode(synthetic_lesion(64), "JPEG")[:64])
+    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf"  # AV1 in the same container
+    assert not is_heic(avif) and not is_heic(avif.replace(b"ftypavif", b"ftypmif1"))
+    assert not is_heic(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom")  # a video
 
 
 def test_animation_is_refused():

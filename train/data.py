@@ -24,6 +24,7 @@ from model.preprocessing import ImageError, decode
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+HEIC_SUFFIXES = {".heic", ".heif"}  # phone photos Pillow cannot decode (model.preprocessing.is_heic)
 SPLITS = ("train", "val", "test")
 ALL = "all"  # every image of a data set, for evaluating a bundle trained on other data
 LABEL_ALIASES = {
@@ -105,7 +106,13 @@ def normalise_label(raw: str, where: str) -> int:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    heic = sorted(p for p in files if p.suffix.lower() in HEIC_SUFFIXES)
+    if heic:  # left out silently, they would shrink a class without a word
+        raise DataError(f"{len(heic)} HEIC photo(s) under {folder} (for example {heic[0].name}) cannot be read here and "
+                        "would be left out. Convert them to JPEG (on a Mac: sips -s format jpeg PHOTO.heic --out "
+                        "PHOTO.jpg; on Linux: heif-convert PHOTO.heic PHOTO.jpg) or move them out of the folder.")
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _class_folders(folder: Path) -> Split:
