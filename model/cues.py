@@ -136,24 +136,25 @@ CUES = {
 RARE = 0.10  # a cue in at least this share of the training split is no reason for a caution
 
 
-def cautions(image: Image.Image, card: dict | None = None) -> list[dict]:
-    """The cues `image` shows that were rare in training, each as {"code", "message"}, in `CUES` order.
-
-    The message gives the card's count of training-split images with the cue (`data.shortcut_cues` and
-    `data.counts`, written by `python -m train`); a cue in at least `RARE` of them gets no caution. A card without
-    the counts gets every caution, with "few" for the numbers."""
+def rare_in_training(card: dict | None = None) -> dict[str, str]:
+    """code -> how many training images showed it (the `{rare}` phrase), for each cue in `CUES` that was rare in the
+    card's training split (`data.shortcut_cues` and `data.counts`, written by `python -m train`); a cue in at least
+    `RARE` of the split is not rare. A card without the counts makes every cue rare, with "few" for the numbers."""
     data = (card or {}).get("data") or {}
     counts = data.get("shortcut_cues") or {}
     images = sum(((data.get("counts") or {}).get("train") or {}).values())
-    out = []
-    for code, (detect, _, message) in CUES.items():
-        if not detect(image):
-            continue
+    out = {}
+    for code in CUES:
         known = (counts.get(code) or {}).get("train_images_with_cue")
         if known is not None and images and known >= RARE * images:
             continue
-        rare = (f"Only {known:,} of the {images:,} images of the model's training split" if known is not None and images
-                else "Few of the images the model was trained on")
-        text = message.format(rare=rare)
-        out.append({"code": code, "message": text})
+        out[code] = (f"Only {known:,} of the {images:,} images of the model's training split" if known is not None
+                     and images else "Few of the images the model was trained on")
     return out
+
+
+def cautions(image: Image.Image, card: dict | None = None) -> list[dict]:
+    """The cues `image` shows that were rare in training (`rare_in_training`), each as {"code", "message"}, in `CUES`
+    order; the message gives the card's count of training-split images with the cue."""
+    return [{"code": code, "message": CUES[code][2].format(rare=rare)}
+            for code, rare in rare_in_training(card).items() if CUES[code][0](image)]

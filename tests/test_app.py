@@ -61,6 +61,29 @@ def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tm
     assert turned.get("/healthz").status_code == 200
 
 
+def test_about_page_describes_a_bundle_trained_on_other_data_by_its_own_card(client, tmp_path):
+    """A developer serving a bundle trained on their own data gets a page about that bundle, not about ISIC 2017."""
+    import json
+
+    from app import create_app
+    from model.bundle import DEFAULT_BUNDLE, copy_bundle
+
+    shipped = client.get("/about").get_data(as_text=True)
+    assert "EfficientNet-Lite0 network fine-tuned on" in shipped and "of the ISIC 2017 challenge" in shipped
+    assert "basal or squamous cell carcinoma" in shipped and "below the project's own target" in shipped
+    path = copy_bundle(DEFAULT_BUNDLE, tmp_path / "own" / "melanoma_efficientnet.keras")
+    card = json.loads(path.with_suffix(".json").read_text())
+    data = {**card["data"], "source": "/srv/clinic_2025", "shortcut_cues": {  # ink common, the ring rare
+        "skin_marker_ink": {"train_images_with_cue": 400}, "dark_corners": {"train_images_with_cue": 3}}}
+    own = {**card, "data": data, "initial_weights": "none", "test": {**card["test"], "roc_auc": 0.93}}
+    path.with_suffix(".json").write_text(json.dumps(own))
+    html = create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client().get("/about").get_data(as_text=True)
+    assert "network trained from scratch on" in html and "of <code>clinic_2025</code>" in html
+    assert "ISIC" not in html and "basal or squamous" not in html and "where the labels of its training data" in html
+    assert "below the project" not in html  # AUC 0.93 meets the target
+    assert "Pictures with a contact dermoscope&#39;s dark ring were rare" in html and "skin-marker ink" not in html
+
+
 def test_healthz(client, app):
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["version"] == app.extensions["melanoma_model"].bundle.version

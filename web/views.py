@@ -1,10 +1,12 @@
 """Pages (upload, result, about) and the JSON API (/api/v1/predict, /healthz)."""
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 
+from model.cues import rare_in_training
 from web import uploads
 from web.errors import ApiError
 from web.service import EXTENSION_KEY, NEXT_STEP, ModelService
@@ -13,6 +15,22 @@ pages = Blueprint("pages", __name__)
 api = Blueprint("api", __name__)
 
 ACCEPTED = "JPEG, PNG, BMP, TIFF or WebP"
+BACKBONE_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_b0": "EfficientNet-B0"}
+CUE_NAMES = {"skin_marker_ink": "purple skin-marker ink", "dark_corners": "a contact dermoscope's dark ring"}
+ISIC_2017 = re.compile(r"isic[-_ ]?2017", re.IGNORECASE)
+
+
+def about_facts(card: dict) -> dict:
+    """What the about page says of a bundle, read from its card: the page must not describe the shipped model's
+    data when a developer serves a bundle trained on their own."""
+    source = str((card.get("data") or {}).get("source") or "")
+    return {
+        "backbone": BACKBONE_NAMES.get(card.get("backbone"), card.get("backbone")),
+        "how": "trained from scratch" if card.get("initial_weights") == "none" else "fine-tuned",
+        "isic2017": bool(ISIC_2017.search(source)),
+        "data_name": PurePath(source).name or "its training data",
+        "rare_cues": [CUE_NAMES[code] for code in sorted(rare_in_training(card), key=list(CUE_NAMES).index)],
+    }
 
 
 def service() -> ModelService:
@@ -62,7 +80,8 @@ def predict_page():
 
 @pages.get("/about")
 def about():
-    return render_template("about.html", card=service().card, model=service().describe())
+    card = service().card
+    return render_template("about.html", card=card, model=service().describe(), facts=about_facts(card))
 
 
 @api.post("/api/v1/predict")
