@@ -1,6 +1,7 @@
 """The training and evaluation commands end to end on a tiny synthetic data set (plumbing, not accuracy)."""
 import argparse
 import csv
+import io
 import json
 
 import keras
@@ -62,6 +63,32 @@ def test_training_writes_a_complete_run_folder(trained):
     rows = list(csv.DictReader(open(trained / "history.csv")))
     assert [r["stage"] for r in rows] == ["head", "fine_tune", "fine_tune"]
     assert json.loads((trained / "args.json").read_text())["image_size"] == 64
+
+
+def test_the_app_serves_the_bundle_the_training_command_wrote_as_training_scored_it(trained, tiny_data):
+    """A developer's path: train on their own data, point the app at the bundle. The app must load it, judge an image
+    as the training run's own test evaluation did (test/predictions.csv), and describe that bundle, not the shipped
+    one."""
+    from app import create_app
+
+    card = json.loads((trained / "bundle" / "tiny.json").read_text())
+    client = create_app({"TESTING": True, "MODEL_PATH": str(trained / "bundle" / "tiny.keras")}).test_client()
+    assert client.get("/healthz").get_json()["version"] == card["version"]
+    with open(trained / "test" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    files = [(row["image"].rsplit("/", 1)[-1], (tiny_data / row["image"]).read_bytes()) for row in rows]
+    res = client.post("/api/v1/predict", content_type="multipart/form-data",
+                      data={"image": [(io.BytesIO(data), name) for name, data in files]})
+    assert res.status_code == 200
+    judged = [p for p in res.get_json()["predictions"] if not p.get("rejected")]
+    assert len(judged) >= len(rows) // 2, res.get_json()  # the gate passes most images like its training images
+    scored = {row["image"].rsplit("/", 1)[-1]: float(row["probability_malignant"]) for row in rows}
+    for p in judged:
+        assert p["probability_malignant"] == pytest.approx(scored[p["filename"]], abs=2e-4), p["filename"]
+        assert p["threshold"] == pytest.approx(card["threshold"])
+    about = client.get("/about").get_data(as_text=True)
+    assert f"of <code>{tiny_data.name}</code>" in about and "ISIC" not in about
+    assert f"{card['test']['roc_auc']:.3f}" in about
 
 
 def test_model_card_is_complete(trained):
