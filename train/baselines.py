@@ -92,7 +92,8 @@ def run(args) -> dict:
     if args.network_metrics:
         net = json.loads(Path(args.network_metrics).read_text())
         net.pop("reliability_bins", None)
-        report["models"]["efficientnet (shipped)"] = {"params": {"model": net.get("model")}, "test": net}
+        name = f"efficientnet ({Path(net['model']).stem})" if net.get("model") else "efficientnet"  # the bundle scored
+        report["models"][name] = {"params": {"model": net.get("model")}, "test": net}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -135,7 +136,7 @@ def comparison_chart(report: dict, path: Path) -> Path:
         ax.bar(xs, values, width, yerr=errors, capsize=3, label=name)
     ax.set_xticks(np.arange(len(metrics)), [m[0] for m in metrics])
     ax.set_ylim(0, 1)
-    ax.set_ylabel("ISIC 2017 test split (duplicates dropped)")
+    ax.set_ylabel(f"{Path(report['data']).name} test split (duplicates dropped)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("Handcrafted features + classic ML vs. fine-tuned EfficientNet")
