@@ -22,6 +22,8 @@ MIN_SIDE = 32
 RESAMPLE = Image.Resampling.BILINEAR
 # ISO base media file brands of HEVC-coded HEIF images and sequences: the iPhone camera's HEIC photos among them.
 HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+DICOM_MESSAGE = ("This is a DICOM file, which is not read here. Export the image from the viewer or the archive as "
+                 "JPEG or PNG and upload that file.")
 HEIC_MESSAGE = ("This is a HEIC photo (the format iPhones and some other phones save by default), which is not read "
                 "here. Export it as JPEG and upload that file: on a Mac, open it in Preview and choose File > Export, "
                 "Format JPEG; on an iPhone, Settings > Camera > Formats > Most Compatible saves new photos as JPEG.")
@@ -88,17 +90,19 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
         if len(data) == 0:
             raise ImageError("empty_file", "The file is empty.")
         source = io.BytesIO(data)
-        head = bytes(data[:64])
+        head = bytes(data[:132])
     else:
         source = data
         try:
             with open(data, "rb") as f:
-                head = f.read(64)
+                head = f.read(132)
         except OSError:
             head = b""  # Pillow names the problem below
     if is_heic(head):
         # Pillow has no HEVC decoder; its AVIF reader would take some of these for damaged files.
         raise ImageError("unsupported_format", HEIC_MESSAGE)
+    if head[128:132] == b"DICM":  # a DICOM file's 128-byte preamble and prefix, as a PACS or a dermatoscope exports
+        raise ImageError("unsupported_format", DICOM_MESSAGE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

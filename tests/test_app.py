@@ -172,6 +172,7 @@ BAD_INPUTS = [
     ("ico format", lambda j, b: encode(synthetic_lesion(64), "ICO"), 415, "unsupported_format", "not supported"),
     ("ppm format", lambda j, b: encode(synthetic_lesion(64), "PPM"), 415, "unsupported_format", "not supported"),
     ("heic photo", lambda j, b: HEIC.read_bytes(), 415, "unsupported_format", "Export it as JPEG"),
+    ("dicom file", lambda j, b: bytes(128) + b"DICM" + bytes(300), 415, "unsupported_format", "DICOM"),
     ("decompression bomb", lambda j, b: b, 400, "too_many_pixels", "megapixels"),
     ("tiny image", lambda j, b: encode(Image.new("RGB", (12, 12), (200, 150, 120)), "PNG"), 400, "too_small", "pixels"),
     ("animated gif", lambda j, b: encode(synthetic_lesion(64), "GIF", save_all=True,

@@ -111,6 +111,17 @@ def test_heic_photo_is_refused_with_how_to_export_it(tmp_path, major, as_path):
     assert info.value.message.startswith("This is a HEIC photo") and "Export it as JPEG" in info.value.message
 
 
+def test_dicom_file_is_refused_with_how_to_export_it():
+    # the preamble, the DICM prefix and the first element (group length) of a DICOM Part 10 file
+    dicom = bytes(128) + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\xc8\x00\x00\x00" + bytes(400)
+    with pytest.raises(ImageError) as info:
+        decode(dicom)
+    assert info.value.code == "unsupported_format" and info.value.message.startswith("This is a DICOM file")
+    with pytest.raises(ImageError) as info:  # 128 zero bytes and no prefix: not DICOM, not an image
+        decode(bytes(128) + b"NOPE" + bytes(400))
+    assert info.value.code == "not_an_image"
+
+
 def test_only_hevc_brands_are_taken_for_heic():
     assert is_heic(HEIC.read_bytes()[:64])
     assert not is_heic(encode(synthetic_lesion(64), "JPEG")[:64])
