@@ -200,6 +200,12 @@ def test_no_file(client, url):
     assert "No image was uploaded" in res.get_data(as_text=True)
 
 
+def test_an_api_client_sending_json_is_told_to_send_multipart(client):
+    res = client.post("/api/v1/predict", json={"image": "aGVsbG8="})  # base64 in JSON is not how images come in
+    assert res.status_code == 400 and res.get_json()["code"] == "no_file"
+    assert "as multipart/form-data in the 'image' field" in res.get_json()["error"]
+
+
 @pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("RGBA", "PNG"), ("RGB", "WEBP"), ("RGB", "TIFF"),
                                        ("RGB", "BMP")])
 def test_valid_but_unusual_images_are_converted(client, malignant_jpeg, mode, fmt):

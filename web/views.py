@@ -41,7 +41,9 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
     """The files of the `image` field, read into memory; ApiError if there are none or too many."""
     files = [f for f in request.files.getlist("image") if f and (f.filename or f.content_length)]
     if not files:
-        raise ApiError("no_file", f"No image was uploaded. Choose a {ACCEPTED} file in the 'image' field.", 400)
+        how = ("Send a {} file as multipart/form-data in the 'image' field (for example curl -F image=@lesion.jpg)."
+               if request.blueprint == "api" else "Choose a {} file in the 'image' field.")
+        raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
     if len(files) > max_files:
         raise ApiError("too_many_files", f"At most {max_files} images can be sent at once; received {len(files)}.", 400)
     return [(f.filename or "upload", f.read()) for f in files]
