@@ -45,17 +45,22 @@ def test_about_page_shows_the_model_card(client, app):
     assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
 
 
-def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tmp_path):
+def client_with_card(tmp_path, edit):
+    """A test client of the app serving a copy of the shipped bundle whose card is `edit(card)`."""
     import json
 
     from app import create_app
     from model.bundle import DEFAULT_BUNDLE, copy_bundle
 
-    assert "turned by" not in client.get("/about").get_data(as_text=True)  # the shipped bundle: upright
-    path = copy_bundle(DEFAULT_BUNDLE, tmp_path / "turned" / "melanoma_efficientnet.keras")
+    path = copy_bundle(DEFAULT_BUNDLE, tmp_path / "edited" / "melanoma_efficientnet.keras")
     card = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".json").write_text(json.dumps({**card, "view_turns": [45.0]}))
-    turned = create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client()
+    path.with_suffix(".json").write_text(json.dumps(edit(card)))
+    return create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client()
+
+
+def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tmp_path):
+    assert "turned by" not in client.get("/about").get_data(as_text=True)  # the shipped bundle: upright
+    turned = client_with_card(tmp_path, lambda card: {**card, "view_turns": [45.0]})
     html = turned.get("/about").get_data(as_text=True)
     assert "its view turned by 45°" in html and "not-a-lesion check were fitted on those views" in html
     assert turned.get("/healthz").status_code == 200
@@ -63,21 +68,16 @@ def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tm
 
 def test_about_page_describes_a_bundle_trained_on_other_data_by_its_own_card(client, tmp_path):
     """A developer serving a bundle trained on their own data gets a page about that bundle, not about ISIC 2017."""
-    import json
-
-    from app import create_app
-    from model.bundle import DEFAULT_BUNDLE, copy_bundle
-
     shipped = client.get("/about").get_data(as_text=True)
     assert "EfficientNet-Lite0 network fine-tuned on" in shipped and "of the ISIC 2017 challenge" in shipped
     assert "basal or squamous cell carcinoma" in shipped and "below the project's own target" in shipped
-    path = copy_bundle(DEFAULT_BUNDLE, tmp_path / "own" / "melanoma_efficientnet.keras")
-    card = json.loads(path.with_suffix(".json").read_text())
-    data = {**card["data"], "source": "/srv/clinic_2025", "shortcut_cues": {  # ink common, the ring rare
-        "skin_marker_ink": {"train_images_with_cue": 400}, "dark_corners": {"train_images_with_cue": 3}}}
-    own = {**card, "data": data, "initial_weights": "none", "test": {**card["test"], "roc_auc": 0.93}}
-    path.with_suffix(".json").write_text(json.dumps(own))
-    html = create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client().get("/about").get_data(as_text=True)
+
+    def own(card):
+        data = {**card["data"], "source": "/srv/clinic_2025", "shortcut_cues": {  # ink common, the ring rare
+            "skin_marker_ink": {"train_images_with_cue": 400}, "dark_corners": {"train_images_with_cue": 3}}}
+        return {**card, "data": data, "initial_weights": "none", "test": {**card["test"], "roc_auc": 0.93}}
+
+    html = client_with_card(tmp_path, own).get("/about").get_data(as_text=True)
     assert "network trained from scratch on" in html and "of <code>clinic_2025</code>" in html
     assert "ISIC" not in html and "basal or squamous" not in html and "where the labels of its training data" in html
     assert "below the project" not in html  # AUC 0.93 meets the target

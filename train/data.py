@@ -106,7 +106,7 @@ def normalise_label(raw: str, where: str) -> int:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | HEIC_SUFFIXES and p.is_file()]
     heic = sorted(p for p in files if p.suffix.lower() in HEIC_SUFFIXES)
     if heic:  # left out silently, they would shrink a class without a word
         raise DataError(f"{len(heic)} HEIC photo(s) under {folder} (for example {heic[0].name}) cannot be read here and "

@@ -24,12 +24,13 @@ def about_facts(card: dict) -> dict:
     """What the about page says of a bundle, read from its card: the page must not describe the shipped model's
     data when a developer serves a bundle trained on their own."""
     source = str((card.get("data") or {}).get("source") or "")
+    rare = rare_in_training(card)
     return {
         "backbone": BACKBONE_NAMES.get(card.get("backbone"), card.get("backbone")),
         "how": "trained from scratch" if card.get("initial_weights") == "none" else "fine-tuned",
         "isic2017": bool(ISIC_2017.search(source)),
         "data_name": PurePath(source).name or "its training data",
-        "rare_cues": [CUE_NAMES[code] for code in sorted(rare_in_training(card), key=list(CUE_NAMES).index)],
+        "rare_cues": [name for code, name in CUE_NAMES.items() if code in rare],
     }
 
 
