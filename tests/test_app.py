@@ -1,6 +1,7 @@
 """The web app on the real shipped model: pages, API, and every bad input with its status and sentence."""
 import io
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,16 @@ def test_result_page(client, malignant_jpeg):
     assert "Malignant — suspicious" in html and NEXT_STEP["malignant"] in html and NEXT_STEP["benign"] not in html
     assert re.search(r"\d+\.\d%", html) and "data:image/jpeg;base64," in html
     assert "not a diagnosis" in html
+
+
+def test_result_page_says_when_it_was_analysed_for_a_printed_record(client, malignant_jpeg):
+    before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    html = upload(client, "/predict", [("lesion.jpg", malignant_jpeg)]).get_data(as_text=True)
+    after = datetime.now(timezone.utc)
+    [stamp] = re.findall(r'<span id="analysed">([^<]*)</span>', html)
+    analysed = datetime.strptime(stamp, "%Y-%m-%d %H:%M UTC").replace(tzinfo=timezone.utc)
+    assert before <= analysed <= after
+    assert 'id="print-result"' in html
 
 
 def test_result_page_for_a_benign_lesion(client, benign_jpeg):

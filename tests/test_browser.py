@@ -54,6 +54,7 @@ def page():
 def test_upload_a_lesion_and_see_the_verdict(live_server, page):
     from playwright.sync_api import expect
 
+    page.console_errors.clear()
     page.goto(live_server + "/")
     page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
     # The drag-and-drop script shows a preview; the image has a size only once the blob has loaded,
@@ -71,12 +72,41 @@ def test_upload_a_lesion_and_see_the_verdict(live_server, page):
     mark_left = page.eval_on_selector(".scale .mark", "el => el.style.left")
     assert float(bar_width.rstrip("%")) == pytest.approx(judged.probability_malignant * 100, abs=1e-3)
     assert float(mark_left.rstrip("%")) == pytest.approx(judged.threshold * 100, abs=1e-3)
-    assert not [e for e in page.console_errors if "Content Security Policy" in e]
+    assert page.console_errors == []  # no script blocked by the content security policy, no missing file (favicon)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "result_page.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
     page.screenshot(path=str(ARTIFACTS / "result_page_phone.png"), full_page=True)
     page.set_viewport_size({"width": 1100, "height": 900})
+
+
+def test_the_result_prints_on_one_page_without_the_controls(live_server, page):
+    """A clinician files the result in a patient's record: the print button opens the browser's print dialog, and
+    the printed page keeps the verdict, the probability, both images, the next step, the date and the disclaimer on
+    one A4 page, without the navigation and the buttons."""
+    import re
+
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    page.evaluate("() => { window.printed = 0; window.print = () => { window.printed += 1; }; }")  # no dialog here
+    page.click("#print-result")
+    assert page.evaluate("window.printed") == 1
+    kept = ["#verdict", "#probability", "#original", "#heatmap", ".scale .bar", ".next", "#analysed",
+            "footer.disclaimer"]
+    controls = ["header.top nav", "a.button", "#print-result"]
+    assert all(page.is_visible(s) for s in kept + controls)
+    page.emulate_media(media="print")
+    try:
+        assert [s for s in kept if not page.is_visible(s)] == []
+        assert [s for s in controls if page.is_visible(s)] == []
+        pdf = page.pdf(format="A4", print_background=True)
+    finally:
+        page.emulate_media(media="screen")
+    assert len(re.findall(rb"/Type\s*/Page(?![a-z])", pdf)) == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "result_page.pdf").write_bytes(pdf)
 
 
 def test_upload_a_text_file_and_see_the_error(live_server, page, tmp_path):

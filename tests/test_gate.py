@@ -1,6 +1,7 @@
 """The gate on the shipped model: quality refusals, not-a-lesion refusals, real lesions accepted,
 and the indeterminate band."""
 import io
+import re
 
 import numpy as np
 import pytest
@@ -67,6 +68,7 @@ def test_refusal_in_the_api_and_the_page(client):
     page = client.post("/predict", data={"image": (io.BytesIO(data), "cat.jpg")}, content_type="multipart/form-data")
     html = page.get_data(as_text=True)
     assert "Cannot judge this image" in html and "dermoscopic" in html and "Malignant" not in html
+    assert re.search(r'<span id="analysed">\d{4}-\d\d-\d\d \d\d:\d\d UTC</span>', html)  # a printed refusal is dated too
 
 
 def test_indeterminate_band_is_around_the_threshold(app):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
 from flask import Blueprint, current_app, jsonify, render_template, request
@@ -74,11 +75,13 @@ def predict_page():
     result = judge_request(want_preview=True, explain=True)[0]
     if result.bad_input:
         raise bad_input(result)
+    # when it was judged, for a printed or saved page filed in a patient's record
+    analysed = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if result.rejected:
-        return render_template("refused.html", r=result, model=service().describe())
+        return render_template("refused.html", r=result, model=service().describe(), analysed=analysed)
     advice = NEXT_STEP["indeterminate" if result.indeterminate else result.label]
     return render_template("result.html", r=result, next_step=advice, model=service().describe(),
-                           target=service().card.get("target_sensitivity", 0.9))
+                           target=service().card.get("target_sensitivity", 0.9), analysed=analysed)
 
 
 @pages.get("/about")
