@@ -109,6 +109,20 @@ def test_the_result_prints_on_one_page_without_the_controls(live_server, page):
     (ARTIFACTS / "result_page.pdf").write_bytes(pdf)
 
 
+def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(live_server, page):
+    context = page.context.browser.new_context(java_script_enabled=False)
+    try:
+        plain = context.new_page()
+        plain.goto(live_server + "/")
+        plain.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+        plain.click("#submit")
+        plain.wait_for_selector("#verdict")
+        assert plain.inner_text("#verdict") == "Malignant — suspicious"
+        assert plain.is_visible("a.button") and not plain.is_visible("#print-result")
+    finally:
+        context.close()
+
+
 def test_upload_a_text_file_and_see_the_error(live_server, page, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n" * 10)
