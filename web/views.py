@@ -99,6 +99,15 @@ def predict_api():
     return jsonify({"model": service().describe(), "predictions": [r.to_json() for r in results]})
 
 
+OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+@api.get("/api/v1/openapi.json")
+def openapi():
+    """The API's OpenAPI 3.1 document, for client generators and integrators."""
+    return current_app.response_class(OPENAPI.read_bytes(), mimetype="application/json")
+
+
 @api.get("/healthz")
 def healthz():
     model = service().describe()
