@@ -53,6 +53,43 @@ class TensorFlowForward:
         return probs.numpy(), features.numpy()
 
 
+def _environment_setup(framework: str) -> dict:
+    """What OpenVINO's `get_environment_setup` returns (the Python and TensorFlow versions, the platform), read
+    without its exec() calls."""
+    from openvino.frontend.tensorflow.utils import get_imported_module_version
+
+    env = {"python_version": ".".join(map(str, sys.version_info[:3]))}
+    if framework == "tf":
+        import tensorflow  # noqa: F401  (what the original imports, for sys.modules)
+
+        env["tensorflow"] = get_imported_module_version(sys.modules["tensorflow"])
+    env["sys_platform"] = sys.platform
+    return env
+
+
+def convert(forward):
+    """`openvino.convert_model(forward)`, mended for Python 3.13: OpenVINO's TensorFlow frontend (2026.4) reads the
+    TensorFlow version with exec("import tensorflow") then exec("del tensorflow"), and under PEP 667 the second
+    exec no longer sees what the first bound, so every in-memory TensorFlow model failed to convert with
+    "NameError: name 'tensorflow' is not defined". Where that function fails so, it is replaced by one that reads
+    the same versions without exec."""
+    import openvino as ov
+    from openvino.frontend.tensorflow import utils
+
+    try:
+        utils.get_environment_setup("tf")
+    except NameError:
+        log.info("OpenVINO's get_environment_setup fails on Python %d.%d; using a mended copy",
+                 *sys.version_info[:2])
+        utils.get_environment_setup = _environment_setup
+    root = logging.getLogger()
+    level = root.level
+    try:
+        return ov.convert_model(forward)
+    finally:  # a conversion that fails leaves the root logger at ERROR, which would hide what is logged next
+        root.setLevel(level)
+
+
 class OpenVINOForward:
     """The traced tf.function converted to OpenVINO and compiled for this CPU.
 
@@ -67,7 +104,7 @@ class OpenVINOForward:
         import openvino as ov
 
         core = ov.Core()
-        model = ov.convert_model(forward)
+        model = convert(forward)
         config = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -108,7 +145,14 @@ def make_forward(forward, runtime: str | None = "auto", threads: int = 0, stream
 
     `threads`: threads for the forward pass (0: one per core); `streams` (OpenVINO only): how many
     forward passes of concurrent requests may run at once, sharing those threads (0: one per core)."""
+    asked = (runtime or "auto").lower()
     runtime = resolve(runtime)
     if runtime == "openvino":
-        return OpenVINOForward(forward, threads, streams)
+        try:
+            return OpenVINOForward(forward, threads, streams)
+        except Exception as exc:  # auto: serve all the same, slower; openvino asked for by name: say why it failed
+            if asked != "auto":
+                raise
+            log.warning("OpenVINO could not convert or compile the model (%s: %s); serving with TensorFlow instead",
+                        type(exc).__name__, exc)
     return TensorFlowForward(forward)

@@ -1,5 +1,7 @@
 """The OpenVINO runtime gives the TensorFlow forward pass's outputs (within 1e-4) on the shipped model."""
 import importlib.util
+import logging
+import sys
 import threading
 
 import numpy as np
@@ -103,3 +105,55 @@ def test_the_converter_sends_no_telemetry(predictors):
     import openvino.tools.ovc.convert_impl as convert_impl
 
     assert convert_impl.tm.__name__ == "openvino.tools.ovc.telemetry_stub"
+
+
+def tiny_forward():
+    """A traced tf.function with the runtimes' signature: a float32 batch in, (probabilities, features) out."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 4, 4, 3), tf.float32)])
+    def forward(x):
+        pooled = tf.reduce_mean(x, axis=(1, 2))
+        return tf.nn.softmax(pooled[:, :2]), pooled
+
+    return forward
+
+
+def test_the_converter_is_mended_where_openvinos_environment_check_fails_as_on_python_3_13(monkeypatch):
+    """On Python 3.13 OpenVINO's get_environment_setup raises NameError (PEP 667), and every in-memory TensorFlow
+    model failed to convert: the app could not start. `convert` swaps in a copy that reads the same versions."""
+    import openvino as ov
+    from openvino.frontend.tensorflow import utils
+
+    from model import runtime
+
+    if sys.version_info < (3, 13):  # the mended copy answers as the original does where the original works
+        assert runtime._environment_setup("tf") == utils.get_environment_setup("tf")
+
+    def as_on_python_3_13(framework):
+        raise NameError("name 'tensorflow' is not defined")
+
+    monkeypatch.setattr(utils, "get_environment_setup", as_on_python_3_13)
+    level = logging.getLogger().level
+    with pytest.raises(NameError):
+        ov.convert_model(tiny_forward())
+    logging.getLogger().setLevel(level)  # which OpenVINO's failed conversion leaves at ERROR
+    model = runtime.convert(tiny_forward())
+    assert isinstance(model, ov.Model) and utils.get_environment_setup is runtime._environment_setup
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    probs = ov.Core().compile_model(model, "CPU")(x)[0]
+    np.testing.assert_allclose(probs, tiny_forward()(x)[0].numpy(), atol=1e-5)
+
+
+def test_auto_serves_with_tensorflow_when_openvino_cannot_convert_and_says_so(caplog):
+    """A model OpenVINO cannot convert: `auto` serves it with TensorFlow and logs why (the root logger's level kept,
+    which OpenVINO's failed conversion leaves at ERROR); `openvino` asked for by name raises instead."""
+    from model import runtime
+
+    caplog.set_level(logging.WARNING)  # the root logger's level, as a server's would be
+    not_a_model = object()
+    forward = runtime.make_forward(not_a_model, "auto")
+    assert forward.name == "tensorflow" and logging.getLogger().level == logging.WARNING
+    assert "serving with TensorFlow instead" in caplog.text and "Unknown model type" in caplog.text
+    with pytest.raises(Exception, match="Unknown model type"):
+        runtime.make_forward(not_a_model, "openvino")
