@@ -85,6 +85,19 @@ def test_about_page_describes_a_bundle_trained_on_other_data_by_its_own_card(cli
     assert "Pictures with a contact dermoscope&#39;s dark ring were rare" in html and "skin-marker ink" not in html
 
 
+def test_about_page_names_the_extra_training_data_and_keeps_the_isic_test_split(tmp_path):
+    """A bundle trained on ISIC 2017 plus --extra-train HAM10000 (where bcc counts as malignant): the page names both
+    sources and no longer claims ISIC-only training or that basal cell carcinoma was never seen."""
+    def with_extra(card):
+        extra = {"source": "/data/ham10000/HAM10000_metadata.csv", "images_used": 9000, "hash": "0" * 64}
+        return {**card, "data": {**card["data"], "extra_train": extra}}
+
+    html = client_with_card(tmp_path, with_extra).get("/about").get_data(as_text=True)
+    assert "of <code>isic2017</code> and <code>HAM10000_metadata.csv</code>, created" in html
+    assert "The ISIC 2017 test split" in html  # what it is measured on has not changed
+    assert "from the ISIC archive" not in html and "basal or squamous" not in html
+
+
 def test_healthz(client, app):
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["version"] == app.extensions["melanoma_model"].bundle.version

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from train.data import DataError, diagnoses_for, discover, find_duplicates, read_diagnoses
+from train.data import DataError, diagnoses_for, discover, extra_training_images, find_duplicates, read_diagnoses
 from tests.conftest import synthetic_lesion
 
 
@@ -134,6 +134,39 @@ def test_exact_and_recoloured_flipped_duplicates_are_found(tmp_path):
     assert all(e["labels_agree"] for e in ds.duplicates)
     assert str(test_img) not in {str(p) for p in ds.split("test").paths}
     assert len(ds.split("test")) < len(ds.splits["test"])
+
+
+def test_extra_training_images_leave_out_copies_of_validation_and_test_images(tiny_data, tmp_path):
+    """--extra-train: another source's images join training only, less the copies of a val or test image of --data
+    (a HAM10000-style CSV here, so bcc counts as malignant); the report and its hash name exactly what was used."""
+    ds = discover(tiny_data)
+    val_img, test_img = ds.splits["val"].paths[0], ds.splits["test"].paths[-1]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    rows = ["image_id,dx,lesion_id"]
+    for i, dx in enumerate(["nv", "mel", "bkl", "bcc"]):
+        synthetic_lesion(64, seed=500 + i, dark=0.9 if dx in ("mel", "bcc") else 0.1).save(extra / f"new_{i}.png")
+        rows.append(f"new_{i},{dx},L{i}")
+    (extra / "copy_exact.png").write_bytes(test_img.read_bytes())
+    img = Image.open(val_img).convert("RGB")  # a recoloured, mirrored re-upload of a validation image
+    arr = np.asarray(ImageOps.mirror(img), dtype=np.float32) * np.array([0.85, 1.0, 1.1])
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(extra / "copy_recoloured.png")
+    rows += ["copy_exact,mel,L8", "copy_recoloured,nv,L9"]
+    (extra / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    kept, report = extra_training_images(extra / "labels.csv", None, ds)
+    assert sorted(p.name for p in kept.paths) == [f"new_{i}.png" for i in range(4)]
+    assert kept.counts() == report["counts"] == {"benign": 2, "malignant": 2}
+    assert report["images_used"] == 4 and report["left_out_as_copies_of_val_or_test"] == 2
+    assert {(e["path"], e["copy_of"]) for e in report["left_out"]} == {
+        ("copy_exact.png", str(test_img.relative_to(tiny_data))),
+        ("copy_recoloured.png", str(val_img.relative_to(tiny_data)))}
+    assert extra_training_images(extra / "labels.csv", None, ds)[1]["hash"] == report["hash"]
+    synthetic_lesion(64, seed=999).save(extra / "new_0.png")  # another picture under the same name
+    assert extra_training_images(extra / "labels.csv", None, ds)[1]["hash"] != report["hash"]
+    with pytest.raises(DataError, match="Unknown label"):
+        (extra / "labels.csv").write_text("image_id,dx\nnew_0,xyz\n")
+        extra_training_images(extra / "labels.csv", None, ds)
 
 
 def test_a_duplicate_with_a_different_label_is_marked(tmp_path):

@@ -1000,20 +1000,37 @@ def test_evaluate_breaks_the_results_down_by_diagnosis(trained, tiny_data, tmp_p
     assert not (tmp_path / "dx2" / "metrics.json").exists()
 
 
-def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_split(tiny_data, tmp_path, capsys):
+def test_validation_from_train_and_extra_training_images_and_calibrate_rebuilds_the_same_splits(tiny_data, tmp_path,
+                                                                                               capsys):
+    """--val-from-train moves training images to validation; --extra-train adds another folder's images to training
+    only (less a copy of a test image); calibrate and the gate's refit rebuild both from the card."""
     from model.bundle import copy_bundle, load_card
     from train import calibrate
+    from tests.conftest import synthetic_lesion
 
+    extra = tmp_path / "extra"
+    for label, dark in (("benign", 0.1), ("malignant", 0.9)):
+        (extra / label).mkdir(parents=True)
+        for i in range(2):
+            synthetic_lesion(64, 700 + i + int(10 * dark), dark).save(extra / label / f"more_{i}.png")
+    copied = sorted((tiny_data / "test" / "malignant").iterdir())[0]
+    (extra / "malignant" / "copy.png").write_bytes(copied.read_bytes())
     run = tmp_path / "run"
     train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
                 "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-                "--val-from-train", "0.25", "--seed", "3", "--unfreeze-from", "6", "--run-dir", str(run)])
+                "--val-from-train", "0.25", "--seed", "3", "--unfreeze-from", "6", "--run-dir", str(run),
+                "--extra-train", str(extra)])
     card = load_card(run / "melanoma_efficientnet.keras")
     moved = json.loads((run / "val_from_train.json").read_text())
     assert len(moved) == card["data"]["val_from_train"] == 6 and all(p.startswith("train/") for p in moved)
     assert sum("/malignant/" in p for p in moved) == 3  # stratified: a quarter of each class's 12
     assert card["data"]["val_images_used"] == 12 + 6 and card["data"]["val_malignant_used"] == 6 + 3
-    assert card["data"]["train_images_used"] == 24 - 6
+    assert card["data"]["train_images_used"] == 24 - 6 + 4  # and the four extra images, not the copy
+    report = json.loads((run / "extra_train.json").read_text())
+    assert report["left_out"] == [{"path": "malignant/copy.png", "copy_of": f"test/malignant/{copied.name}"}]
+    assert card["data"]["extra_train"] == {k: v for k, v in report.items() if k != "left_out"}
+    assert card["data"]["extra_train"]["counts"] == {"benign": 2, "malignant": 2}
+    assert card["test"]["n"] == 12  # the test split is as it was
     assert card["validation"]["n"] == 18
     # the gate's layer was chosen with the validation lesions also seen through a dermoscope ring
     candidates = card["gate"]["selection"]["candidates"]
@@ -1026,15 +1043,15 @@ def test_validation_from_train_moves_images_and_calibrate_rebuilds_the_same_spli
     assert abs(again["temperature"] - card["temperature"]) < 1e-3
     assert abs(again["threshold"] - card["threshold"]) < 1e-4
     assert again["validation"]["n"] == 18
-    # refitting the gate rebuilds the same splits too: the same 18 training images, the same distance threshold
+    # refitting the gate rebuilds the same splits too: the same 22 training images, the same distance threshold
     from train import gate
     layer, percentile = card["gate"]["layer"], card["gate"]["percentile_of_training_images"]
     gate.main(["--model", str(bundle), "--data", str(tiny_data), "--fit", "--layer", layer,
                "--percentile", str(percentile), "--out", str(tmp_path / "gate")])
     refit = load_card(bundle)
-    # each training image plain, slightly blurred and through a ring
-    assert np.load(bundle.with_suffix(".gate.npz"))["features"].shape[0] == 3 * 18
-    assert refit["gate"]["bank_images"] == 18 and refit["gate"]["bank_views"] == ["plain", "blur", "ring"]
+    # each training image (the extra ones too) plain, slightly blurred and through a ring
+    assert np.load(bundle.with_suffix(".gate.npz"))["features"].shape[0] == 3 * 22
+    assert refit["gate"]["bank_images"] == 22 and refit["gate"]["bank_views"] == ["plain", "blur", "ring"]
     assert abs(refit["gate"]["distance_threshold"] - card["gate"]["distance_threshold"]) < 1e-5
     assert np.allclose(refit["indeterminate_band"], card["indeterminate_band"], atol=1e-5)
 

@@ -330,6 +330,41 @@ def find_duplicates(dataset: Dataset, min_corr: float = NEAR_DUPLICATE_CORR, kno
     return sorted(pairs.values(), key=lambda e: (e["path_a"], e["path_b"]))
 
 
+def extra_training_images(source: str | Path, images: str | Path | None, dataset: Dataset,
+                          min_corr: float = NEAR_DUPLICATE_CORR) -> tuple[Split, dict]:
+    """Every image of `source` (a folder or a label CSV, as for `--data`; its own splits, if any, ignored) for the
+    training split of `dataset`, without those that are a copy of one of its validation or test images (the same
+    bytes, or a near-duplicate thumbnail, flipped or recoloured): trained on, such a copy would leak into the
+    evaluation. The test split stays as it is, so the result stays comparable with runs without the extra images.
+
+    Returns the images kept and a report: the source, the kept images' counts, the copies left out (and of which
+    image), and a hash over the kept images' (relative path, label, file sha256).
+    """
+    extra_data = discover(source, images, whole=True)
+    extra = extra_data.split(ALL)
+    held = [p for name in ("val", "test") for p in dataset.splits[name].paths]
+    held_by_sha = {file_sha256(p): p for p in held}
+    held_canonical = _signatures(held)[:, 0, :]
+    kept, left_out, digest = Split(), [], hashlib.sha256()
+    for path, label, group in zip(extra.paths, extra.labels, extra.groups):
+        sha = file_sha256(path)
+        copy = held_by_sha.get(sha)
+        if copy is None and held:
+            corr = (_signatures([path])[0] @ held_canonical.T).max(axis=0)  # best of its 8 views, per held image
+            if corr.max() >= min_corr:
+                copy = held[int(corr.argmax())]
+        if copy is not None:
+            left_out.append({"path": relative_path(path, extra_data.root), "copy_of": relative_path(copy, dataset.root)})
+            continue
+        kept.paths.append(path)
+        kept.labels.append(label)
+        kept.groups.append(group)
+        digest.update(f"{relative_path(path, extra_data.root)}\t{label}\t{sha}\n".encode())
+    report = {"source": str(source), "images_used": len(kept), "counts": kept.counts(),
+              "left_out_as_copies_of_val_or_test": len(left_out), "left_out": left_out, "hash": digest.hexdigest()}
+    return kept, report
+
+
 def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:
     """A group number per image: images joined by exact or near-duplicate copies (within this list) share one."""
     parent = list(range(len(paths)))
@@ -373,19 +408,40 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
 def dataset_as_trained(dataset: Dataset, card: dict, data) -> tuple[Dataset, int]:
     """The splits a bundle was fitted on: `dataset` as it is or, for a bundle trained on this same data with
     `--val-from-train`, with the training images that run moved to validation moved again (rebuilt from its share
-    and seed); and how many were moved."""
+    and seed), and with its `--extra-train` images in the training split where they can be read and are the same;
+    and how many images were moved."""
     arguments = card.get("training", {}).get("arguments", {})
     share = float(arguments.get("val_from_train") or 0.0)
-    if not share:
+    extra = card.get("data", {}).get("extra_train")
+    if not share and not extra:
         return dataset, 0
     if dataset.data_hash() != card.get("data", {}).get("hash"):
-        log.info("the bundle moved training images to validation, but %s is not the data it trained on: its "
+        log.info("the bundle's splits were redrawn from its data, but %s is not the data it trained on: its "
                  "splits are used as they are", data)
         return dataset, 0
-    known = Path(data) / "NEAR_DUPLICATES.csv" if Path(data).is_dir() else None
-    dataset.duplicates = find_duplicates(dataset, known=known)
-    drawn, moved = with_validation_from_train(dataset, share, int(arguments["seed"]))
+    drawn, moved = dataset, []
+    if share:
+        known = Path(data) / "NEAR_DUPLICATES.csv" if Path(data).is_dir() else None
+        dataset.duplicates = find_duplicates(dataset, known=known)
+        drawn, moved = with_validation_from_train(dataset, share, int(arguments["seed"]))
+    if extra:
+        try:
+            images, report = extra_training_images(arguments["extra_train"], arguments.get("extra_images"), drawn)
+        except DataError as exc:
+            images, report = None, {"hash": f"unreadable: {exc}"}
+        if report["hash"] != extra["hash"]:
+            log.warning("the bundle also trained on %s, which is not here as it was (%s): its training split is "
+                        "that of %s alone", extra["source"], report["hash"][:80], data)
+        else:
+            drawn = with_training_images(drawn, images)
     return drawn, int(len(moved))
+
+
+def with_training_images(dataset: Dataset, images: Split) -> Dataset:
+    """`dataset` with `images` added at the end of its training split."""
+    t = dataset.splits["train"]
+    return Dataset(dataset.root, dataset.layout, {**dataset.splits, "train": Split(
+        t.paths + images.paths, t.labels + images.labels, t.groups + images.groups)}, dataset.duplicates)
 
 
 def with_validation_from_train(dataset: Dataset, share: float, seed: int) -> tuple[Dataset, np.ndarray]:

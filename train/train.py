@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="move a stratified, seeded share of the training images (near-duplicates together) to "
                         "the validation split, which fixes checkpoint, calibration and threshold: more validation "
                         "melanomas for fewer training images (default: 0, the data's own split)")
+    g.add_argument("--extra-train", default=None, metavar="DIR_OR_CSV",
+                   help="more labelled images (class subfolders, split folders or a label CSV, as --data), all "
+                        "added to the training split only, less any copy of a validation or test image: more "
+                        "training data, such as HAM10000 or a clinic's own, with the same test split to judge by "
+                        "(default: none)")
+    g.add_argument("--extra-images", default=None, help="image folder for an --extra-train CSV (default: the CSV's "
+                   "folder)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES, help="(default: efficientnet_lite0)")
     g.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file (default: imagenet)")
@@ -491,6 +499,13 @@ def code_version(root: str | os.PathLike = Path(__file__).resolve().parent.paren
         return None
 
 
+def version_hash(dataset, extra_report: dict | None) -> str:
+    """The data part of a bundle's version: the hash of --data, and of the --extra-train images where there are any."""
+    if not extra_report:
+        return dataset.data_hash()
+    return hashlib.sha256(f"{dataset.data_hash()}\t{extra_report['hash']}".encode()).hexdigest()
+
+
 def train(args: argparse.Namespace) -> Bundle | None:
     """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
     started = time.perf_counter()
@@ -544,6 +559,14 @@ def train(args: argparse.Namespace) -> Bundle | None:
         log.info("%d training images (%d malignant) moved to validation: %d validation images, %d malignant",
                  len(moved), sum(dataset.splits["train"].labels[i] for i in moved), len(drawn.splits["val"]),
                  drawn.splits["val"].counts()["malignant"])
+    extra_report = None
+    if getattr(args, "extra_train", None):  # added after the validation draw, which stays that of --data alone
+        extra, extra_report = data_mod.extra_training_images(args.extra_train, args.extra_images, drawn)
+        (run_dir / "extra_train.json").write_text(json.dumps(extra_report, indent=2) + "\n")
+        log.info("%d extra training images from %s %s; %d left out as copies of validation or test images "
+                 "(extra_train.json)", len(extra), args.extra_train, extra.counts(),
+                 extra_report["left_out_as_copies_of_val_or_test"])
+        drawn = data_mod.with_training_images(drawn, extra)
     train_split = drawn.splits["train"]
     chosen = np.arange(len(train_split))
     if args.max_train_images and args.max_train_images < len(chosen):
@@ -633,7 +656,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
     clean.set_weights(model.get_weights())
     card = {
         "name": "melanoma_efficientnet",
-        "version": f"{args.backbone}-{dt.date.today():%Y%m%d}-{dataset.data_hash()[:8]}",
+        "version": f"{args.backbone}-{dt.date.today():%Y%m%d}-{version_hash(dataset, extra_report)[:8]}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "class_names": list(CLASS_NAMES),
         "positive_class": "malignant",
@@ -672,6 +695,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "val_images_used": int(len(y_val)),
             "val_malignant_used": int(y_val.sum()),
             "val_from_train": int(len(moved)),
+            **({"extra_train": {k: v for k, v in extra_report.items() if k != "left_out"}} if extra_report else {}),
             "duplicate_pairs_across_splits": len(dataset.duplicates),
             "duplicate_pairs_with_different_labels": len(conflicts),
             "test_images_dropped_as_duplicates": test_metrics["duplicates_dropped"],

@@ -24,13 +24,16 @@ ISIC_2017 = re.compile(r"isic[-_ ]?2017", re.IGNORECASE)
 def about_facts(card: dict) -> dict:
     """What the about page says of a bundle, read from its card: the page must not describe the shipped model's
     data when a developer serves a bundle trained on their own."""
-    source = str((card.get("data") or {}).get("source") or "")
+    data = card.get("data") or {}
+    source = str(data.get("source") or "")
+    extra = str((data.get("extra_train") or {}).get("source") or "")  # python -m train --extra-train
     rare = rare_in_training(card)
     return {
         "backbone": BACKBONE_NAMES.get(card.get("backbone"), card.get("backbone")),
         "how": "trained from scratch" if card.get("initial_weights") == "none" else "fine-tuned",
-        "isic2017": bool(ISIC_2017.search(source)),
-        "data_name": PurePath(source).name or "its training data",
+        "isic2017": bool(ISIC_2017.search(source)),  # its test split is ISIC 2017's
+        "isic2017_only": bool(ISIC_2017.search(source)) and not extra,  # and so is everything it learnt from
+        "sources": [PurePath(source).name or "its training data"] + ([PurePath(extra).name] if extra else []),
         "rare_cues": [name for code, name in CUE_NAMES.items() if code in rare],
     }
 
