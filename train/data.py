@@ -343,13 +343,11 @@ def extra_training_images(source: str | Path, images: str | Path | None, dataset
     extra_data = discover(source, images, whole=True)
     extra = extra_data.split(ALL)
     held = [p for name in ("val", "test") for p in dataset.splits[name].paths]
-    held_by_sha = {file_sha256(p): p for p in held}
     held_canonical = _signatures(held)[:, 0, :]
     kept, left_out, digest = Split(), [], hashlib.sha256()
     for path, label, group in zip(extra.paths, extra.labels, extra.groups):
-        sha = file_sha256(path)
-        copy = held_by_sha.get(sha)
-        if copy is None and held:
+        copy = None  # an exact copy correlates 1.0
+        if held:
             corr = (_signatures([path])[0] @ held_canonical.T).max(axis=0)  # best of its 8 views, per held image
             if corr.max() >= min_corr:
                 copy = held[int(corr.argmax())]
@@ -359,7 +357,7 @@ def extra_training_images(source: str | Path, images: str | Path | None, dataset
         kept.paths.append(path)
         kept.labels.append(label)
         kept.groups.append(group)
-        digest.update(f"{relative_path(path, extra_data.root)}\t{label}\t{sha}\n".encode())
+        digest.update(f"{relative_path(path, extra_data.root)}\t{label}\t{file_sha256(path)}\n".encode())
     report = {"source": str(source), "images_used": len(kept), "counts": kept.counts(),
               "left_out_as_copies_of_val_or_test": len(left_out), "left_out": left_out, "hash": digest.hexdigest()}
     return kept, report
