@@ -425,11 +425,12 @@ def dataset_as_trained(dataset: Dataset, card: dict, data) -> tuple[Dataset, int
     if extra:
         try:
             images, report = extra_training_images(arguments["extra_train"], arguments.get("extra_images"), drawn)
+            changed = None if report["hash"] == extra["hash"] else "other images"
         except DataError as exc:
-            images, report = None, {"hash": f"unreadable: {exc}"}
-        if report["hash"] != extra["hash"]:
+            changed = str(exc)
+        if changed:
             log.warning("the bundle also trained on %s, which is not here as it was (%s): its training split is "
-                        "that of %s alone", extra["source"], report["hash"][:80], data)
+                        "that of %s alone", extra["source"], changed, data)
         else:
             drawn = with_training_images(drawn, images)
     return drawn, int(len(moved))

@@ -28,11 +28,12 @@ def about_facts(card: dict) -> dict:
     source = str(data.get("source") or "")
     extra = str((data.get("extra_train") or {}).get("source") or "")  # python -m train --extra-train
     rare = rare_in_training(card)
+    isic2017 = bool(ISIC_2017.search(source))
     return {
         "backbone": BACKBONE_NAMES.get(card.get("backbone"), card.get("backbone")),
         "how": "trained from scratch" if card.get("initial_weights") == "none" else "fine-tuned",
-        "isic2017": bool(ISIC_2017.search(source)),  # its test split is ISIC 2017's
-        "isic2017_only": bool(ISIC_2017.search(source)) and not extra,  # and so is everything it learnt from
+        "isic2017": isic2017,  # its test split is ISIC 2017's
+        "isic2017_only": isic2017 and not extra,  # and so is everything it learnt from
         "sources": [PurePath(source).name or "its training data"] + ([PurePath(extra).name] if extra else []),
         "rare_cues": [name for code, name in CUE_NAMES.items() if code in rare],
     }
@@ -103,12 +104,13 @@ def predict_api():
 
 
 OPENAPI = Path(__file__).with_name("openapi.json")
+OPENAPI_DOCUMENT = OPENAPI.read_bytes()  # read once, served as it is
 
 
 @api.get("/api/v1/openapi.json")
 def openapi():
     """The API's OpenAPI 3.1 document, for client generators and integrators."""
-    return current_app.response_class(OPENAPI.read_bytes(), mimetype="application/json")
+    return current_app.response_class(OPENAPI_DOCUMENT, mimetype="application/json")
 
 
 @api.get("/healthz")
