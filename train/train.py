@@ -499,11 +499,11 @@ def code_version(root: str | os.PathLike = Path(__file__).resolve().parent.paren
         return None
 
 
-def version_hash(dataset, extra_report: dict | None) -> str:
+def version_hash(data_hash: str, extra_report: dict | None) -> str:
     """The data part of a bundle's version: the hash of --data, and of the --extra-train images where there are any."""
     if not extra_report:
-        return dataset.data_hash()
-    return hashlib.sha256(f"{dataset.data_hash()}\t{extra_report['hash']}".encode()).hexdigest()
+        return data_hash
+    return hashlib.sha256(f"{data_hash}\t{extra_report['hash']}".encode()).hexdigest()
 
 
 def train(args: argparse.Namespace) -> Bundle | None:
@@ -654,9 +654,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
     # Calibration and operating point on validation, with the views the bundle will be served with.
     clean = keras.models.clone_model(model)
     clean.set_weights(model.get_weights())
+    data_hash = dataset.data_hash()  # every file read and hashed: once, for the version and the card
     card = {
         "name": "melanoma_efficientnet",
-        "version": f"{args.backbone}-{dt.date.today():%Y%m%d}-{version_hash(dataset, extra_report)[:8]}",
+        "version": f"{args.backbone}-{dt.date.today():%Y%m%d}-{version_hash(data_hash, extra_report)[:8]}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "class_names": list(CLASS_NAMES),
         "positive_class": "malignant",
@@ -689,7 +690,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
         "data": {
             "source": str(args.data),
             "layout": dataset.layout,
-            "hash": dataset.data_hash(),
+            "hash": data_hash,
             "counts": {k: v.counts() for k, v in dataset.splits.items()},
             "train_images_used": int(n_train),
             "val_images_used": int(len(y_val)),
