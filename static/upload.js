@@ -1,16 +1,29 @@
-// Drag-and-drop and a preview for the upload form; the form also works without this script.
+// The upload form's drop zone: drag and drop, a preview, and the zone as the one file control (the native input
+// is kept for the keyboard and screen readers, but not drawn). The form also works without this script.
 (function () {
+  const form = document.getElementById("upload-form");
   const input = document.getElementById("image");
   const zone = document.getElementById("drop-zone");
   const preview = document.getElementById("preview");
   const text = document.getElementById("drop-text");
-  if (!input || !zone) return;
+  const message = document.getElementById("upload-message");
+  if (!form || !input || !zone) return;
 
+  form.classList.add("enhanced");
+  // The browser's own "please select a file" bubble would point at the undrawn input; say it in the page instead.
+  form.noValidate = true;
+
+  function say(sentence) {
+    message.textContent = sentence;
+    message.hidden = !sentence;
+  }
   function show(file) {
-    if (!file || !file.type.startsWith("image/")) { preview.hidden = true; return; }
+    say("");
+    if (!file) return;
+    text.textContent = file.name;
+    if (!file.type.startsWith("image/")) { preview.hidden = true; return; }
     preview.src = URL.createObjectURL(file);
     preview.hidden = false;
-    text.textContent = file.name;
   }
   input.addEventListener("change", () => show(input.files[0]));
   ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
@@ -20,6 +33,19 @@
     e.preventDefault(); zone.classList.remove("over");
   }));
   zone.addEventListener("drop", (e) => {
-    if (e.dataTransfer.files.length) { input.files = e.dataTransfer.files; show(input.files[0]); }
+    const files = e.dataTransfer.files;
+    if (!files.length) return;
+    const first = new DataTransfer();  // this page judges one image; the API takes up to 16
+    first.items.add(files[0]);
+    input.files = first.files;
+    show(files[0]);
+    if (files.length > 1) say(`${files.length} files were dropped; only the first, ${files[0].name}, will be analysed.`);
+  });
+  form.addEventListener("submit", (e) => {
+    if (!input.files.length) {
+      e.preventDefault();
+      say("Choose an image first: drop it on the box above or click the box.");
+      input.focus();
+    }
   });
 })();

@@ -1,4 +1,5 @@
 """A real browser (headless Chromium driven by Playwright) against the app on a loopback port."""
+import re
 import shutil
 import threading
 
@@ -84,8 +85,6 @@ def test_the_result_prints_on_one_page_without_the_controls(live_server, page):
     """A clinician files the result in a patient's record: the print button opens the browser's print dialog, and
     the printed page keeps the verdict, the probability, both images, the next step, the date and the disclaimer on
     one A4 page, without the navigation and the buttons."""
-    import re
-
     page.goto(live_server + "/")
     page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
     page.click("#submit")
@@ -109,11 +108,70 @@ def test_the_result_prints_on_one_page_without_the_controls(live_server, page):
     (ARTIFACTS / "result_page.pdf").write_bytes(pdf)
 
 
+DROP = """([zone, files]) => {
+    const dt = new DataTransfer();
+    for (const [name, b64] of files) {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
+    }
+    document.querySelector(zone).dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_the_drop_zone_is_the_one_file_control(live_server, page):
+    """With the script, the dashed box is the file control: the native input is not drawn twice beside it but keeps
+    the keyboard (the box shows its focus), clicking the box opens the file chooser, a dropped image is previewed and
+    analysed, two dropped files keep the first with a sentence saying so, and Analyse without an image says what to
+    do instead of sending an empty form."""
+    import base64
+
+    from playwright.sync_api import expect
+
+    page.goto(live_server + "/")
+    assert page.is_visible("#drop-zone")
+    assert page.eval_on_selector("#image", "el => el.getBoundingClientRect().width") <= 1
+    assert page.is_hidden("#upload-message")
+
+    page.click("#submit")  # no image chosen
+    expect(page.locator("#upload-message")).to_have_text(re.compile("^Choose an image first"))
+    assert page.url == live_server + "/" and page.evaluate("document.activeElement.id") == "image"
+
+    page.goto(live_server + "/")
+    outline = "() => getComputedStyle(document.querySelector('#drop-zone')).outlineStyle"
+    assert page.evaluate(outline) == "none"
+    for _ in range(12):  # the keyboard reaches the file control, and the box shows it
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "image":
+            break
+    assert page.evaluate("document.activeElement.id") == "image"
+    assert page.evaluate(outline) == "solid"
+
+    malignant, benign = lesion_fixtures("malignant")[0], lesion_fixtures("benign")[0]
+    with page.expect_file_chooser() as chooser:
+        page.click("#drop-zone")
+    chooser.value.set_files(str(benign))
+    expect(page.locator("#drop-text")).to_have_text(benign.name)
+    expect(page.locator("#preview")).to_be_visible(timeout=5000)
+
+    encoded = [(f.name, base64.b64encode(f.read_bytes()).decode()) for f in (malignant, benign)]
+    page.evaluate(DROP, ["#drop-zone", encoded])
+    expect(page.locator("#upload-message")).to_have_text(f"2 files were dropped; only the first, {malignant.name}, will be analysed.")
+    assert page.evaluate("document.querySelector('#image').files.length") == 1
+    page.evaluate(DROP, ["#drop-zone", encoded[:1]])
+    assert page.is_hidden("#upload-message")
+    expect(page.locator("#drop-text")).to_have_text(malignant.name)
+    expect(page.locator("#preview")).to_be_visible(timeout=5000)
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    assert page.inner_text("#verdict") == "Malignant — suspicious"  # the dropped melanoma, not the chosen benign one
+
+
 def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(live_server, page):
     context = page.context.browser.new_context(java_script_enabled=False)
     try:
         plain = context.new_page()
         plain.goto(live_server + "/")
+        assert plain.eval_on_selector("#image", "el => el.getBoundingClientRect().width") > 100  # the native input
         plain.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
         plain.click("#submit")
         plain.wait_for_selector("#verdict")
