@@ -144,3 +144,16 @@ def keras_offline(monkeypatch):
     def no_internet(fname, origin, **kwargs):
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
     monkeypatch.setattr(efficientnet.file_utils, "get_file", no_internet)
+
+
+# Module-scoped tiny training runs that several tests share. pytest.ini's `--dist loadgroup` sends the tests of each to
+# one pytest-xdist worker, which trains it once; plain `load` would train it once on each worker.
+SHARED_RUNS = ("trained", "ranking_run", "focal_run", "consistency_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_RUNS:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))

@@ -38,6 +38,39 @@ def trained(tiny_data, tiny_backbone, tmp_path_factory):
     return out
 
 
+# Options that do not exclude one another share one tiny run, so that each costs a test, not a training run
+# (tests/conftest.py sends the tests of one shared run to one pytest-xdist worker). Each test still checks its own
+# option, and the runs check that these options train together.
+RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
+               "--malignant-share", "0.5", "--calibration", "platt")
+FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask")
+CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
+
+
+@pytest.fixture(scope="module")
+def ranking_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ranking_run")
+    return run_dir, _one_epoch_run(tiny_data, run_dir, *RANKING_RUN)
+
+
+@pytest.fixture(scope="module")
+def focal_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("focal_run")
+    with pytest.MonkeyPatch.context() as mp:
+        wrapped = _spy(mp, "SharpnessAware")
+        card = _one_epoch_run(tiny_data, run_dir, *FOCAL_RUN)
+    return run_dir, card, wrapped
+
+
+@pytest.fixture(scope="module")
+def consistency_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("consistency_run")
+    with pytest.MonkeyPatch.context() as mp:
+        spied = {"datasets": _spy(mp, "make_dataset"), "optimizers": _spy(mp, "fine_tune_optimizer")}
+        card = _one_epoch_run(tiny_data, run_dir, *CONSISTENCY_RUN)
+    return run_dir, card, spied
+
+
 def test_code_version_is_the_commit_and_whether_tracked_files_changed(tmp_path):
     import subprocess
 
@@ -621,40 +654,34 @@ def test_layer_decay_gives_each_block_its_share_of_the_rate():
     assert type(plain) is keras.optimizers.AdamW
 
 
-def test_layer_decay_runs_from_the_command_line(tiny_data, tmp_path):
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--layer-decay", "0.7")
+def test_layer_decay_runs_from_the_command_line(tiny_data, ranking_run):
+    _, card = ranking_run
     assert card["training"]["arguments"]["layer_decay"] == 0.7
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--layer-decay", "1.5"])
 
 
-def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(tiny_data, tmp_path):
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--pooling", "gem")
+def test_gem_pooling_trains_its_exponent_and_ships_in_the_bundle(ranking_run):
+    run_dir, card = ranking_run
     assert card["training"]["arguments"]["pooling"] == "gem"
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
+    bundle = load_bundle(run_dir / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
     p = float(bundle.model.get_layer("gem_pool").p.numpy())
     assert p != 3.0  # learned from its start
 
 
-def test_attention_pooling_trains_and_ships_in_the_bundle(tiny_data, tmp_path):
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--pooling", "attention")
+def test_attention_pooling_trains_and_ships_in_the_bundle(focal_run):
+    run_dir, card, _ = focal_run
     assert card["training"]["arguments"]["pooling"] == "attention"
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
+    bundle = load_bundle(run_dir / "melanoma_efficientnet.keras")  # the bundle loads the custom layer
     assert np.abs(bundle.model.get_layer("attention_pool").w.numpy()).max() > 0  # moved from the average
 
 
-def test_weight_averaging_runs_from_the_command_line(tiny_data, tmp_path, monkeypatch):
-    optimizers = _spy(monkeypatch, "fine_tune_optimizer")
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "0", "--dense-units", "16", "--ema", "0.9",
-        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
-    ])
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
-    assert bundle.card["training"]["arguments"]["ema"] == 0.9
-    [call] = optimizers  # stage 2's optimizer keeps the weights' moving average at that momentum
+def test_weight_averaging_runs_from_the_command_line(consistency_run):
+    run_dir, card, spied = consistency_run
+    assert card["training"]["arguments"]["ema"] == 0.9
+    [call] = spied["optimizers"]  # stage 2's optimizer keeps the weights' moving average at that momentum
     assert call["result"].use_ema and call["result"].ema_momentum == pytest.approx(0.9)
-    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    history = list(csv.DictReader(open(run_dir / "history.csv")))
     assert [r["stage"] for r in history] == ["head", "fine_tune", "fine_tune"]
 
 
@@ -791,7 +818,8 @@ def test_ranking_loss_adds_the_squared_hinge_of_pairs_ranked_closer_than_the_mar
 
 
 def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
-    """A one-epoch-per-stage tiny run with `flags`; returns its card, after checking every epoch's loss is finite."""
+    """A one-epoch-per-stage tiny run with `flags` (a later flag wins, so `--epochs 2` among them gives two
+    fine-tuning epochs); returns its card, after checking every epoch's loss is finite."""
     train_main([
         "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
         "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
@@ -802,15 +830,15 @@ def _one_epoch_run(tiny_data, run_dir, *flags) -> dict:
     return load_bundle(run_dir / "melanoma_efficientnet.keras").card
 
 
-def test_ranking_loss_and_stochastic_depth_train_from_the_command_line(tiny_data, tmp_path):
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--auc-loss", "0.5", "--drop-connect", "0.4")
+def test_ranking_loss_and_stochastic_depth_train_from_the_command_line(ranking_run):
+    run_dir, card = ranking_run
     assert card["training"]["arguments"]["auc_loss"] == 0.5
-    net = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras").model
+    net = load_bundle(run_dir / "melanoma_efficientnet.keras").model
     assert net.get_layer("block6d_drop").rate == pytest.approx(0.4 * 14 / 16)  # the default 0.2 would give 0.175
 
 
 def test_focal_loss_weighs_each_images_smoothed_cross_entropy_by_its_error_and_trains_from_the_command_line(
-        tiny_data, tmp_path, capsys):
+        tiny_data, focal_run, capsys):
     y = np.eye(2, dtype=np.float32)[[1, 0, 0]]
     probs = _probs([2.0, -3.0, 1.0])  # an easy melanoma, an easy benign image, a benign image called malignant
     smoothed = y * 0.9 + 0.05
@@ -827,7 +855,7 @@ def test_focal_loss_weighs_each_images_smoothed_cross_entropy_by_its_error_and_t
     assert shares[2] / sum(shares) > 0.99 > 0.9 > shares_plain[2] / shares_plain.sum()
     default = training_loss(argparse.Namespace(focal_gamma=0.0, label_smoothing=0.1, auc_loss=0.0, consistency=0.0))
     np.testing.assert_allclose(float(default(y, probs)), plain.mean(), rtol=1e-5)
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--focal-gamma", "2")
+    _, card, _ = focal_run
     assert card["training"]["arguments"]["focal_gamma"] == 2.0
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--focal-gamma", "2", "--auc-loss", "0.5"])
@@ -868,10 +896,10 @@ def test_consistency_batches_are_the_augmented_images_then_their_shifted_copies(
     assert all(np.abs(copies[i] - x[i]).mean() > 1.0 for i in range(4))
 
 
-def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_combine_with(tiny_data, tmp_path,
-                                                                                             capsys, monkeypatch):
-    datasets = _spy(monkeypatch, "make_dataset")
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--consistency", "12")
+def test_consistency_trains_from_the_command_line_and_refuses_what_it_cannot_combine_with(tiny_data,
+                                                                                             consistency_run, capsys):
+    _, card, spied = consistency_run
+    datasets = spied["datasets"]
     assert card["training"]["arguments"]["consistency"] == 12.0
     # each batch was the images and their shifted copies
     assert datasets and all(call["shift"] is not None for call in datasets)
@@ -912,9 +940,8 @@ def test_sharpness_aware_step_applies_the_gradient_taken_at_the_moved_weights_to
         assert not np.allclose(got, plain, rtol=1e-3, atol=1e-4)  # the move changed the step
 
 
-def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, tmp_path, capsys, monkeypatch):
-    wrapped = _spy(monkeypatch, "SharpnessAware")
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--sam", "0.05")
+def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, focal_run, capsys):
+    _, card, wrapped = focal_run
     assert card["training"]["arguments"]["sam"] == 0.05
     [call] = wrapped  # the network was trained through the sharpness-aware step, at that radius
     assert call["result"].rho == pytest.approx(0.05) and call["result"].optimizer.iterations.numpy() > 0
@@ -949,7 +976,7 @@ def _epochs(ds, n):
     return out
 
 
-def test_malignant_share_draws_each_epoch_with_that_chance_of_a_melanoma_and_the_right_targets(tiny_data, tmp_path):
+def test_malignant_share_draws_each_epoch_with_that_chance_of_a_melanoma_and_the_right_targets(ranking_run):
     y = np.array([1] * 10 + [0] * 50)  # a sixth malignant
     x = np.broadcast_to(np.arange(60, dtype=np.float32)[:, None, None, None], (60, 4, 4, 3)).copy()
     identity = keras.Sequential([keras.layers.Identity()])
@@ -968,7 +995,7 @@ def test_malignant_share_draws_each_epoch_with_that_chance_of_a_melanoma_and_the
     # off by default: each image once per epoch
     for index, _ in _epochs(make_dataset(x, y, 10, seed=3, augmenter=identity), 2):
         assert sorted(index) == list(range(60))
-    card = _one_epoch_run(tiny_data, tmp_path / "run", "--malignant-share", "0.5", "--calibration", "platt")
+    _, card = ranking_run
     assert card["training"]["arguments"]["malignant_share"] == 0.5
 
 
@@ -1056,16 +1083,11 @@ def test_validation_from_train_and_extra_training_images_and_calibrate_rebuilds_
     assert np.allclose(refit["indeterminate_band"], card["indeterminate_band"], atol=1e-5)
 
 
-def test_circle_mask_trains_and_every_runtime_serves_it_blind_to_the_corners(tiny_data, tmp_path):
+def test_circle_mask_trains_and_every_runtime_serves_it_blind_to_the_corners(focal_run):
     from model.architecture import CircleMask
     from model.inference import Predictor
 
-    train_main([
-        "--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16", "--circle-mask",
-        "--run-dir", str(tmp_path / "run"), *OPTION_RUN,
-    ])
-    bundle = load_bundle(tmp_path / "run" / "melanoma_efficientnet.keras")
+    bundle = load_bundle(focal_run[0] / "melanoma_efficientnet.keras")
     assert bundle.model.layers[1].name == "circle_mask"
     assert bundle.card["training"]["arguments"]["circle_mask"] is True
     rng = np.random.default_rng(0)
