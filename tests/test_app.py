@@ -265,6 +265,21 @@ def test_too_many_files(client, benign_jpeg):
     assert res.status_code == 200 and len(res.get_json()["predictions"]) == 16
 
 
+def test_the_page_takes_one_image_and_says_where_several_go(tmp_path, benign_jpeg, malignant_jpeg):
+    """The page shows one result, so it judges one image: two files (a hand-made form; the page's own sends one) are
+    a 400 with a sentence pointing to the API, and nothing is judged or kept."""
+    app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "KEEP_UPLOADS": True,
+                      "UPLOAD_FOLDER": str(tmp_path / "kept")})
+    client = app.test_client()
+    res = upload(client, "/predict", [("a.jpg", benign_jpeg), ("b.jpg", malignant_jpeg)])
+    html = res.get_data(as_text=True)
+    assert res.status_code == 400 and "Traceback" not in html
+    assert "This page analyses one image at a time; received 2. The API, POST /api/v1/predict, takes up to 16" in html
+    assert not (tmp_path / "kept").exists() or not any((tmp_path / "kept").iterdir())
+    res = upload(client, "/predict", [("b.jpg", malignant_jpeg)])
+    assert res.status_code == 200 and len(list((tmp_path / "kept").iterdir())) == 1
+
+
 def test_unknown_route_is_a_404_page_and_json_under_api(client):
     page = client.get("/no/such/page")
     assert page.status_code == 404 and "Page not found" in page.get_data(as_text=True)

@@ -51,7 +51,11 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
                if request.blueprint == "api" else "Choose a {} file in the 'image' field.")
         raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
     if len(files) > max_files:
-        raise ApiError("too_many_files", f"At most {max_files} images can be sent at once; received {len(files)}.", 400)
+        if request.blueprint == "api":
+            raise ApiError("too_many_files", f"At most {max_files} images can be sent at once; received {len(files)}.",
+                           400)
+        raise ApiError("too_many_files", f"This page analyses one image at a time; received {len(files)}. The API, "
+                       f"POST /api/v1/predict, takes up to {current_app.config['MAX_FILES']} at once.", 400)
     return [(f.filename or "upload", f.read()) for f in files]
 
 
@@ -59,8 +63,8 @@ def bad_input(r) -> ApiError:
     return ApiError(r.code, r.reason, 415 if r.code == "unsupported_format" else 400)
 
 
-def judge_request(want_preview: bool, explain: bool):
-    results = service().judge(uploaded_files(current_app.config["MAX_FILES"]), want_preview, explain)
+def judge_request(want_preview: bool, explain: bool, max_files: int):
+    results = service().judge(uploaded_files(max_files), want_preview, explain)
     if current_app.config["KEEP_UPLOADS"]:
         folder = Path(current_app.config["UPLOAD_FOLDER"])
         for r in results:
@@ -76,7 +80,7 @@ def index():
 
 @pages.post("/predict")
 def predict_page():
-    result = judge_request(want_preview=True, explain=True)[0]
+    [result] = judge_request(want_preview=True, explain=True, max_files=1)  # the page shows one result
     if result.bad_input:
         raise bad_input(result)
     # when it was judged, for a printed or saved page filed in a patient's record
@@ -97,7 +101,7 @@ def about():
 @api.post("/api/v1/predict")
 def predict_api():
     explain = request.args.get("explain", "0").lower() in ("1", "true", "yes")
-    results = judge_request(want_preview=False, explain=explain)
+    results = judge_request(want_preview=False, explain=explain, max_files=current_app.config["MAX_FILES"])
     if all(r.bad_input for r in results):
         raise bad_input(results[0])
     return jsonify({"model": service().describe(), "predictions": [r.to_json() for r in results]})
