@@ -17,10 +17,28 @@
     message.textContent = sentence;
     message.hidden = !sentence;
   }
+  // What the server would refuse anyway, said before the upload is sent: a file over the size limit, and an iPhone's
+  // HEIC photo. Anything else, a text file too, goes to the server, which says what is wrong with it.
+  const maxBytes = Number(form.dataset.maxBytes);
+  let refusal = "";
+  function check(file) {
+    if (maxBytes && file.size > maxBytes) {
+      return `${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; the limit is ${Math.floor(maxBytes / 2 ** 20)} MB. ` +
+        "Export a smaller JPEG.";
+    }
+    if (/^image\/hei[cf]/.test(file.type)) {  // other types are the server's to judge (browsers name some oddly)
+      return `${file.name} is a HEIC photo, which this page does not read (${form.dataset.accepted}). ` +
+        "Export it as JPEG first.";
+    }
+    return "";
+  }
   function show(file) {
     say("");
+    refusal = "";
     if (!file) return;
     text.textContent = file.name;
+    refusal = check(file);
+    if (refusal) { say(refusal); preview.hidden = true; return; }
     if (!file.type.startsWith("image/")) { preview.hidden = true; return; }
     preview.src = URL.createObjectURL(file);
     preview.hidden = false;
@@ -39,12 +57,12 @@
     first.items.add(files[0]);
     input.files = first.files;
     show(files[0]);
-    if (files.length > 1) say(`${files.length} files were dropped; only the first, ${files[0].name}, will be analysed.`);
+    if (files.length > 1 && !refusal) say(`${files.length} files were dropped; only the first, ${files[0].name}, will be analysed.`);
   });
   form.addEventListener("submit", (e) => {
-    if (!input.files.length) {
+    if (!input.files.length || refusal) {
       e.preventDefault();
-      say("Choose an image first: drop it on the box above or click the box.");
+      say(refusal || "Choose an image first: drop it on the box above or click the box.");
       input.focus();
     }
   });

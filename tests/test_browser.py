@@ -166,6 +166,42 @@ def test_the_drop_zone_is_the_one_file_control(live_server, page):
     assert page.inner_text("#verdict") == "Malignant — suspicious"  # the dropped melanoma, not the chosen benign one
 
 
+def test_the_page_says_what_the_server_would_refuse_before_sending_it(live_server, page, tmp_path):
+    """A file over the size limit and an iPhone's HEIC photo are refused in the page, with the server's reason, and
+    not uploaded; a good image chosen next is sent and judged."""
+    from playwright.sync_api import expect
+
+    limit = SERVED["app"].config["MAX_CONTENT_LENGTH"]
+    big = tmp_path / "scan.jpg"
+    big.write_bytes(lesion_fixtures("malignant")[0].read_bytes() + b"\0" * limit)
+    posts = []
+
+    def record(request):
+        if request.method == "POST":
+            posts.append(request.url)
+
+    page.on("request", record)
+    try:
+        page.goto(live_server + "/")
+        page.set_input_files("#image", str(big))
+        size = f"{big.stat().st_size / 2 ** 20:.1f}"
+        expect(page.locator("#upload-message")).to_have_text(
+            f"scan.jpg is {size} MB; the limit is {limit >> 20} MB. Export a smaller JPEG.")
+        page.click("#submit")
+        page.set_input_files("#image", str(ROOT / "tests" / "fixtures" / "formats" / "lesion.heic"))
+        expect(page.locator("#upload-message")).to_have_text(re.compile(r"^lesion\.heic is a HEIC photo, which this "
+                                                                         r"page does not read \(JPEG, PNG, .*JPEG first\.$"))
+        page.click("#submit")
+        assert posts == [] and page.url == live_server + "/" and page.is_hidden("#preview")
+        page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+        assert page.is_hidden("#upload-message")
+        page.click("#submit")
+        page.wait_for_selector("#verdict")
+        assert posts == [live_server + "/predict"]
+    finally:
+        page.remove_listener("request", record)
+
+
 def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(live_server, page):
     context = page.context.browser.new_context(java_script_enabled=False)
     try:

@@ -75,7 +75,8 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
 
 @pages.get("/")
 def index():
-    return render_template("index.html", accepted=ACCEPTED, max_mb=current_app.config["MAX_CONTENT_LENGTH"] >> 20)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return render_template("index.html", accepted=ACCEPTED, max_mb=limit >> 20, max_bytes=limit)
 
 
 @pages.post("/predict")
