@@ -33,13 +33,11 @@
     return "";
   }
   function show(file) {
-    say("");
-    refusal = "";
+    refusal = file ? check(file) : "";
+    say(refusal);
     if (!file) return;
     text.textContent = file.name;
-    refusal = check(file);
-    if (refusal) { say(refusal); preview.hidden = true; return; }
-    if (!file.type.startsWith("image/")) { preview.hidden = true; return; }
+    if (refusal || !file.type.startsWith("image/")) { preview.hidden = true; return; }
     preview.src = URL.createObjectURL(file);
     preview.hidden = false;
   }

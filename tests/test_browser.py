@@ -183,7 +183,9 @@ def test_the_page_says_what_the_server_would_refuse_before_sending_it(live_serve
     page.on("request", record)
     try:
         page.goto(live_server + "/")
-        page.set_input_files("#image", str(big))
+        page.set_input_files("#image", str(lesion_fixtures("benign")[0]))
+        expect(page.locator("#preview")).to_be_visible(timeout=5000)
+        page.set_input_files("#image", str(big))  # then a file too large: its preview would be the last one's
         size = f"{big.stat().st_size / 2 ** 20:.1f}"
         expect(page.locator("#upload-message")).to_have_text(
             f"scan.jpg is {size} MB; the limit is {limit >> 20} MB. Export a smaller JPEG.")
