@@ -30,12 +30,17 @@ OPTION_RUN = ["--unfreeze-from", "6", "--gate-layer", "block5c_add"]
 @pytest.fixture(scope="module")
 def trained(tiny_data, tiny_backbone, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train_main([
-        "--data", str(tiny_data), "--weights", str(tiny_backbone), "--image-size", "64", "--batch-size", "8",
-        "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "1", "--dense-units", "16",
-        "--run-dir", str(out), "--output", str(out / "bundle" / "tiny.keras"),
-    ])
+    with pytest.MonkeyPatch.context() as mp:  # what the command fed the network, for the augmentation test
+        TRAINED_CALLS.update(datasets=_spy(mp, "make_dataset"), validations=_spy(mp, "ValidationAUC"))
+        train_main([
+            "--data", str(tiny_data), "--weights", str(tiny_backbone), "--image-size", "64", "--batch-size", "8",
+            "--head-epochs", "1", "--epochs", "2", "--warmup-epochs", "1", "--dense-units", "16",
+            "--run-dir", str(out), "--output", str(out / "bundle" / "tiny.keras"),
+        ])
     return out
+
+
+TRAINED_CALLS = {}
 
 
 # Options that do not exclude one another share one tiny run, so that each costs a test, not a training run
@@ -496,23 +501,19 @@ def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_p
     assert "training images have no diagnosis" in caplog.text
 
 
-def test_augmentation_is_on_the_training_path_only(tiny_data, tmp_path, monkeypatch):
+def test_augmentation_is_on_the_training_path_only(trained, tiny_data):
     """What the training command itself feeds the network: training batches augmented (no batch image is any
     training image as loaded), validation images exactly as the one preprocessing path loads them."""
     from model.preprocessing import PreprocessSpec
     from train.data import load_images
 
-    datasets, validations = _spy(monkeypatch, "make_dataset"), _spy(monkeypatch, "ValidationAUC")
-    train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
-                "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
-                "--unfreeze-from", "6", "--gate-layer", "block5c_add", "--run-dir", str(tmp_path / "run"),
-                "--output", str(tmp_path / "bundle" / "tiny.keras")])
+    datasets, validations = TRAINED_CALLS["datasets"], TRAINED_CALLS["validations"]
     assert datasets and validations
     loaded, batch = datasets[0]["x"], next(iter(datasets[0]["result"]))[0].numpy()
     assert batch.shape == (8, 64, 64, 3)
     for image in batch:
         assert not any(np.array_equal(image, original.astype(np.float32)) for original in loaded)
-    spec = PreprocessSpec.from_dict(load_bundle(tmp_path / "bundle" / "tiny.keras").card["preprocessing"])
+    spec = PreprocessSpec.from_dict(load_bundle(trained / "bundle" / "tiny.keras").card["preprocessing"])
     expected = load_images(sorted((tiny_data / "val").rglob("*.png")), spec)
     for x_val in (call["x_val"] for call in validations):  # the same arrays, in any order
         assert x_val.shape == expected.shape and x_val.dtype == expected.dtype
