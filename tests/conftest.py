@@ -1,5 +1,6 @@
 import io
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -151,9 +152,17 @@ def keras_offline(monkeypatch):
 SHARED_RUNS = ("trained", "ranking_run", "focal_run", "consistency_run")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+@pytest.hookimpl(wrapper=True)  # marks before pytest-xdist's own hook reads them, the check after
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in SHARED_RUNS:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+    result = yield
+    # pytest-xdist writes each test's group into its id ("...@trained"); where it cannot (pytest 9.2 with xdist
+    # 3.8.0, pytest-xdist#1386) the tests pass, but each worker trains every shared run
+    if config.getoption("loadgroup", False) and any(
+            item.get_closest_marker("xdist_group") and "@" not in item.nodeid for item in items):
+        warnings.warn(pytest.PytestWarning("--dist loadgroup did not group the tests that share a training run "
+                                           "(pytest-xdist#1386?): each worker trains them; the suite takes longer"))
+    return result
