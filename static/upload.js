@@ -42,6 +42,9 @@
     preview.hidden = false;
   }
   input.addEventListener("change", () => show(input.files[0]));
+  // Back from a result or an error page, the browser may restore the chosen file into the input: show it, or the
+  // zone would invite a drop while Analyse would send that file.
+  window.addEventListener("pageshow", () => { if (input.files.length) show(input.files[0]); });
   ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
     e.preventDefault(); zone.classList.add("over");
   }));

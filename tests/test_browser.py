@@ -204,6 +204,26 @@ def test_the_page_says_what_the_server_would_refuse_before_sending_it(live_serve
         page.remove_listener("request", record)
 
 
+def test_back_from_the_result_the_page_shows_the_file_the_browser_kept(live_server, page):
+    """Back from a result, Chromium puts the chosen file back into the input: the zone names it and previews it, as
+    Analyse would send it again, instead of inviting a drop."""
+    from playwright.sync_api import expect
+
+    lesion = lesion_fixtures("benign")[0]
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(lesion))
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    page.go_back()
+    if page.evaluate("document.querySelector('#image').files.length") != 1:
+        pytest.skip("this browser does not put the chosen file back on Back")  # Debian's Chromium 156 does
+    expect(page.locator("#drop-text")).to_have_text(lesion.name)
+    expect(page.locator("#preview")).to_be_visible(timeout=5000)
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    assert lesion.name in page.inner_text("main")
+
+
 def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(live_server, page):
     context = page.context.browser.new_context(java_script_enabled=False)
     try:
