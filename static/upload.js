@@ -44,7 +44,13 @@
   input.addEventListener("change", () => show(input.files[0]));
   // Back from a result or an error page, the browser may restore the chosen file into the input: show it, or the
   // zone would invite a drop while Analyse would send that file.
-  window.addEventListener("pageshow", () => { if (input.files.length) show(input.files[0]); });
+  const submit = document.getElementById("submit");
+  const label = submit.textContent;
+  window.addEventListener("pageshow", () => {
+    submit.disabled = false;  // a page kept whole in the back-forward cache comes back as it was left: busy
+    submit.textContent = label;
+    if (input.files.length) show(input.files[0]);
+  });
   ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => {
     e.preventDefault(); zone.classList.add("over");
   }));
@@ -65,6 +71,10 @@
       e.preventDefault();
       say(refusal || "Choose an image first: drop it on the box above or click the box.");
       input.focus();
+      return;
     }
+    // the upload and the analysis take a moment: say so, and keep a second click from sending the image twice
+    submit.disabled = true;
+    submit.textContent = "Analysing…";
   });
 })();

@@ -224,6 +224,24 @@ def test_back_from_the_result_the_page_shows_the_file_the_browser_kept(live_serv
     assert lesion.name in page.inner_text("main")
 
 
+def test_analyse_says_it_is_busy_and_is_ready_again_when_the_page_comes_back(live_server, page):
+    from playwright.sync_api import expect
+
+    page.goto(live_server + "/")
+    page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+    # held in the page: a listener added after upload.js's own stops this one submission from leaving
+    page.evaluate("""() => document.querySelector('#upload-form').addEventListener(
+        'submit', (e) => e.preventDefault(), {once: true})""")
+    page.click("#submit")
+    expect(page.locator("#submit")).to_be_disabled()
+    expect(page.locator("#submit")).to_have_text("Analysing…")
+    # A browser that keeps the page whole in its back-forward cache brings it back as it was left, busy. (The app's
+    # pages are no-store, so Chromium reloads them instead; the event is what such a browser sends.)
+    page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+    expect(page.locator("#submit")).to_be_enabled()
+    expect(page.locator("#submit")).to_have_text("Analyse")
+
+
 def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(live_server, page):
     context = page.context.browser.new_context(java_script_enabled=False)
     try:
