@@ -272,11 +272,17 @@ def _signatures(paths: list[Path]) -> np.ndarray:
     return np.stack(signatures) if signatures else np.zeros((0, 8, THUMB * THUMB), np.float32)
 
 
+def _best_view_correlation(signature: np.ndarray, canonical: np.ndarray) -> np.ndarray:
+    """The correlation of one image (its (8, d) signature) with each of `canonical`'s (n, d) first views: the best of
+    its 8 flips and rotations, so a flipped or turned copy correlates as the original does."""
+    return (signature @ canonical.T).max(axis=0)
+
+
 def _near_pairs(signatures: np.ndarray, min_corr: float):
     """(i, j, correlation) for every two images whose best flip/rotation correlates at least `min_corr`."""
     canonical = signatures[:, 0, :]  # (n, d)
     for i in range(len(signatures)):
-        corr = (signatures[i] @ canonical.T).max(axis=0)  # best of image i's 8 views against each image
+        corr = _best_view_correlation(signatures[i], canonical)
         for j in np.nonzero(corr >= min_corr)[0]:
             if j != i:
                 yield i, int(j), float(corr[j])
@@ -346,12 +352,9 @@ def extra_training_images(source: str | Path, images: str | Path | None, dataset
     held_canonical = _signatures(held)[:, 0, :]
     kept, left_out, digest = Split(), [], hashlib.sha256()
     for path, label, group in zip(extra.paths, extra.labels, extra.groups):
-        copy = None  # an exact copy correlates 1.0
-        if held:
-            corr = (_signatures([path])[0] @ held_canonical.T).max(axis=0)  # best of its 8 views, per held image
-            if corr.max() >= min_corr:
-                copy = held[int(corr.argmax())]
-        if copy is not None:
+        corr = _best_view_correlation(_signatures([path])[0], held_canonical)  # an exact copy correlates 1.0
+        if len(corr) and corr.max() >= min_corr:
+            copy = held[int(corr.argmax())]
             left_out.append({"path": relative_path(path, extra_data.root), "copy_of": relative_path(copy, dataset.root)})
             continue
         kept.paths.append(path)

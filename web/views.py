@@ -51,11 +51,11 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
                if request.blueprint == "api" else "Choose a {} file in the 'image' field.")
         raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
     if len(files) > max_files:
-        if request.blueprint == "api":
-            raise ApiError("too_many_files", f"At most {max_files} images can be sent at once; received {len(files)}.",
-                           400)
-        raise ApiError("too_many_files", f"This page analyses one image at a time; received {len(files)}. The API, "
-                       f"POST /api/v1/predict, takes up to {current_app.config['MAX_FILES']} at once.", 400)
+        message = (f"At most {max_files} images can be sent at once; received {len(files)}."
+                   if request.blueprint == "api" else
+                   f"This page analyses one image at a time; received {len(files)}. The API, POST /api/v1/predict, "
+                   f"takes up to {current_app.config['MAX_FILES']} at once.")
+        raise ApiError("too_many_files", message, 400)
     return [(f.filename or "upload", f.read()) for f in files]
 
 
