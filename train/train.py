@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
+from tensorflow.python.framework import config as tf_config  # op determinism: only enabling it is public API
 
 from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, WeightsError, build_model, check_weights,
                                 freeze_backbone, unfreeze_top_blocks)
@@ -189,6 +190,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at least the best copy's, else the best copy is. Training time grows with the copies "
                         "(default: 1, no soup)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorFlow's deterministic ops: the same command, seed, data, library versions and kind of "
+                        "CPU give the same bundle, bit for bit. Without them the augmentation's random draws, made "
+                        "by parallel threads, land on other batches from run to run, and so does the model. "
+                        "--no-deterministic for an accelerator with no deterministic kernel for some op "
+                        "(TensorFlow's error names it) (default: on)")
     g = p.add_argument_group("distribution")
     g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multi-worker"),
                    help="tf.distribute strategy: mirrored = all GPUs (or CPU devices) of this host, multi-worker = "
@@ -520,6 +527,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
         log.info("%s on %d replicas: global batch %d, peak learning rate %g", args.distribute, replicas,
                  args.batch_size, args.lr)
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:  # for the whole process, as TensorFlow allows no other scope
+        tf_config.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
     run_dir = Path(args.run_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}_{args.backbone}")
     if not is_chief():  # every worker trains; only the chief writes the bundle
         run_dir = run_dir / f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
