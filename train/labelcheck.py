@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import CLASS_NAMES
-from train.metrics import roc_auc
+from train.metrics import bootstrap_intervals, roc_auc
 
 
 NEAR = 10  # offsets tried from each block on: a mapping off by a row or a few
@@ -68,11 +68,17 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return list(names), y, np.asarray(probs, dtype=np.float64)
 
 
-def offset_aucs(y: np.ndarray, p: np.ndarray, offsets, start: int = 0) -> dict[int, float]:
-    """AUC of the images from `start` on, each paired with the label `k` rows before its own (cyclically), for each
-    offset `k`: the labels a mapping that went `k` rows wrong at row `start` would give them. A missing or extra
-    row shifts every row after it, so an error in a mapping by position persists to the end."""
-    return {int(k): roc_auc(np.roll(y, k)[start:], p[start:]) for k in offsets}
+def offset_aucs(y: np.ndarray, p: np.ndarray, offsets, start: int = 0, stop: int | None = None) -> dict[int, float]:
+    """AUC of the images from `start` on (to `stop`), each paired with the label `k` rows before its own
+    (cyclically), for each offset `k` whose labels there hold both classes: the labels a mapping that went `k` rows
+    wrong at row `start` would give them. A missing or extra row shifts every row after it, so an error in a mapping
+    by position persists to the end."""
+    aucs = {}
+    for k in offsets:
+        labels = np.roll(y, k)[start:stop]
+        if 0 < labels.sum() < len(labels):
+            aucs[int(k)] = roc_auc(labels, p[start:stop])
+    return aucs
 
 
 def block_bounds(y: np.ndarray, per_block: int) -> list[tuple[int, int]]:
@@ -88,24 +94,17 @@ def block_bounds(y: np.ndarray, per_block: int) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1], ends))
 
 
-def block_aucs(names: list[str], y: np.ndarray, p: np.ndarray, per_block: int, bootstrap: int = 2000,
-               seed: int = 0) -> list[dict]:
-    """AUC of each block of `block_bounds`, with a percentile bootstrap 95% interval; `None` where a block holds one
-    class only."""
-    rng = np.random.default_rng(seed)
+def block_aucs(names: list[str], y: np.ndarray, p: np.ndarray, per_block: int) -> list[dict]:
+    """AUC of each block of `block_bounds`, with its percentile bootstrap 95% interval (`train.metrics`'); `None`
+    where a block holds one class only."""
     blocks = []
     for start, stop in block_bounds(y, per_block):
         yb, pb = y[start:stop], p[start:stop]
         row = {"first": names[start], "last": names[stop - 1], "images": int(stop - start),
                "malignant": int(yb.sum()), "auc": None, "ci95": None}
         if 0 < yb.sum() < len(yb):
-            samples = []
-            for _ in range(bootstrap):
-                idx = rng.integers(0, len(yb), len(yb))
-                if yb[idx].min() != yb[idx].max():
-                    samples.append(roc_auc(yb[idx], pb[idx]))
             row["auc"] = roc_auc(yb, pb)
-            row["ci95"] = [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+            row["ci95"] = list(bootstrap_intervals(pb, yb, threshold=0.5)["roc_auc"])
         blocks.append(row)
     return blocks
 
@@ -118,7 +117,7 @@ def check(names: list[str], y: np.ndarray, p: np.ndarray, per_block: int = 20, n
     blocks = block_aucs(names, y, p, per_block)
     tails, start = [], 0
     for b in blocks:  # from each block's first image to the end, the mapping used against offsets within `near`
-        aucs = offset_aucs(y, p, [k for k in range(-near, near + 1)], start)
+        aucs = offset_aucs(y, p, range(-near, near + 1), start)
         best = max((k for k in aucs if k), key=aucs.get)
         tails.append({"from": b["first"], "images": n - start, "auc_as_mapped": aucs[0],
                       "best_other_auc": aucs[best], "best_other_offset": best})
@@ -140,8 +139,7 @@ def check(names: list[str], y: np.ndarray, p: np.ndarray, per_block: int = 20, n
 def _best_local_offset(y: np.ndarray, p: np.ndarray, start: int, stop: int, near: int) -> int | None:
     """The offset within `near` whose labels rank this block's images best (0 when the mapping used does);
     `None` when the block holds one class only."""
-    aucs = {k: roc_auc(np.roll(y, k)[start:stop], p[start:stop]) for k in range(-near, near + 1)
-            if 0 < np.roll(y, k)[start:stop].sum() < stop - start}
+    aucs = offset_aucs(y, p, range(-near, near + 1), start, stop)
     return max(aucs, key=lambda k: (aucs[k], k == 0)) if 0 in aucs else None
 
 
