@@ -6,6 +6,7 @@ numbers and the widest vector extension the kernel reports.
 """
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -34,3 +35,13 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     if widest:
         details.append(widest)
     return f"{name} ({'; '.join(details)})" if details else name
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under `taskset` or a container's cpuset), which is
+    what TensorFlow sizes its thread pools by; `os.cpu_count()` counts the machine's. Training's model card records
+    it: one command on one kind of CPU gives another bundle on another number of cores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1

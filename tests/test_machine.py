@@ -1,5 +1,9 @@
 """The processor description that training cards and benchmarks record."""
-from model.machine import cpu_model
+import os
+
+import pytest
+
+from model.machine import cpu_model, usable_cores
 
 ZEN3 = """processor	: 0
 vendor_id	: AuthenticAMD
@@ -31,3 +35,19 @@ def test_the_widest_extension_is_named_and_missing_fields_are_left_out():
 
 def test_without_cpuinfo_only_the_platform_name_is_left():
     assert cpu_model("") and "(" not in cpu_model("")
+
+
+def test_usable_cores_are_the_affinity_not_the_machine(monkeypatch):
+    """Under `taskset -c 0` on 2 cores the 384-image training command gave another bundle than on both (50 of 249
+    weight arrays differ): the card must record the one core, which os.cpu_count() does not see."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert usable_cores() == 1
+
+
+def test_without_affinity_the_machine_count_is_used(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert usable_cores() == 3

@@ -34,7 +34,7 @@ from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, WeightsError,
                                 freeze_backbone, unfreeze_top_blocks)
 from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
 from model.inference import Predictor
-from model.machine import cpu_model
+from model.machine import cpu_model, usable_cores
 from model.preprocessing import PreprocessSpec
 from model.turn import parse_turns
 from train import data as data_mod
@@ -724,7 +724,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "best_val_auc": float(max(soup["val_auc_soup"], *soup["val_auc_copies"])) if soup else
             float(max(float(r.split(",")[history[0].split(",").index("val_auc")]) for r in history[1:])),
             "seconds": round(time.perf_counter() - started, 1),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": usable_cores(),
             "cpu": cpu_model(),
             "code": code,
         },
