@@ -78,7 +78,21 @@ def test_a_different_model_differs_in_weights_and_card_and_the_card_fields_that_
     assert list(result["card"]["different"]) == ["test.roc_auc", "threshold", "training.arguments.seed"]
     assert result["card"]["different"]["threshold"] == [0.25, 0.3]
     assert bundlediff.main([str(first), str(second)]) == 1
-    assert "  test.roc_auc: 0.8 against 0.75" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  test.roc_auc: 0.8 against 0.75" in out and "trained on" not in out  # one machine: no hint
+
+
+def test_bundles_that_differ_name_the_machines_when_those_differ(tmp_path, capsys):
+    cards = [json.loads(json.dumps(CARD)) for _ in range(2)]
+    for card, cores in zip(cards, (2, 1)):
+        card["training"].update(cpu="AMD EPYC (family 25, model 1; AVX2)", cpu_count=cores)
+    first, second = write_bundle(tmp_path / "a", card=cards[0]), write_bundle(tmp_path / "b", seed=1, card=cards[1])
+    assert bundlediff.main([str(first), str(second)]) == 1
+    assert ("trained on AMD EPYC (family 25, model 1; AVX2), 2 cores against AMD EPYC (family 25, model 1; AVX2), "
+            "1 core:") in capsys.readouterr().out
+    same = write_bundle(tmp_path / "c", card=cards[1])  # the same weights as `first`, another machine
+    assert bundlediff.main([str(first), str(same)]) == 0
+    assert "trained on" not in capsys.readouterr().out  # identical: nothing to explain
 
 
 def test_a_gate_file_on_one_side_only_or_different_arrays_make_the_bundles_differ(tmp_path):

@@ -121,8 +121,12 @@ def compare_cards(a: dict, b: dict) -> dict:
     differ = [k for k in keys if fa.get(k, MISSING) != fb.get(k, MISSING)]
     counted = sorted((k for k in differ if not is_run_field(k)),
                      key=lambda k: (FIRST.index(k) if k in FIRST else len(FIRST), k))
+    machines = [f"{f.get('training.cpu', 'an unrecorded CPU')}, "
+                f"{f.get('training.cpu_count', '?')} core{'' if f.get('training.cpu_count') == 1 else 's'}"
+                for f in (fa, fb)]
     return {"fields": len(keys), "different": {k: [fa.get(k, MISSING), fb.get(k, MISSING)] for k in counted},
-            "run_fields_different": [k for k in differ if is_run_field(k)], "identical": not counted}
+            "run_fields_different": [k for k in differ if is_run_field(k)], "machines": machines,
+            "identical": not counted}
 
 
 def _short(value, width: int = 60) -> str:
@@ -173,6 +177,9 @@ def describe(result: dict) -> list[str]:
             lines.append(f"  ... and {len(shown) - SHOWN} more (--out writes them all)")
     if card["run_fields_different"]:
         lines.append(f"              (not compared, they name the run: {', '.join(card['run_fields_different'])})")
+    if not result["identical"] and card["machines"][0] != card["machines"][1]:
+        lines.append(f"trained on {card['machines'][0]} against {card['machines'][1]}: deterministic ops give one "
+                     "bundle per kind of CPU and number of cores, so another machine gives another bundle")
     lines.append("verdict: identical bundles" if result["identical"] else "verdict: the bundles differ")
     return lines
 
