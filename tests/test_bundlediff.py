@@ -1,6 +1,7 @@
 """`python -m train.bundlediff`: are two bundles the same, weights, gate file and model card, bit for bit?"""
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import keras
@@ -123,6 +124,7 @@ def test_an_architecture_change_is_found(tmp_path):
     ("missing", "does not exist"),
     ("not_a_bundle", "is not a Keras bundle"),
     ("no_card", "has no model card beside it (tiny.json)"),
+    ("bad_weights", "is not a Keras bundle"),
 ])
 def test_files_it_cannot_read_get_a_sentence_and_exit_2(tmp_path, capsys, case, sentence):
     good = write_bundle(tmp_path / "a")
@@ -131,9 +133,16 @@ def test_files_it_cannot_read_get_a_sentence_and_exit_2(tmp_path, capsys, case, 
     elif case == "not_a_bundle":
         other = tmp_path / "text.keras"
         other.write_text("not a zip")
-    else:
+    elif case == "no_card":
         other = write_bundle(tmp_path / "b")
         (tmp_path / "b" / "tiny.json").unlink()
+    else:  # a zip with the right names, the weights file not HDF5
+        other = write_bundle(tmp_path / "b")
+        with zipfile.ZipFile(good) as z:
+            config = z.read("config.json")
+        with zipfile.ZipFile(other, "w") as z:
+            z.writestr("config.json", config)
+            z.writestr("model.weights.h5", b"not hdf5")
     assert bundlediff.main([str(good), str(other)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and sentence in err and "Traceback" not in err

@@ -45,19 +45,19 @@ class BundleError(ValueError):
 
 def read_weights(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(architecture config, weight arrays by their path in model.weights.h5) of a .keras file."""
+    arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as z:
             config = json.loads(z.read("config.json"))
             weights_file = io.BytesIO(z.read("model.weights.h5"))
+        with h5py.File(weights_file, "r") as f:
+            f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                         else None)
     except FileNotFoundError:
         raise BundleError(f"{path} does not exist") from None
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
         raise BundleError(f"{path} is not a Keras bundle (.keras file with config.json and model.weights.h5): "
                           f"{e}") from None
-    arrays: dict[str, np.ndarray] = {}
-    with h5py.File(weights_file, "r") as f:
-        f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                     else None)
     return config, arrays
 
 
