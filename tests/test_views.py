@@ -6,6 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import lesion_fixtures
+from model.architecture import CircleMask
 from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.inference import Predictor
 from train import views
@@ -26,9 +27,22 @@ def test_turn_is_the_identity_at_0_a_grid_rotation_at_90_and_mirrors_the_corners
     band[:, 4:9, :] = 255  # a bright band near the top: turned 45 degrees, the top-left corner samples 6.6 rows
     turned = views.turn(band, 45.0)  # above the image, which the mirrored border brings back into the band
     assert band[0, 0, 0].max() == 0 and turned[0, 0, 0].min() > 200 and turned[0, 16, 16].max() < 1
-    assert views.parse_view("45@0.925") == (45.0, 0.925) and views.parse_view(" 22.5 ") == (22.5, 1.0)
+    assert views.parse_view("45@0.925") == (45.0, 0.925, "") and views.parse_view(" 22.5 ") == (22.5, 1.0, "")
+    assert views.parse_view("0:disc") == (0.0, 1.0, "disc") and views.parse_view("45@0.9:black") == (45.0, 0.9, "black")
     with pytest.raises(ValueError, match="zoom"):
         views.parse_view("45@0")
+    with pytest.raises(ValueError, match="option"):
+        views.parse_view("45:mirror")
+
+
+def test_a_black_view_leaves_the_uncovered_corners_black_and_a_disc_view_blacks_out_the_outside_of_the_disc():
+    x = np.full((1, 33, 33, 3), 200, np.uint8)
+    mirrored, black = views.view_images(x, "45"), views.view_images(x, "45:black")
+    assert mirrored[0, 0, 0].min() > 199 and black[0, 0, 0].max() == 0  # the corner the turn uncovers
+    np.testing.assert_allclose(black[0, 16, 16], mirrored[0, 16, 16])  # the middle alike
+    disc = views.view_images(x, "0:disc")
+    assert disc[0, 0, 0].max() == 0 and disc[0, 0, 16].min() > 99 and disc[0, 16, 16].min() == 200
+    np.testing.assert_allclose(disc, x * CircleMask.disc(33, 33))
 
 
 def test_a_zoomed_view_is_scored_on_the_zoomed_images(shipped, monkeypatch):
@@ -87,7 +101,7 @@ def test_views_command_writes_its_report_and_refuses_a_bad_view(tiny_data, tmp_p
     assert written == json.loads(json.dumps(report)) and written["split"] == "test"
     result = written["results"][str(DEFAULT_BUNDLE)]
     assert result["images"] == 12 and set(result["views"]) == {"45", "90@0.9"}
-    assert result["views"]["90@0.9"]["zoom"] == 0.9
+    assert result["views"]["90@0.9"]["zoom"] == 0.9 and result["views"]["90@0.9"]["option"] == ""
     assert "upright AUC" in capsys.readouterr().out
     with pytest.raises(SystemExit) as refused:
         views.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--views", "45@-1"])

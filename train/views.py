@@ -5,7 +5,8 @@
 Training turns nearly every image through an angle drawn from the whole circle and fills the corners with the
 mirrored border, so an upright image, with its own corners, is the rarer sight. For each `--model` and each view
 this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
-`model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border) and reports the ROC AUC, its change from
+`model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border; `:black` leaves
+the uncovered corners black, `:disc` blacks out everything outside the inscribed disc) and reports the ROC AUC, its change from
 the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from model.architecture import CircleMask
 from model.bundle import load_bundle
 from model.inference import Predictor
 from model.turn import turn
@@ -34,13 +36,31 @@ log = logging.getLogger("train.views")
 DEFAULT_VIEWS = "0,22.5,45,90,45@0.925"
 
 
-def parse_view(text: str) -> tuple[float, float]:
-    """"ANGLE" or "ANGLE@ZOOM" (degrees; ZOOM below 1 zooms in, as training's zoom) -> (angle, zoom)."""
-    angle, _, zoom = text.strip().partition("@")
-    value = (float(angle), float(zoom) if zoom else 1.0)
+OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, as training fills them",
+           "black": "those corners left black instead",
+           "disc": "then everything outside the disc inscribed in the image black"}
+
+
+def parse_view(text: str) -> tuple[float, float, str]:
+    """"ANGLE", "ANGLE@ZOOM" and either with ":black" or ":disc" (degrees; ZOOM below 1 zooms in, as training's zoom)
+    -> (angle, zoom, option); see OPTIONS."""
+    view, _, option = text.strip().partition(":")
+    angle, _, zoom = view.partition("@")
+    value = (float(angle), float(zoom) if zoom else 1.0, option.strip())
     if not 0.0 < value[1] <= 2.0:
         raise ValueError(f"a view's zoom is in (0, 2], not {value[1]}")
+    if value[2] not in OPTIONS:
+        raise ValueError(f"a view's option is black or disc, not {value[2]!r}")
     return value
+
+
+def view_images(x: np.ndarray, text: str) -> np.ndarray:
+    """The images (after the one preprocessing path) as `text` views them."""
+    angle, zoom, option = parse_view(text)
+    images = turn(x, angle, fill="constant" if option == "black" else "reflect", zoom=zoom)
+    if option == "disc":
+        images = images * CircleMask.disc(images.shape[1], images.shape[2])
+    return images
 
 
 def log_odds(predictor: Predictor, images: np.ndarray) -> np.ndarray:
@@ -55,12 +75,12 @@ def score_views(predictor: Predictor, x: np.ndarray, y: np.ndarray, views: list[
     out = {"images": int(len(y)), "melanomas": int(y.sum()), "upright_auc": float(skm.roc_auc_score(y, upright)),
            "views": {}}
     for text in views:
-        angle, zoom = parse_view(text)
-        scores = log_odds(predictor, turn(x, angle, zoom=zoom))
+        angle, zoom, option = parse_view(text)
+        scores = log_odds(predictor, view_images(x, text))
         auc = float(skm.roc_auc_score(y, scores))
         change = paired_auc_interval(y, upright, scores, n=bootstrap)
         both = float(skm.roc_auc_score(y, (upright + scores) / 2))
-        out["views"][text] = {"angle": angle, "zoom": zoom, "roc_auc": auc, "auc_change": auc - out["upright_auc"],
+        out["views"][text] = {"angle": angle, "zoom": zoom, "option": option, "roc_auc": auc, "auc_change": auc - out["upright_auc"],
                               "auc_change_ci95": change, "roc_auc_with_upright": both}
     return out
 
@@ -73,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="val", choices=("val", "test"),
                         help="each bundle's own validation split, or the test split without duplicates (default: val)")
     parser.add_argument("--views", default=DEFAULT_VIEWS,
-                        help=f"comma-separated views, ANGLE or ANGLE@ZOOM in degrees (default: {DEFAULT_VIEWS})")
+                        help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either with :black (the corners the "
+                        "turn uncovers black, not mirrored) or :disc (then black outside the inscribed disc), e.g. "
+                        f"0:disc (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
