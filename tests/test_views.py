@@ -43,6 +43,11 @@ def test_a_black_view_leaves_the_uncovered_corners_black_and_a_disc_view_blacks_
     disc = views.view_images(x, "0:disc")
     assert disc[0, 0, 0].max() == 0 and disc[0, 0, 16].min() > 99 and disc[0, 16, 16].min() == 200
     np.testing.assert_allclose(disc, x * CircleMask.disc(33, 33))
+    skin = np.full((1, 64, 64, 3), (180, 120, 100), np.uint8)
+    skin[:, 28:36, 28:36] = 40  # a dark lesion in the middle, far from the disc's edge
+    filled = views.view_images(skin, "0:discfill")
+    np.testing.assert_allclose(filled[0, 0, 0], (180, 120, 100), atol=2)  # the corner painted in the skin's colour
+    np.testing.assert_array_equal(filled[0, 28:36, 28:36], skin[0, 28:36, 28:36])  # the lesion left alone
 
 
 def test_a_zoomed_view_is_scored_on_the_zoomed_images(shipped, monkeypatch):

@@ -6,7 +6,8 @@ Training turns nearly every image through an angle drawn from the whole circle a
 mirrored border, so an upright image, with its own corners, is the rarer sight. For each `--model` and each view
 this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
 `model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border; `:black` leaves
-the uncovered corners black, `:disc` blacks out everything outside the inscribed disc) and reports the ROC AUC, its change from
+the uncovered corners black, `:disc` blacks out everything outside the inscribed disc, `:discfill` paints it in the
+colour of the skin next to it) and reports the ROC AUC, its change from
 the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
@@ -25,6 +26,7 @@ from sklearn import metrics as skm
 from model.architecture import CircleMask
 from model.bundle import load_bundle
 from model.inference import Predictor
+from model.preprocessing import fill_dark_frame
 from model.turn import turn
 from train import data as data_mod
 from train.calibrate import validation_split
@@ -38,7 +40,9 @@ DEFAULT_VIEWS = "0,22.5,45,90,45@0.925"
 
 OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, as training fills them",
            "black": "those corners left black instead",
-           "disc": "then everything outside the disc inscribed in the image black"}
+           "disc": "then everything outside the disc inscribed in the image black",
+           "discfill": "then everything outside that disc painted in the colour of the skin next to it, as the "
+                       "preprocessing's frame fill paints a dermoscope's black frame"}
 
 
 def parse_view(text: str) -> tuple[float, float, str]:
@@ -50,7 +54,7 @@ def parse_view(text: str) -> tuple[float, float, str]:
     if not 0.0 < value[1] <= 2.0:
         raise ValueError(f"a view's zoom is in (0, 2], not {value[1]}")
     if value[2] not in OPTIONS:
-        raise ValueError(f"a view's option is black or disc, not {value[2]!r}")
+        raise ValueError(f"a view's option is one of {', '.join(o for o in OPTIONS if o)}, not {value[2]!r}")
     return value
 
 
@@ -58,9 +62,11 @@ def view_images(x: np.ndarray, text: str) -> np.ndarray:
     """The images (after the one preprocessing path) as `text` views them."""
     angle, zoom, option = parse_view(text)
     images = turn(x, angle, fill="constant" if option == "black" else "reflect", zoom=zoom)
-    if option == "disc":
+    if option in ("disc", "discfill"):
         images = images * CircleMask.disc(images.shape[1], images.shape[2])
-    return images
+    if option == "discfill":
+        images = np.stack([fill_dark_frame(np.clip(np.rint(im), 0, 255).astype(np.uint8)) for im in images])
+    return images.astype(np.float32)
 
 
 def log_odds(predictor: Predictor, images: np.ndarray) -> np.ndarray:
@@ -94,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="each bundle's own validation split, or the test split without duplicates (default: val)")
     parser.add_argument("--views", default=DEFAULT_VIEWS,
                         help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either with :black (the corners the "
-                        "turn uncovers black, not mirrored) or :disc (then black outside the inscribed disc), e.g. "
+                        "turn uncovers black, not mirrored), :disc (then black outside the inscribed disc) or :discfill "
+                        "(then the outside of that disc painted in the colour of the skin next to it), e.g. "
                         f"0:disc (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
