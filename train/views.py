@@ -46,8 +46,8 @@ OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, a
 
 
 def parse_view(text: str) -> tuple[float, float, str]:
-    """"ANGLE", "ANGLE@ZOOM" and either with ":black" or ":disc" (degrees; ZOOM below 1 zooms in, as training's zoom)
-    -> (angle, zoom, option); see OPTIONS."""
+    """"ANGLE" or "ANGLE@ZOOM", either maybe with ":black", ":disc" or ":discfill" (degrees; ZOOM below 1 zooms in,
+    as training's zoom) -> (angle, zoom, option); see OPTIONS."""
     view, _, option = text.strip().partition(":")
     angle, _, zoom = view.partition("@")
     value = (float(angle), float(zoom) if zoom else 1.0, option.strip())
