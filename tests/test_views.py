@@ -33,6 +33,10 @@ def test_turn_is_the_identity_at_0_a_grid_rotation_at_90_and_mirrors_the_corners
         views.parse_view("45@0")
     with pytest.raises(ValueError, match="option"):
         views.parse_view("45:mirror")
+    assert views.parse_view("0:shift4") == (0.0, 1.0, "shift4")
+    for bad in ("0:shift", "0:shift0", "0:shift33", "0:shiftx"):
+        with pytest.raises(ValueError, match="shift"):
+            views.parse_view(bad)
 
 
 def test_a_black_view_leaves_the_uncovered_corners_black_and_a_disc_view_blacks_out_the_outside_of_the_disc():
@@ -48,6 +52,10 @@ def test_a_black_view_leaves_the_uncovered_corners_black_and_a_disc_view_blacks_
     filled = views.view_images(skin, "0:discfill")
     np.testing.assert_allclose(filled[0, 0, 0], (180, 120, 100), atol=2)  # the corner painted in the skin's colour
     np.testing.assert_array_equal(filled[0, 28:36, 28:36], skin[0, 28:36, 28:36])  # the lesion left alone
+    grid = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3)).astype(np.uint8)
+    shifted = views.view_images(grid, "0:shift4")
+    np.testing.assert_array_equal(shifted[0, 4:, 4:], grid[0, :-4, :-4])  # moved 4 right and 4 down
+    np.testing.assert_array_equal(shifted[0, :4, 4:], grid[0, 4:0:-1, :-4])  # the uncovered rows mirrored
 
 
 def test_a_zoomed_view_is_scored_on_the_zoomed_images(shipped, monkeypatch):

@@ -7,7 +7,7 @@ mirrored border, so an upright image, with its own corners, is the rarer sight. 
 this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
 `model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border; `:black` leaves
 the uncovered corners black, `:disc` blacks out everything outside the inscribed disc, `:discfill` paints it in the
-colour of the skin next to it) and reports the ROC AUC, its change from
+colour of the skin next to it, `:shiftN` moves the content N pixels right and down) and reports the ROC AUC, its change from
 the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
@@ -42,18 +42,24 @@ OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, a
            "black": "those corners left black instead",
            "disc": "then everything outside the disc inscribed in the image black",
            "discfill": "then everything outside that disc painted in the colour of the skin next to it, as the "
-                       "preprocessing's frame fill paints a dermoscope's black frame"}
+                       "preprocessing's frame fill paints a dermoscope's black frame",
+           "shiftN": "then the content moved N pixels right and down (N from 1 to 32), the rows and columns it "
+                     "uncovers mirrored: the pixel grid and the content's orientation kept, their phase against "
+                     "the network's strides (and the JPEG blocks') moved"}
 
 
 def parse_view(text: str) -> tuple[float, float, str]:
-    """"ANGLE" or "ANGLE@ZOOM", either maybe with ":black", ":disc" or ":discfill" (degrees; ZOOM below 1 zooms in,
-    as training's zoom) -> (angle, zoom, option); see OPTIONS."""
+    """"ANGLE" or "ANGLE@ZOOM", either maybe with ":black", ":disc", ":discfill" or ":shiftN" (degrees; ZOOM below 1
+    zooms in, as training's zoom) -> (angle, zoom, option); see OPTIONS."""
     view, _, option = text.strip().partition(":")
     angle, _, zoom = view.partition("@")
     value = (float(angle), float(zoom) if zoom else 1.0, option.strip())
     if not 0.0 < value[1] <= 2.0:
         raise ValueError(f"a view's zoom is in (0, 2], not {value[1]}")
-    if value[2] not in OPTIONS:
+    if value[2].startswith("shift"):
+        if not value[2][5:].isdigit() or not 1 <= int(value[2][5:]) <= 32:
+            raise ValueError(f"a view's shift is shift1 to shift32 (pixels), not {value[2]!r}")
+    elif value[2] not in OPTIONS:
         raise ValueError(f"a view's option is one of {', '.join(o for o in OPTIONS if o)}, not {value[2]!r}")
     return value
 
@@ -66,6 +72,9 @@ def view_images(x: np.ndarray, text: str) -> np.ndarray:
         images = images * CircleMask.disc(images.shape[1], images.shape[2])
     if option == "discfill":
         images = np.stack([fill_dark_frame(np.clip(np.rint(im), 0, 255).astype(np.uint8)) for im in images])
+    if option.startswith("shift"):
+        n, size = int(option[5:]), images.shape[1]
+        images = np.pad(images, ((0, 0), (n, 0), (n, 0), (0, 0)), mode="reflect")[:, :size, :size]
     return images.astype(np.float32)
 
 
@@ -101,8 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--views", default=DEFAULT_VIEWS,
                         help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either with :black (the corners the "
                         "turn uncovers black, not mirrored), :disc (then black outside the inscribed disc) or :discfill "
-                        "(then the outside of that disc painted in the colour of the skin next to it), e.g. "
-                        f"0:disc (default: {DEFAULT_VIEWS})")
+                        "(then the outside of that disc painted in the colour of the skin next to it), or :shiftN (the content "
+                        "moved N pixels right and down), e.g. "
+                        f"0:disc or 0:shift4 (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
