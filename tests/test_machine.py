@@ -1,8 +1,6 @@
 """The processor description that training cards and benchmarks record."""
 import os
 
-import pytest
-
 from model.machine import cpu_model, usable_cores
 
 ZEN3 = """processor	: 0
@@ -40,9 +38,7 @@ def test_without_cpuinfo_only_the_platform_name_is_left():
 def test_usable_cores_are_the_affinity_not_the_machine(monkeypatch):
     """Under `taskset -c 0` on 2 cores the 384-image training command gave another bundle than on both (50 of 249
     weight arrays differ): the card must record the one core, which os.cpu_count() does not see."""
-    if not hasattr(os, "sched_getaffinity"):
-        pytest.skip("no CPU affinity on this platform")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # set where the platform lacks it
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert usable_cores() == 1
 
