@@ -28,6 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from model.bundle import BundleError, card_path
+
 # card fields (and the fields under them) that belong to the run, not to the model: they differ between two runs of
 # one command
 RUN_FIELDS = ("created", "version", "training.command", "training.seconds", "training.cpu", "training.cpu_count",
@@ -37,10 +39,6 @@ SHOWN = 12  # differing card fields printed; --out has them all
 FIRST = ("test.roc_auc", "threshold", "temperature", "validation.roc_auc", "test.sensitivity", "test.specificity",
          "test.ece")  # printed before the other differing fields
 MISSING = "<missing>"
-
-
-class BundleError(ValueError):
-    """A bundle this comparison cannot read; its message is the sentence a person sees."""
 
 
 def read_weights(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -62,13 +60,13 @@ def read_weights(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def read_card(path: Path) -> dict:
-    card_path = path.with_suffix(".json")
+    card = card_path(path)
     try:
-        return json.loads(card_path.read_text())
+        return json.loads(card.read_text())
     except FileNotFoundError:
-        raise BundleError(f"{path} has no model card beside it ({card_path.name})") from None
+        raise BundleError(f"{path} has no model card beside it ({card.name})") from None
     except (OSError, ValueError) as e:
-        raise BundleError(f"the model card {card_path} cannot be read: {e}") from None
+        raise BundleError(f"the model card {card} cannot be read: {e}") from None
 
 
 def read_gate(path: Path) -> dict[str, np.ndarray] | None:
