@@ -56,6 +56,15 @@ def test_a_black_view_leaves_the_uncovered_corners_black_and_a_disc_view_blacks_
     shifted = views.view_images(grid, "0:shift4")
     np.testing.assert_array_equal(shifted[0, 4:, 4:], grid[0, :-4, :-4])  # moved 4 right and 4 down
     np.testing.assert_array_equal(shifted[0, :4, 4:], grid[0, 4:0:-1, :-4])  # the uncovered rows mirrored
+    half = views.view_images(grid, "0:half")
+    np.testing.assert_allclose(half[0, 5, 7], grid[0, 4:6, 6:8].astype(np.float64).mean(axis=(0, 1)), atol=1e-4)
+    np.testing.assert_allclose(half[0, 0, 0], grid[0, :2, :2].astype(np.float64).mean(axis=(0, 1)), atol=1e-4)  # mirrored
+    rows = np.arange(32, dtype=np.float32)[:, None, None]  # stripes across the rows: a turn moves them, a turn back not
+    stripes = np.broadcast_to(128 + 100 * np.sin(2 * np.pi * rows / 16), (32, 32, 3))[None]
+    middle = (slice(8, 24), slice(8, 24))
+    err_back = np.abs(views.view_images(stripes, "45:back")[0][middle] - stripes[0][middle]).mean()
+    err_turned = np.abs(views.view_images(stripes, "45")[0][middle] - stripes[0][middle]).mean()
+    assert 0 < err_back < 10 < 40 < err_turned  # upright again, smoothed by two resamplings
 
 
 def test_a_zoomed_view_is_scored_on_the_zoomed_images(shipped, monkeypatch):

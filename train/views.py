@@ -7,7 +7,7 @@ mirrored border, so an upright image, with its own corners, is the rarer sight. 
 this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
 `model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border; `:black` leaves
 the uncovered corners black, `:disc` blacks out everything outside the inscribed disc, `:discfill` paints it in the
-colour of the skin next to it, `:shiftN` moves the content N pixels right and down) and reports the ROC AUC, its change from
+colour of the skin next to it, `:shiftN` moves the content N pixels right and down, `:half` half a pixel (bilinear), `:back` turns it back again) and reports the ROC AUC, its change from
 the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
@@ -45,7 +45,11 @@ OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, a
                        "preprocessing's frame fill paints a dermoscope's black frame",
            "shiftN": "then the content moved N pixels right and down (N from 1 to 32), the rows and columns it "
                      "uncovers mirrored: the pixel grid and the content's orientation kept, their phase against "
-                     "the network's strides (and the JPEG blocks') moved"}
+                     "the network's strides (and the JPEG blocks') moved",
+           "half": "then moved half a pixel right and down, bilinear (each pixel the mean of a 2x2 block, the edges "
+                   "mirrored): the smoothing of a bilinear resampling at its strongest, orientation and grid kept",
+           "back": "then turned back (and zoomed back), resampled a second time: the content upright again, smoothed "
+                   "as two resamplings smooth it"}
 
 
 def parse_view(text: str) -> tuple[float, float, str]:
@@ -72,6 +76,11 @@ def view_images(x: np.ndarray, text: str) -> np.ndarray:
         images = images * CircleMask.disc(images.shape[1], images.shape[2])
     if option == "discfill":
         images = np.stack([fill_dark_frame(np.clip(np.rint(im), 0, 255).astype(np.uint8)) for im in images])
+    if option == "half":
+        padded = np.pad(images, ((0, 0), (1, 0), (1, 0), (0, 0)), mode="reflect")
+        images = (padded[:, :-1, :-1] + padded[:, 1:, :-1] + padded[:, :-1, 1:] + padded[:, 1:, 1:]) / 4.0
+    if option == "back":
+        images = turn(images, -angle, zoom=1.0 / zoom)
     if option.startswith("shift"):
         n, size = int(option[5:]), images.shape[1]
         images = np.pad(images, ((0, 0), (n, 0), (n, 0), (0, 0)), mode="reflect")[:, :size, :size]
@@ -111,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either with :black (the corners the "
                         "turn uncovers black, not mirrored), :disc (then black outside the inscribed disc) or :discfill "
                         "(then the outside of that disc painted in the colour of the skin next to it), or :shiftN (the content "
-                        "moved N pixels right and down), e.g. "
+                        "moved N pixels right and down), :half (half a pixel, bilinear) or :back (then turned back), e.g. "
                         f"0:disc or 0:shift4 (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
