@@ -7,8 +7,9 @@ mirrored border, so an upright image, with its own corners, is the rarer sight. 
 this scores every image of the split through one view (after the one preprocessing path, turned and zoomed by
 `model.turn`, which resamples as the training augmentation does: bilinear, mirrored at the border; `:black` leaves
 the uncovered corners black, `:disc` blacks out everything outside the inscribed disc, `:discfill` paints it in the
-colour of the skin next to it, `:shiftN` moves the content N pixels right and down, `:half` half a pixel (bilinear), `:back` turns it back again) and reports the ROC AUC, its change from
-the upright view with a paired bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
+colour of the skin next to it, `:shiftN` moves the content N pixels right and down, `:half` half a pixel
+(bilinear), `:back` turns it back again) and reports the ROC AUC, its change from the upright view with a paired
+bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
 default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
 test split without the images that duplicate train or val.
 """
