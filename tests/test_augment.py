@@ -233,6 +233,36 @@ def test_right_angles_snap_that_share_of_turns_to_quarter_turns_and_leave_the_ot
         RandomGeometry(right_angle_share=1.5)
 
 
+def test_unresampled_images_keep_their_own_pixels_and_the_others_their_draws():
+    plain = RandomGeometry((-0.25, 0.1), seed=3)
+    native = RandomGeometry((-0.25, 0.1), seed=3, unresampled_share=0.3)
+    flip, angle, zoom_y, zoom_x = (np.asarray(v) for v in plain.draw(4000))
+    n_flip, n_angle, n_zoom_y, n_zoom_x = (np.asarray(v) for v in native.draw(4000))
+    np.testing.assert_array_equal(n_flip, flip)
+    left = (n_zoom_y == 1.0) & (n_zoom_x == 1.0)
+    assert abs(left.mean() - 0.3) < 0.03
+    quarter = np.abs(n_angle - np.round(n_angle / (np.pi / 2)) * (np.pi / 2)) < 1e-6  # whole quarter turns
+    assert quarter[left].all() and not quarter[~left].any()
+    np.testing.assert_array_equal(n_angle[~left], angle[~left])
+    np.testing.assert_array_equal(n_zoom_y[~left], zoom_y[~left])
+    # every unresampled image is its own pixels moved: one of the square's eight symmetries, exactly
+    x = _images(n=12, size=16, seed=2)
+    every = RandomGeometry((-0.25, 0.1), seed=4, unresampled_share=1.0)
+    def own_pixels(image, moved):
+        options = [np.rot90(f, k, axes=(0, 1)) for f in (image, image[:, ::-1]) for k in range(4)]
+        return min(np.abs(moved - o).max() for o in options) < 1e-2
+    assert all(own_pixels(i, m) for i, m in zip(x, np.asarray(every(x, training=True))))
+    mapped = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(12).map(lambda a: every(a, training=True))))
+    assert all(own_pixels(i, m) for i, m in zip(x, mapped.numpy()))  # as the training pipeline runs it, in a graph
+    resampled = np.asarray(RandomGeometry((-0.25, 0.1), seed=4)(x, training=True))
+    assert not any(own_pixels(i, m) for i, m in zip(x, resampled))  # without it, none is
+    assert RandomGeometry.from_config(native.get_config()).unresampled_share == 0.3
+    assert build_augmenter(seed=5, unresampled=0.3).layers[0].unresampled_share == 0.3
+    assert build_augmenter(seed=5).layers[0].unresampled_share == 0.0
+    with pytest.raises(ValueError, match="unresampled_share"):
+        RandomGeometry(unresampled_share=-0.1)
+
+
 def test_saturation_and_hue_give_each_image_its_own_adjustment():
     x = _smooth(n=3)
     saturation, turn = np.array([0.6, 1.0, 1.8], np.float32), np.array([-0.02, 0.0, 0.015], np.float32)

@@ -791,6 +791,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--jpeg-augment", "-0.1", "--jpeg-augment is a share of training images in [0, 1]"),
     ("--cutout", "1.5", "--cutout is a share of training images in [0, 1]"),
     ("--right-angles", "-0.5", "--right-angles is a share of training images in [0, 1]"),
+    ("--unresampled", "1.5", "--unresampled is a share of training images in [0, 1]"),
     ("--drop-connect", "1", "--drop-connect is the last block's chance of being skipped"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),

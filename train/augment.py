@@ -235,20 +235,25 @@ class RandomGeometry(layers.Layer):
     """
 
     def __init__(self, zoom: tuple[float, float] = (-0.25, 0.1), width_zoom: tuple[float, float] | None = None,
-                 seed: int | None = None, right_angle_share: float = 0.0, **kwargs):
+                 seed: int | None = None, right_angle_share: float = 0.0, unresampled_share: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= right_angle_share <= 1.0:
             raise ValueError(f"right_angle_share must be in [0, 1], not {right_angle_share}")
+        if not 0.0 <= unresampled_share <= 1.0:
+            raise ValueError(f"unresampled_share must be in [0, 1], not {unresampled_share}")
         self.zoom, self.width_zoom, self.seed = tuple(zoom), tuple(width_zoom) if width_zoom else None, seed
-        self.right_angle_share = float(right_angle_share)
+        self.right_angle_share, self.unresampled_share = float(right_angle_share), float(unresampled_share)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        # its own stream, so the flips, angles and zooms are those drawn without it
+        # their own streams, so the flips, angles and zooms are those drawn without them
         self.right_angle_seed = keras.random.SeedGenerator(None if seed is None else seed + 1000)
+        self.unresampled_seed = keras.random.SeedGenerator(None if seed is None else seed + 2000)
 
     def draw(self, n):
         """Per image: whether it is flipped (1.0) or not, the angle in radians, and the height and width zooms. With
         `right_angle_share`, that share of the angles is rounded to the nearest quarter turn, which maps the pixel grid
-        onto itself: those images keep their own corners instead of mirrored borders, as an upright upload does."""
+        onto itself: those images keep their own corners instead of mirrored borders, as an upright upload does. With
+        `unresampled_share`, that share is also snapped and left unzoomed: a flip and a quarter turn move whole pixels,
+        so those images keep their own pixels, unresampled, as an upright upload reaches the network."""
         flip = keras.ops.cast(keras.random.uniform((n,), seed=self.seed_generator) < 0.5, "float32")
         angle = keras.random.uniform((n,), -np.pi, np.pi, seed=self.seed_generator)
         zoom_y = keras.random.uniform((n,), 1.0 + self.zoom[0], 1.0 + self.zoom[1], seed=self.seed_generator)
@@ -257,6 +262,11 @@ class RandomGeometry(layers.Layer):
         if self.right_angle_share > 0:
             snap = keras.random.uniform((n,), seed=self.right_angle_seed) < self.right_angle_share
             angle = keras.ops.where(snap, keras.ops.round(angle / (np.pi / 2)) * (np.pi / 2), angle)
+        if self.unresampled_share > 0:
+            native = keras.random.uniform((n,), seed=self.unresampled_seed) < self.unresampled_share
+            angle = keras.ops.where(native, keras.ops.round(angle / (np.pi / 2)) * (np.pi / 2), angle)
+            zoom_y = keras.ops.where(native, 1.0, zoom_y)
+            zoom_x = keras.ops.where(native, 1.0, zoom_x)
         return flip, angle, zoom_y, zoom_x
 
     @staticmethod
@@ -284,7 +294,7 @@ class RandomGeometry(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "zoom": list(self.zoom),
                 "width_zoom": list(self.width_zoom) if self.width_zoom else None, "seed": self.seed,
-                "right_angle_share": self.right_angle_share}
+                "right_angle_share": self.right_angle_share, "unresampled_share": self.unresampled_share}
 
 
 class RandomSaturationHue(layers.Layer):
@@ -348,7 +358,8 @@ def build_consistency_shift(seed: int) -> keras.Sequential:
 
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
-                    jpeg_rate: float = 0.0, cutout_rate: float = 0.0, right_angles: float = 0.0) -> keras.Sequential:
+                    jpeg_rate: float = 0.0, cutout_rate: float = 0.0, right_angles: float = 0.0,
+                    unresampled: float = 0.0) -> keras.Sequential:
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
@@ -358,9 +369,12 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
         ink + [
             # every flip and turn, and a zoom: one resampling. random_crop: height and width zoomed apart, crops of
             # about 40-100% of the area with the aspect ratio changed (Perez et al. 2018's strongest augmentation on
-            # ISIC 2017); else one zoom for both. right_angles: that share of the turns is a quarter turn
-            RandomGeometry((-0.35, 0.05), (-0.35, 0.05), seed=seed + 1, right_angle_share=right_angles) if random_crop
-            else RandomGeometry((-0.25, 0.1), seed=seed + 1, right_angle_share=right_angles),
+            # ISIC 2017); else one zoom for both. right_angles: that share of the turns is a quarter turn;
+            # unresampled: that share a quarter turn and no zoom, the image's own pixels
+            RandomGeometry((-0.35, 0.05), (-0.35, 0.05), seed=seed + 1, right_angle_share=right_angles,
+                           unresampled_share=unresampled) if random_crop
+            else RandomGeometry((-0.25, 0.1), seed=seed + 1, right_angle_share=right_angles,
+                                unresampled_share=unresampled),
             layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
             layers.RandomContrast(0.2, seed=seed + 4),
             RandomSaturationHue((0.35, 0.65), 0.04, seed=seed + 5),

@@ -160,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="turn this share of training images by a whole number of quarter turns instead of any angle, "
                         "so they keep their own corners (no mirrored borders), as upright uploads do (e.g. 0.5) "
                         "(default: 0, every angle of the circle)")
+    g.add_argument("--unresampled", type=float, default=0.0, metavar="SHARE",
+                   help="leave this share of training images unresampled: a flip and a whole number of quarter turns, "
+                        "no zoom, so the network sees their own pixels as it sees an upright upload's (e.g. 0.3) "
+                        "(default: 0, nearly every image resampled)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mix each training batch with a shuffled copy of itself, images and targets alike, with "
                         "weights drawn from Beta(ALPHA, ALPHA) (Keras MixUp; e.g. 0.2) (default: 0, off)")
@@ -249,7 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                 f"{args.target_sensitivity}")
     for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
                        ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment),
-                       ("--cutout", args.cutout), ("--right-angles", args.right_angles)):
+                       ("--cutout", args.cutout), ("--right-angles", args.right_angles),
+                       ("--unresampled", args.unresampled)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
     if not 0.0 <= args.drop_connect < 1.0:
@@ -616,7 +621,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
     def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
-                                    getattr(args, "cutout", 0.0), getattr(args, "right_angles", 0.0))
+                                    getattr(args, "cutout", 0.0), getattr(args, "right_angles", 0.0),
+                                    getattr(args, "unresampled", 0.0))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
         return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift,
                             getattr(args, "malignant_share", 0.0))
