@@ -259,14 +259,15 @@ class RandomGeometry(layers.Layer):
         zoom_y = keras.random.uniform((n,), 1.0 + self.zoom[0], 1.0 + self.zoom[1], seed=self.seed_generator)
         zoom_x = zoom_y if self.width_zoom is None else keras.random.uniform(
             (n,), 1.0 + self.width_zoom[0], 1.0 + self.width_zoom[1], seed=self.seed_generator)
+        snap = None
         if self.right_angle_share > 0:
             snap = keras.random.uniform((n,), seed=self.right_angle_seed) < self.right_angle_share
-            angle = keras.ops.where(snap, keras.ops.round(angle / (np.pi / 2)) * (np.pi / 2), angle)
         if self.unresampled_share > 0:
             native = keras.random.uniform((n,), seed=self.unresampled_seed) < self.unresampled_share
-            angle = keras.ops.where(native, keras.ops.round(angle / (np.pi / 2)) * (np.pi / 2), angle)
-            zoom_y = keras.ops.where(native, 1.0, zoom_y)
-            zoom_x = keras.ops.where(native, 1.0, zoom_x)
+            zoom_y, zoom_x = keras.ops.where(native, 1.0, zoom_y), keras.ops.where(native, 1.0, zoom_x)
+            snap = native if snap is None else keras.ops.logical_or(snap, native)
+        if snap is not None:
+            angle = keras.ops.where(snap, keras.ops.round(angle / (np.pi / 2)) * (np.pi / 2), angle)
         return flip, angle, zoom_y, zoom_x
 
     @staticmethod

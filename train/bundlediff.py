@@ -3,8 +3,8 @@
     python -m train.bundlediff runs/a/melanoma_efficientnet.keras runs/b/melanoma_efficientnet.keras
 
 `python -m train` runs TensorFlow's deterministic ops (`--deterministic`, the default), so the same command, seed,
-data, library versions, kind of CPU and number of cores should give the same bundle. This says whether two bundles are that: it
-compares
+data, library versions, kind of CPU and number of cores should give the same bundle. This says whether two bundles
+are that: it compares
 
 - the network: its architecture (`config.json` inside the `.keras` file) and every weight array
   (`model.weights.h5`), read straight from the files, without building the model;

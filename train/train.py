@@ -196,8 +196,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorFlow's deterministic ops: the same command, seed, data, library versions, kind of "
-                        "CPU and number of cores give the same bundle, bit for bit. Without them the augmentation's random draws, made "
-                        "by parallel threads, land on other batches from run to run, and so does the model. "
+                        "CPU and number of cores give the same bundle, bit for bit. Without them the augmentation's "
+                        "random draws, made by parallel threads, land on other batches from run to run, and so does "
+                        "the model. "
                         "--no-deterministic for an accelerator with no deterministic kernel for some op "
                         "(TensorFlow's error names it) (default: on)")
     g = p.add_argument_group("distribution")

@@ -9,9 +9,9 @@ this scores every image of the split through one view (after the one preprocessi
 the uncovered corners black, `:disc` blacks out everything outside the inscribed disc, `:discfill` paints it in the
 colour of the skin next to it, `:shiftN` moves the content N pixels right and down, `:half` half a pixel
 (bilinear), `:back` turns it back again) and reports the ROC AUC, its change from the upright view with a paired
-bootstrap 95% interval, and the AUC of the upright view and that view averaged. By
-default the split is each bundle's own validation split (as it was drawn for training); `--split test` scores the
-test split without the images that duplicate train or val.
+bootstrap 95% interval, and the AUC of the upright view and that view averaged. By default the split is each
+bundle's own validation split (as it was drawn for training); `--split test` scores the test split without the
+images that duplicate train or val.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ DEFAULT_VIEWS = "0,22.5,45,90,45@0.925"
 
 
 OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, as training fills them",
-           "black": "those corners left black instead",
+           "black": "the corners the turn uncovers left black instead of mirrored",
            "disc": "then everything outside the disc inscribed in the image black",
            "discfill": "then everything outside that disc painted in the colour of the skin next to it, as the "
                        "preprocessing's frame fill paints a dermoscope's black frame",
@@ -54,8 +54,8 @@ OPTIONS = {"": "the corners the turn uncovers filled with the mirrored border, a
 
 
 def parse_view(text: str) -> tuple[float, float, str]:
-    """"ANGLE" or "ANGLE@ZOOM", either maybe with ":black", ":disc", ":discfill" or ":shiftN" (degrees; ZOOM below 1
-    zooms in, as training's zoom) -> (angle, zoom, option); see OPTIONS."""
+    """"ANGLE" or "ANGLE@ZOOM", either maybe with ":OPTION", one of OPTIONS (degrees; ZOOM below 1 zooms in, as
+    training's zoom) -> (angle, zoom, option)."""
     view, _, option = text.strip().partition(":")
     angle, _, zoom = view.partition("@")
     value = (float(angle), float(zoom) if zoom else 1.0, option.strip())
@@ -105,8 +105,9 @@ def score_views(predictor: Predictor, x: np.ndarray, y: np.ndarray, views: list[
         auc = float(skm.roc_auc_score(y, scores))
         change = paired_auc_interval(y, upright, scores, n=bootstrap)
         both = float(skm.roc_auc_score(y, (upright + scores) / 2))
-        out["views"][text] = {"angle": angle, "zoom": zoom, "option": option, "roc_auc": auc, "auc_change": auc - out["upright_auc"],
-                              "auc_change_ci95": change, "roc_auc_with_upright": both}
+        out["views"][text] = {"angle": angle, "zoom": zoom, "option": option, "roc_auc": auc,
+                              "auc_change": auc - out["upright_auc"], "auc_change_ci95": change,
+                              "roc_auc_with_upright": both}
     return out
 
 
@@ -118,11 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="val", choices=("val", "test"),
                         help="each bundle's own validation split, or the test split without duplicates (default: val)")
     parser.add_argument("--views", default=DEFAULT_VIEWS,
-                        help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either with :black (the corners the "
-                        "turn uncovers black, not mirrored), :disc (then black outside the inscribed disc) or :discfill "
-                        "(then the outside of that disc painted in the colour of the skin next to it), or :shiftN (the content "
-                        "moved N pixels right and down), :half (half a pixel, bilinear) or :back (then turned back), e.g. "
-                        f"0:disc or 0:shift4 (default: {DEFAULT_VIEWS})")
+                        help="comma-separated views, ANGLE or ANGLE@ZOOM in degrees, either maybe with :OPTION, one of "
+                        + "; ".join(f"{name} ({what})" for name, what in OPTIONS.items() if name)
+                        + f"; e.g. 0:disc or 45:back (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
