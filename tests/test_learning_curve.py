@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from train.learning_curve import fit_log2, images_for, main
+from scipy import stats
+
+from train.learning_curve import fit_log2, images_for, images_interval, main
 
 
 def _bundle(tmp_path, name, n, auc, data_hash="abc", test=True):
@@ -28,6 +30,44 @@ def test_the_fit_recovers_a_line_in_log2_and_where_it_reaches_the_target():
     assert images_for(0.95, {"intercept": 0.8, "slope_per_doubling": -0.01}) is None
 
 
+def _band_contains(target, n, auc, sizes, level=0.95):
+    """Whether the line's pointwise confidence band holds `target` at each size, from the least-squares
+    coefficients' covariance matrix (not the centred formula the command solves)."""
+    x = np.column_stack([np.ones(len(n)), np.log2(n)])
+    coef, residual, *_ = np.linalg.lstsq(x, auc, rcond=None)
+    dof = len(n) - 2
+    cov = residual[0] / dof * np.linalg.inv(x.T @ x)
+    at = np.column_stack([np.ones(len(sizes)), np.log2(sizes)])
+    half = stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(np.einsum("ij,jk,ik->i", at, cov, at))
+    return np.abs(at @ coef - target) <= half
+
+
+def test_the_interval_of_the_crossing_is_where_the_line_s_confidence_band_holds_the_target():
+    rng = np.random.default_rng(0)
+    n = np.repeat([400, 800, 1600], 3)
+    auc = 0.74 + 0.045 * np.log2(n / 400) + rng.normal(0, 0.012, len(n))
+    fit = fit_log2(n, auc)
+    low, high = images_interval(0.90, fit)
+    assert low < images_for(0.90, fit) < high
+    sizes = np.geomspace(1000, 200_000, 20_000)
+    inside = sizes[_band_contains(0.90, n, auc, sizes)]
+    assert inside.min() == pytest.approx(low, rel=0.002) and inside.max() == pytest.approx(high, rel=0.002)
+    # a higher level widens it on both sides
+    wider = images_interval(0.90, fit, level=0.99)
+    assert wider[0] < low and wider[1] > high
+
+
+def test_a_slope_not_clear_of_zero_gives_no_upper_bound_and_an_exact_line_no_width():
+    n = np.array([500, 500, 1000, 1000, 2000, 2000])
+    noisy = fit_log2(n, np.array([0.80, 0.74, 0.75, 0.82, 0.80, 0.79]))
+    low, high = images_interval(0.90, noisy)
+    assert high is None and low > 2000
+    assert _band_contains(0.90, n, np.array([0.80, 0.74, 0.75, 0.82, 0.80, 0.79]), np.array([1e9]))[0]
+    exact = fit_log2(n, 0.70 + 0.02 * np.log2(n))
+    assert images_interval(0.90, exact) == pytest.approx([2 ** 10, 2 ** 10])
+    assert images_interval(0.90, fit_log2(np.array([500, 1000]), np.array([0.8, 0.82]))) is None  # no scatter to read
+
+
 def test_the_command_reads_the_cards_and_reports_the_gain_per_doubling(tmp_path, capsys):
     models = [_bundle(tmp_path, "a", 500, 0.76), _bundle(tmp_path, "b", 1000, 0.80), _bundle(tmp_path, "c", 2000, 0.82),
               _bundle(tmp_path, "d", 2000, 0.84)]
@@ -41,6 +81,8 @@ def test_the_command_reads_the_cards_and_reports_the_gain_per_doubling(tmp_path,
     assert result["images_for_target"] == pytest.approx(8000)  # 0.90 is 4 doublings of 0.0345 above 500 images
     printed = capsys.readouterr().out
     assert "+0.035" in printed and "training images" in printed
+    low, high = result["images_for_target_ci95"]
+    assert f"95% interval {low:,.0f} to {high:,.0f}" in printed and low < 8000 < high
     assert json.loads((out / "learning_curve.json").read_text())["target_auc"] == 0.90
     assert (out / "learning_curve.png").stat().st_size > 1000
 

@@ -8,8 +8,10 @@ Each card holds the images its training used (`data.train_images_used`) and its 
 bootstrap interval, measured by `python -m train` or `python -m train.evaluate --update-card`). The command
 fits a straight line of test AUC on log2(training images), by least squares over every bundle (several seeds
 of one size count as several points), and reports the gain per doubling of the data and where the line would
-cross `--target-auc`. That crossing is an extrapolation, not a prediction: learning curves flatten, so the
-data it names is the least that the measured trend asks for, not enough. Every bundle must have been tested
+cross `--target-auc`, with a 95% interval for that crossing (Fieller's, from the scatter of the points about the
+line; open above where the slope is not clear of zero). That crossing is an extrapolation, not a prediction:
+learning curves flatten, so the data it names is the least that the measured trend asks for, not enough, and the
+interval counts only the points' scatter, not the bend of a curve. Every bundle must have been tested
 on the same data (the test data hash in the card); otherwise the points are not comparable and the command
 stops with a sentence.
 """
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from model.bundle import BundleError, load_card
 from train.plots import learning_curve_chart
@@ -53,8 +56,12 @@ def fit_log2(n: np.ndarray, auc: np.ndarray) -> dict:
     slope, intercept = np.polyfit(x, y, 1)
     residuals = y - (intercept + slope * x)
     dof = len(x) - 2
-    se = float(np.sqrt(residuals @ residuals / dof / ((x - x.mean()) @ (x - x.mean())))) if dof > 0 else None
-    return {"intercept": float(intercept), "slope_per_doubling": float(slope), "slope_se": se}
+    sxx = float((x - x.mean()) @ (x - x.mean()))
+    variance = float(residuals @ residuals / dof) if dof > 0 else None
+    se = float(np.sqrt(variance / sxx)) if dof > 0 else None
+    return {"intercept": float(intercept), "slope_per_doubling": float(slope), "slope_se": se,
+            "points": len(x), "mean_log2_images": float(x.mean()), "mean_auc": float(y.mean()), "sxx": sxx,
+            "residual_variance": variance}
 
 
 def images_for(target: float, fit: dict) -> float | None:
@@ -62,6 +69,31 @@ def images_for(target: float, fit: dict) -> float | None:
     if fit["slope_per_doubling"] <= 0:
         return None
     return float(2.0 ** ((target - fit["intercept"]) / fit["slope_per_doubling"]))
+
+
+def images_interval(target: float, fit: dict, level: float = 0.95) -> list[float | None] | None:
+    """Fieller's interval for the training images at which the line reaches `target`: the sizes whose fitted AUC
+    the points cannot tell from `target` at `level`. Where the slope is not clear of zero the set has no upper
+    bound ([low, None]) or no bound at all ([None, None]). None where the line does not rise or too few points
+    measure their scatter."""
+    b, variance = fit["slope_per_doubling"], fit.get("residual_variance")
+    if b <= 0 or variance is None:
+        return None
+    n, sxx, centre = fit["points"], fit["sxx"], fit["mean_log2_images"]
+    t2 = stats.t.ppf(0.5 + level / 2, n - 2) ** 2 * variance
+    c = target - fit["mean_auc"]
+    # with d = log2(images) - centre: (c - b d)^2 <= t2 (1/n + d^2/sxx), i.e. a d^2 - 2 b c d + c^2 - t2/n <= 0
+    a = b * b - t2 / sxx
+    discriminant = t2 * (a / n + c * c / sxx)
+    if a == 0 or discriminant < 0:
+        return [None, None]
+    roots = sorted(((b * c - np.sqrt(discriminant)) / a, (b * c + np.sqrt(discriminant)) / a))
+    if a > 0:
+        return [float(2.0 ** (centre + roots[0])), float(2.0 ** (centre + roots[1]))]
+    # a < 0: everything outside the roots; keep the half-line that holds the crossing itself
+    if c / b >= roots[1]:
+        return [float(2.0 ** (centre + roots[1])), None]
+    return [None, float(2.0 ** (centre + roots[0]))]
 
 
 def learning_curve(models: list[str], target: float) -> dict:
@@ -75,7 +107,19 @@ def learning_curve(models: list[str], target: float) -> dict:
     for p in points:
         means.setdefault(p["train_images"], []).append(p["test_auc"])
     return {"points": points, "fit": fit, "target_auc": target, "images_for_target": images_for(target, fit),
+            "images_for_target_ci95": images_interval(target, fit),
             "mean_test_auc_by_size": {str(k): float(np.mean(v)) for k, v in means.items()}}
+
+
+def describe_interval(interval: list[float | None] | None) -> str:
+    if interval is None:
+        return ""
+    low, high = interval
+    if low is not None and high is not None:
+        return f", 95% interval {low:,.0f} to {high:,.0f}"
+    if low is not None:
+        return f", 95% interval from {low:,.0f} with no upper bound (the slope is not clear of zero)"
+    return ", 95% interval unbounded (the slope is not clear of zero)" if high is None else f", 95% interval up to {high:,.0f}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,8 +154,8 @@ def main(argv=None) -> dict:
     print(f"test AUC per doubling of the training images: {fit['slope_per_doubling']:+.3f}{se}")
     reach = result["images_for_target"]
     print(f"the fitted line reaches {args.target_auc:.2f} at "
-          + (f"about {reach:,.0f} training images (a straight-line extrapolation: at least that many)"
-             if reach else "no size: it does not rise"))
+          + (f"about {reach:,.0f} training images{describe_interval(result['images_for_target_ci95'])} "
+             "(a straight-line extrapolation: at least that many)" if reach else "no size: it does not rise"))
     print(f"written: {out / 'learning_curve.json'}, {out / 'learning_curve.png'}")
     return result
 

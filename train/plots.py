@@ -150,11 +150,16 @@ def learning_curve_chart(result: dict, out: Path) -> Path:
     ax.errorbar(n, auc, yerr=[auc - ci[:, 0], ci[:, 1] - auc], fmt="o", capsize=3,
                 label="test AUC, 95% bootstrap interval")
     reach = result["images_for_target"]
-    right = max(n.max(), min(reach, n.max() * 64)) if reach else n.max()
+    low, high = result.get("images_for_target_ci95") or (None, None)
+    furthest = high or reach
+    right = max(n.max(), min(furthest, n.max() * 64)) if furthest else n.max()
     xs = np.geomspace(n.min(), right, 50)
     ax.plot(xs, fit["intercept"] + fit["slope_per_doubling"] * np.log2(xs), "--",
             label=f"fit: {fit['slope_per_doubling']:+.3f} AUC per doubling")
     ax.axhline(result["target_auc"], color="grey", lw=0.8, label=f"target {result['target_auc']:.2f}")
+    if low is not None:
+        ax.hlines(result["target_auc"], low, min(high or right, right), color="C2", lw=5, alpha=0.5,
+                  label="95% interval of the crossing" + ("" if high else " (no upper bound)"))
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.tick_params(axis="x", labelrotation=30)
