@@ -94,6 +94,18 @@ def test_a_curve_that_does_not_rise_reaches_no_size(tmp_path, capsys):
     assert "no size: it does not rise" in capsys.readouterr().out
 
 
+def test_a_curve_whose_slope_is_not_clear_of_zero_says_its_interval_has_no_upper_bound(tmp_path, capsys):
+    aucs = [(500, 0.80), (500, 0.74), (1000, 0.75), (1000, 0.82), (2000, 0.80), (2000, 0.79)]
+    models = [_bundle(tmp_path, f"m{i}", n, auc) for i, (n, auc) in enumerate(aucs)]
+    out = tmp_path / "curve"
+    result = main([arg for m in models for arg in ("--model", m)] + ["--out", str(out)])
+    low, high = result["images_for_target_ci95"]
+    assert high is None and 2000 < low < result["images_for_target"]
+    assert f"95% interval from {low:,.0f} with no upper bound" in capsys.readouterr().out
+    assert json.loads((out / "learning_curve.json").read_text())["images_for_target_ci95"] == [low, None]
+    assert (out / "learning_curve.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("bundles, message", [
     ([("a", 1000, 0.8, "abc", True), ("b", 1000, 0.82, "abc", True)], "at least two sizes"),
     ([("a", 500, 0.8, "abc", True), ("b", 1000, 0.82, "xyz", True)], "tested on different data"),

@@ -119,7 +119,9 @@ def describe_interval(interval: list[float | None] | None) -> str:
         return f", 95% interval {low:,.0f} to {high:,.0f}"
     if low is not None:
         return f", 95% interval from {low:,.0f} with no upper bound (the slope is not clear of zero)"
-    return ", 95% interval unbounded (the slope is not clear of zero)" if high is None else f", 95% interval up to {high:,.0f}"
+    if high is not None:
+        return f", 95% interval up to {high:,.0f}"
+    return ", 95% interval unbounded (the slope is not clear of zero)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
