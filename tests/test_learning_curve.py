@@ -9,6 +9,10 @@ from scipy import stats
 from train.learning_curve import fit_log2, images_for, images_interval, main
 
 
+# (training images, test AUC): a rise of about 0.0125 per doubling that the scatter cannot tell from zero
+NOT_CLEAR_OF_ZERO = [(500, 0.80), (500, 0.74), (1000, 0.75), (1000, 0.82), (2000, 0.80), (2000, 0.79)]
+
+
 def _bundle(tmp_path, name, n, auc, data_hash="abc", test=True):
     card = {"data": {"train_images_used": n, "hash": "train-" + data_hash},
             "validation": {"roc_auc": auc + 0.05}}
@@ -58,11 +62,10 @@ def test_the_interval_of_the_crossing_is_where_the_line_s_confidence_band_holds_
 
 
 def test_a_slope_not_clear_of_zero_gives_no_upper_bound_and_an_exact_line_no_width():
-    n = np.array([500, 500, 1000, 1000, 2000, 2000])
-    noisy = fit_log2(n, np.array([0.80, 0.74, 0.75, 0.82, 0.80, 0.79]))
-    low, high = images_interval(0.90, noisy)
+    n, auc = (np.array(column) for column in zip(*NOT_CLEAR_OF_ZERO))
+    low, high = images_interval(0.90, fit_log2(n, auc))
     assert high is None and low > 2000
-    assert _band_contains(0.90, n, np.array([0.80, 0.74, 0.75, 0.82, 0.80, 0.79]), np.array([1e9]))[0]
+    assert _band_contains(0.90, n, auc, np.array([1e9]))[0]
     exact = fit_log2(n, 0.70 + 0.02 * np.log2(n))
     assert images_interval(0.90, exact) == pytest.approx([2 ** 10, 2 ** 10])
     assert images_interval(0.90, fit_log2(np.array([500, 1000]), np.array([0.8, 0.82]))) is None  # no scatter to read
@@ -95,8 +98,7 @@ def test_a_curve_that_does_not_rise_reaches_no_size(tmp_path, capsys):
 
 
 def test_a_curve_whose_slope_is_not_clear_of_zero_says_its_interval_has_no_upper_bound(tmp_path, capsys):
-    aucs = [(500, 0.80), (500, 0.74), (1000, 0.75), (1000, 0.82), (2000, 0.80), (2000, 0.79)]
-    models = [_bundle(tmp_path, f"m{i}", n, auc) for i, (n, auc) in enumerate(aucs)]
+    models = [_bundle(tmp_path, f"m{i}", n, auc) for i, (n, auc) in enumerate(NOT_CLEAR_OF_ZERO)]
     out = tmp_path / "curve"
     result = main([arg for m in models for arg in ("--model", m)] + ["--out", str(out)])
     low, high = result["images_for_target_ci95"]

@@ -58,7 +58,7 @@ def fit_log2(n: np.ndarray, auc: np.ndarray) -> dict:
     dof = len(x) - 2
     sxx = float((x - x.mean()) @ (x - x.mean()))
     variance = float(residuals @ residuals / dof) if dof > 0 else None
-    se = float(np.sqrt(variance / sxx)) if dof > 0 else None
+    se = float(np.sqrt(variance / sxx)) if variance is not None else None
     return {"intercept": float(intercept), "slope_per_doubling": float(slope), "slope_se": se,
             "points": len(x), "mean_log2_images": float(x.mean()), "mean_auc": float(y.mean()), "sxx": sxx,
             "residual_variance": variance}
