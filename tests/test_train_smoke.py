@@ -50,7 +50,7 @@ TRAINED_CALLS = {}
 # option, and the runs check that these options train together.
 RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
                "--malignant-share", "0.5", "--calibration", "platt")
-FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask")
+FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -64,9 +64,9 @@ def ranking_run(tiny_data, tmp_path_factory):
 def focal_run(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("focal_run")
     with pytest.MonkeyPatch.context() as mp:
-        wrapped = _spy(mp, "SharpnessAware")
+        spied = {"sam": _spy(mp, "SharpnessAware"), "datasets": _spy(mp, "make_dataset")}
         card = _one_epoch_run(tiny_data, run_dir, *FOCAL_RUN)
-    return run_dir, card, wrapped
+    return run_dir, card, spied
 
 
 @pytest.fixture(scope="module")
@@ -960,9 +960,9 @@ def test_sharpness_aware_step_applies_the_gradient_taken_at_the_moved_weights_to
 
 
 def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, focal_run, capsys):
-    _, card, wrapped = focal_run
+    _, card, spied = focal_run
     assert card["training"]["arguments"]["sam"] == 0.05
-    [call] = wrapped  # the network was trained through the sharpness-aware step, at that radius
+    [call] = spied["sam"]  # the network was trained through the sharpness-aware step, at that radius
     assert call["result"].rho == pytest.approx(0.05) and call["result"].optimizer.iterations.numpy() > 0
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--sam", "-0.1"])
@@ -983,6 +983,46 @@ def test_mixup_mixes_images_and_every_target_with_the_same_weights():
 
     images, targets = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity)))  # off by default
     assert set(np.unique(targets.numpy())) == {0.0, 1.0}
+
+
+def test_cutmix_pastes_a_partners_rectangle_and_mixes_every_target_by_its_area():
+    """Class 1 images are all 255 and class 0 all 0: a pasted rectangle shows as a box of the other value, and a
+    mixed image's mean is its share of class 1."""
+    y = np.array([0, 1] * 16)
+    x = np.repeat(y * 255, 16 * 16 * 3).reshape(32, 16, 16, 3).astype(np.uint8)
+    identity = keras.Sequential([keras.layers.Identity()])
+    images, (targets, aux) = next(iter(make_dataset(x, y, 32, seed=3, augmenter=identity,
+                                                    y_aux=np.eye(2)[y], cutmix=1.0)))
+    images, targets = images.numpy(), targets.numpy()
+    np.testing.assert_allclose(images.mean(axis=(1, 2, 3)) / 255, targets[:, 1], atol=1e-4)
+    np.testing.assert_allclose(aux.numpy(), targets, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    assert set(np.unique(images)) <= {0.0, 255.0}  # pasted, not blended
+    mixed = np.flatnonzero((targets[:, 1] > 0.01) & (targets[:, 1] < 0.99))
+    assert len(mixed) > 0  # some images really take a partner of the other class
+
+    def rectangle(mask):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        return mask.sum() == len(rows) * len(cols)  # every pixel of its bounding box
+
+    for i in mixed:  # the batch is shuffled, so which class is the partner's is unknown: one of the two is a box
+        white = images[i, :, :, 0] == 255
+        assert rectangle(white) or rectangle(~white)
+
+
+def test_cutmix_trains_from_the_command_line_and_checks_its_range_and_partners(tiny_data, focal_run, capsys):
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["cutmix"] == 1.0
+    datasets = spied["datasets"]
+    assert datasets and all(call["cutmix"] == 1.0 for call in datasets)
+    targets = np.concatenate([t.numpy() for _, t in datasets[0]["result"]])
+    assert ((targets > 0.1) & (targets < 0.9)).any()  # the batches the network trained on were mixed
+    for argv, message in ((["--cutmix", "1.5"], "--cutmix is the upper end of the Beta distribution's alpha"),
+                          (["--cutmix", "1", "--mixup", "0.2"], "--cutmix and --mixup each mix a batch"),
+                          (["--cutmix", "1", "--consistency", "12"], "does not combine with --cutmix")):
+        with pytest.raises(SystemExit):
+            train_main(["--data", str(tiny_data), *argv])
+        assert message in capsys.readouterr().err
 
 
 def _epochs(ds, n):
