@@ -411,7 +411,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augme
         def mix_batch(images, targets):
             transformation = mix.get_random_transformation(images, training=True)
             if cutmix > 0:  # weigh the targets by the pixels pasted, not the box's unrounded area (off by up to
-                # two rows and columns: 12% of a 16-pixel image, 1.6% of 256)
+                # a row and a column: 12% of a 16-pixel image, 0.8% of 256)
                 transformation["mix_weight"] = 1.0 - tf.reduce_mean(
                     tf.cast(transformation["batch_masks"], tf.float32), axis=(1, 2, 3))
             images = mix.transform_images(images, transformation, training=True)
