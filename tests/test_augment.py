@@ -286,3 +286,28 @@ def test_saturation_and_hue_draw_keras_ranges_in_training_only():
     turn = ((hsv_out[..., 0] - hsv_in[..., 0] + 0.5) % 1.0 - 0.5).mean(axis=(1, 2))
     assert np.abs(turn).max() <= 0.02 + 1e-3 and turn.min() < -0.01 and turn.max() > 0.01
     np.testing.assert_allclose(hsv_out[..., 2], hsv_in[..., 2], atol=1e-3)  # brightness is not theirs to change
+
+
+def _centre_colours(augmenter, n=128, size=16):
+    """The centre pixel of `n` copies of one skin-coloured image after `augmenter`: the flip, turn and zoom move no
+    colour there, so what changed it is the colour jitter."""
+    x = np.broadcast_to(np.array([150.0, 110.0, 90.0], np.float32), (n, size, size, 3)).copy()
+    return np.asarray(augmenter(x, training=True))[:, size // 2, size // 2, :].astype(np.float64)
+
+
+def test_colour_jitter_scales_the_spread_of_brightness_and_saturation_and_zero_turns_it_off():
+    plain = build_augmenter(seed=5)
+    jitter = next(layer for layer in plain.layers if isinstance(layer, RandomSaturationHue))
+    assert jitter.saturation == (0.35, 0.65) and jitter.hue == 0.04  # the default is the recipe shipped so far
+    off = _centre_colours(build_augmenter(seed=5, colour=0.0))
+    np.testing.assert_allclose(off, np.broadcast_to([150.0, 110.0, 90.0], off.shape), atol=1e-3)
+    assert not any(isinstance(layer, RandomSaturationHue) for layer in build_augmenter(seed=5, colour=0.0).layers)
+    once, twice = _centre_colours(plain), _centre_colours(build_augmenter(seed=5, colour=2.0))
+    # the value (the brightest channel) moves only with brightness, which adds one offset to every channel: the same
+    # draws, twice the range, twice the spread; saturation's multiplier f / (1 - f) spreads further too, short of
+    # twice only where it reaches full saturation
+    value = lambda c: c.max(axis=1)  # noqa: E731
+    saturation = lambda c: (c.max(axis=1) - c.min(axis=1)) / c.max(axis=1)  # noqa: E731
+    assert value(once).std() > 10
+    assert value(twice).std() / value(once).std() == pytest.approx(2.0, rel=0.02)
+    assert saturation(twice).std() > 1.6 * saturation(once).std()

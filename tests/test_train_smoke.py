@@ -50,7 +50,8 @@ TRAINED_CALLS = {}
 # option, and the runs check that these options train together.
 RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
                "--malignant-share", "0.5", "--calibration", "platt")
-FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0")
+FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
+             "--colour-jitter", "2")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -792,6 +793,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--cutout", "1.5", "--cutout is a share of training images in [0, 1]"),
     ("--right-angles", "-0.5", "--right-angles is a share of training images in [0, 1]"),
     ("--unresampled", "1.5", "--unresampled is a share of training images in [0, 1]"),
+    ("--colour-jitter", "3.5", "--colour-jitter scales the colour jitter's ranges, in [0, 3]"),
     ("--drop-connect", "1", "--drop-connect is the last block's chance of being skipped"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
@@ -1023,6 +1025,18 @@ def test_cutmix_trains_from_the_command_line_and_checks_its_range_and_partners(t
         with pytest.raises(SystemExit):
             train_main(["--data", str(tiny_data), *argv])
         assert message in capsys.readouterr().err
+
+
+def test_colour_jitter_reaches_the_training_augmentation_from_the_command_line(focal_run):
+    from train.augment import RandomSaturationHue
+
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["colour_jitter"] == 2.0
+    augmenter = spied["datasets"][0]["augmenter"]
+    jitter = next(layer for layer in augmenter.layers if isinstance(layer, RandomSaturationHue))
+    assert jitter.saturation == pytest.approx((0.2, 0.8)) and jitter.hue == pytest.approx(0.08)
+    brightness = next(layer for layer in augmenter.layers if isinstance(layer, keras.layers.RandomBrightness))
+    assert brightness.get_config()["factor"] == pytest.approx((-0.3, 0.3))
 
 
 def _epochs(ds, n):

@@ -5,7 +5,7 @@ which make the model less dependent on one clinic's camera and lighting. Lesions
 canonical orientation, so rotations cover the full circle. The flip, turn and zoom are one resampling
 (`RandomGeometry`), saturation and hue one layer on TensorFlow's fused kernels (`RandomSaturationHue`): the
 augmentation runs on the same CPU cores as the training step, and as five separate Keras layers these took
-most of its time.
+most of its time. `--colour-jitter SCALE` widens (or narrows) the colour jitter's ranges.
 
 Optionally (`--ink-augment RATE`), surgical skin-marker ink: purple strokes, dots and rings around
 the lesion painted on a share of the training images of both classes, so that ink tells the network
@@ -357,10 +357,22 @@ def build_consistency_shift(seed: int) -> keras.Sequential:
     return keras.Sequential([slight_blur(0.5, seed + 21), RandomJpeg(1.0, seed=seed + 22)], name="consistency_shift")
 
 
+def colour_jitter(scale: float, seed: int) -> list[layers.Layer]:
+    """Brightness, contrast, saturation and hue jitter, their ranges `scale` times the default's (none at 0)."""
+    if scale == 0:
+        return []
+    return [layers.RandomBrightness(0.15 * scale, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.2 * scale, seed=seed + 4),
+            RandomSaturationHue((0.5 - 0.15 * scale, 0.5 + 0.15 * scale), 0.04 * scale, seed=seed + 5)]
+
+
 def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.0,
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
                     jpeg_rate: float = 0.0, cutout_rate: float = 0.0, right_angles: float = 0.0,
-                    unresampled: float = 0.0) -> keras.Sequential:
+                    unresampled: float = 0.0, colour: float = 1.0) -> keras.Sequential:
+    """The training images' augmentation. `colour` scales the colour jitter's ranges: brightness +-15%, contrast
+    +-20%, saturation times 0.54-1.86 (f / (1 - f), f in 0.5 +- 0.15) and hue +-0.02 of the circle at 1; 0 leaves
+    colour alone."""
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
@@ -376,11 +388,8 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                            unresampled_share=unresampled) if random_crop
             else RandomGeometry((-0.25, 0.1), seed=seed + 1, right_angle_share=right_angles,
                                 unresampled_share=unresampled),
-            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
-            layers.RandomContrast(0.2, seed=seed + 4),
-            RandomSaturationHue((0.35, 0.65), 0.04, seed=seed + 5),
-        ] + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the camera does; the ring
-        # belongs to the camera's frame, not to the rotated and zoomed skin; the camera or the upload compresses what
-        # it captured, frame included
+        ] + colour_jitter(colour, seed) + cutout + blur + ring + jpeg,  # the occlusion covers skin, before what the
+        # camera does; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the camera or the
+        # upload compresses what it captured, frame included
         name="augmentation",
     )

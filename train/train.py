@@ -148,6 +148,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cutout", type=float, default=0.0, metavar="RATE",
                    help="cover one random square, 10-37.5%% of the side, with the image's mean colour on this share "
                         "of training images (Cutout, DeVries and Taylor 2017; e.g. 0.5) (default: 0, off)")
+    g.add_argument("--colour-jitter", type=float, default=1.0, metavar="SCALE",
+                   help="scale the colour jitter's ranges: brightness +-15%%, contrast +-20%%, saturation times "
+                        "0.54-1.86 and hue +-0.02 of the circle at 1; e.g. 2 doubles them, 0 turns the jitter off, "
+                        "at most 3 (default: 1)")
     g.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                    help="pair each augmented training image with a copy compressed as JPEG (quality 30-90), half "
                         "of the copies blurred first, and add WEIGHT times the Jensen-Shannon divergence between the "
@@ -262,6 +266,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("--unresampled", args.unresampled)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
+    if not 0.0 <= args.colour_jitter <= 3.0:
+        p.error(f"--colour-jitter scales the colour jitter's ranges, in [0, 3] (0 = off, 1 = the default, e.g. 2), "
+                f"not {args.colour_jitter}")
     if not 0.0 <= args.drop_connect < 1.0:
         p.error(f"--drop-connect is the last block's chance of being skipped, in [0, 1) (e.g. 0.2), not "
                 f"{args.drop_connect}")
@@ -641,7 +648,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
                                     getattr(args, "cutout", 0.0), getattr(args, "right_angles", 0.0),
-                                    getattr(args, "unresampled", 0.0))
+                                    getattr(args, "unresampled", 0.0), getattr(args, "colour_jitter", 1.0))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
         return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift,
                             getattr(args, "malignant_share", 0.0), getattr(args, "cutmix", 0.0))
