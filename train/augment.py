@@ -358,7 +358,8 @@ def build_consistency_shift(seed: int) -> keras.Sequential:
 
 
 def colour_jitter(scale: float, seed: int) -> list[layers.Layer]:
-    """Brightness, contrast, saturation and hue jitter, their ranges `scale` times the default's (none at 0)."""
+    """Brightness, contrast, saturation and hue jitter, their ranges `scale` times these (none at 0): brightness
+    +-15%, contrast +-20%, saturation times 0.54-1.86 (f / (1 - f), f in 0.5 +- 0.15) and hue +-0.02 of the circle."""
     if scale == 0:
         return []
     return [layers.RandomBrightness(0.15 * scale, value_range=(0, 255), seed=seed + 3),
@@ -370,9 +371,7 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
                     jpeg_rate: float = 0.0, cutout_rate: float = 0.0, right_angles: float = 0.0,
                     unresampled: float = 0.0, colour: float = 1.0) -> keras.Sequential:
-    """The training images' augmentation. `colour` scales the colour jitter's ranges: brightness +-15%, contrast
-    +-20%, saturation times 0.54-1.86 (f / (1 - f), f in 0.5 +- 0.15) and hue +-0.02 of the circle at 1; 0 leaves
-    colour alone."""
+    """The training images' augmentation; `colour` scales the colour jitter's ranges (`colour_jitter`)."""
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
