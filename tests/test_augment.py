@@ -5,8 +5,8 @@ import tensorflow as tf
 
 import keras
 
-from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomGeometry, RandomInk, RandomJpeg,
-                           RandomSaturationHue, build_augmenter, ink_masks)
+from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomDistortion, RandomGeometry, RandomInk,
+                           RandomJpeg, RandomSaturationHue, build_augmenter, ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -311,3 +311,31 @@ def test_colour_jitter_scales_the_spread_of_brightness_and_saturation_and_zero_t
     assert value(once).std() > 10
     assert value(twice).std() / value(once).std() == pytest.approx(2.0, rel=0.02)
     assert saturation(twice).std() > 1.6 * saturation(once).std()
+
+
+def test_distortion_warps_by_a_smooth_field_within_its_bound_in_training_only():
+    x = np.random.default_rng(7).uniform(0, 255, (6, 48, 48, 3)).astype(np.float32)
+    zero = np.zeros((6, 48, 48), np.float32)
+    assert np.array_equal(np.asarray(RandomDistortion.warp(x, zero, zero)), x)  # a zero field is no resampling
+    right = np.asarray(RandomDistortion.warp(x, zero, zero + 1.0))  # every pixel takes its right neighbour's colour
+    np.testing.assert_allclose(right[:, :, :-1], x[:, :, 1:], rtol=1e-6)
+    np.testing.assert_allclose(right[:, :, -1], x[:, :, -2], rtol=1e-6)  # mirrored at the border
+    layer = RandomDistortion(1.0, seed=3)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomDistortion(0.0, seed=3)(x, training=True)), x)
+    # each pixel of a ramp holds its own coordinates, so the warped ramp shows where each pixel was taken from
+    size = 96
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    ramp = np.repeat(np.stack([yy, xx, np.zeros_like(yy)], -1)[None], 8, axis=0)
+    moved = (np.asarray(layer(ramp, training=True)) - ramp)[:, 8:-8, 8:-8, :2]  # away from the mirrored border
+    bound = 0.06 * size
+    assert np.abs(moved).max() <= bound + 1e-3
+    assert (np.abs(moved).max(axis=(1, 2, 3)) > bound / 3).all()  # every image is warped, not only nudged
+    # smooth enough never to fold: a pixel's source moves less than a pixel from its neighbour's, so no two swap
+    assert np.abs(np.diff(moved, axis=1)).max() < 1.0 and np.abs(np.diff(moved, axis=2)).max() < 1.0
+    half = np.asarray(RandomDistortion(0.5, seed=3)(np.repeat(x, 3, axis=0), training=True))
+    untouched = (half == np.repeat(x, 3, axis=0)).all(axis=(1, 2, 3))
+    assert 0 < untouched.sum() < 18  # a share of the images is warped, the rest passes untouched
+    names = [layer.name for layer in build_augmenter(seed=5, distortion=0.7).layers]
+    assert names[0].startswith("random_geometry") and names[1].startswith("random_distortion")
+    assert not any(name.startswith("random_distortion") for name in (l.name for l in build_augmenter(seed=5).layers))

@@ -51,7 +51,7 @@ TRAINED_CALLS = {}
 RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
                "--malignant-share", "0.5", "--calibration", "platt")
 FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
-             "--colour-jitter", "2")
+             "--colour-jitter", "2", "--distortion", "0.7")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -794,6 +794,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--right-angles", "-0.5", "--right-angles is a share of training images in [0, 1]"),
     ("--unresampled", "1.5", "--unresampled is a share of training images in [0, 1]"),
     ("--colour-jitter", "3.5", "--colour-jitter scales the colour jitter's ranges, in [0, 3]"),
+    ("--distortion", "1.5", "--distortion is a share of training images in [0, 1]"),
     ("--drop-connect", "1", "--drop-connect is the last block's chance of being skipped"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
@@ -1037,6 +1038,16 @@ def test_colour_jitter_reaches_the_training_augmentation_from_the_command_line(f
     assert jitter.saturation == pytest.approx((0.2, 0.8)) and jitter.hue == pytest.approx(0.08)
     brightness = next(layer for layer in augmenter.layers if isinstance(layer, keras.layers.RandomBrightness))
     assert brightness.get_config()["factor"] == pytest.approx((-0.3, 0.3))
+
+
+def test_distortion_reaches_the_training_augmentation_from_the_command_line(focal_run):
+    from train.augment import RandomDistortion
+
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["distortion"] == 0.7
+    augmenter = spied["datasets"][0]["augmenter"]
+    warp = [layer for layer in augmenter.layers if isinstance(layer, RandomDistortion)]
+    assert len(warp) == 1 and warp[0].rate == 0.7
 
 
 def _epochs(ds, n):

@@ -148,6 +148,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cutout", type=float, default=0.0, metavar="RATE",
                    help="cover one random square, 10-37.5%% of the side, with the image's mean colour on this share "
                         "of training images (Cutout, DeVries and Taylor 2017; e.g. 0.5) (default: 0, off)")
+    g.add_argument("--distortion", type=float, default=0.0, metavar="RATE",
+                   help="warp this share of training images by a smooth random field, each pixel moved up to 6%% of "
+                        "the side (after the grid and elastic distortions of the winning ISIC 2020 solution; e.g. "
+                        "0.7) (default: 0, off)")
     g.add_argument("--colour-jitter", type=float, default=1.0, metavar="SCALE",
                    help="scale the colour jitter's ranges: brightness +-15%%, contrast +-20%%, saturation times "
                         "0.54-1.86 and hue +-0.02 of the circle at 1; e.g. 2 doubles them, 0 turns the jitter off, "
@@ -263,7 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, rate in (("--ink-augment", args.ink_augment), ("--ring-augment", args.ring_augment),
                        ("--blur-augment", args.blur_augment), ("--jpeg-augment", args.jpeg_augment),
                        ("--cutout", args.cutout), ("--right-angles", args.right_angles),
-                       ("--unresampled", args.unresampled)):
+                       ("--unresampled", args.unresampled), ("--distortion", args.distortion)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
     if not 0.0 <= args.colour_jitter <= 3.0:
@@ -648,7 +652,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
                                     getattr(args, "cutout", 0.0), getattr(args, "right_angles", 0.0),
-                                    getattr(args, "unresampled", 0.0), getattr(args, "colour_jitter", 1.0))
+                                    getattr(args, "unresampled", 0.0), getattr(args, "colour_jitter", 1.0),
+                                    getattr(args, "distortion", 0.0))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
         return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift,
                             getattr(args, "malignant_share", 0.0), getattr(args, "cutmix", 0.0))
