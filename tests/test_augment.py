@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomDistortion, RandomGeometry, RandomInk,
-                           RandomJpeg, RandomSaturationHue, build_augmenter, ink_masks)
+                           RandomJpeg, RandomNoise, RandomSaturationHue, build_augmenter, ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -339,3 +339,25 @@ def test_distortion_warps_by_a_smooth_field_within_its_bound_in_training_only():
     names = [layer.name for layer in build_augmenter(seed=5, distortion=0.7).layers]
     assert names[0].startswith("random_geometry") and names[1].startswith("random_distortion")
     assert not any(name.startswith("random_distortion") for name in (l.name for l in build_augmenter(seed=5).layers))
+
+
+def test_noise_is_gaussian_within_its_range_on_a_share_of_the_images_in_training_only():
+    x = np.full((40, 64, 64, 3), 128.0, np.float32)  # mid-grey: no clipping, so the added noise is all that moves
+    layer = RandomNoise(1.0, seed=2)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomNoise(0.0, seed=2)(x, training=True)), x)
+    noise = np.asarray(layer(x, training=True)) - x
+    sigma = noise.std(axis=(1, 2, 3))
+    assert (sigma > 2.0 * 0.95).all() and (sigma < 10.0 * 1.05).all()
+    assert sigma.max() - sigma.min() > 4  # each image draws its own strength
+    assert np.abs(noise.mean(axis=(1, 2, 3))).max() < 0.3  # centred: no brightness shift
+    assert np.abs(np.corrcoef(noise[0, ..., 0].ravel(), noise[0, ..., 1].ravel())[0, 1]) < 0.05  # channels apart
+    clipped = np.asarray(layer(np.full((4, 32, 32, 3), 254.0, np.float32), training=True))
+    assert clipped.max() <= 255.0 and clipped.min() >= 0.0
+    half = np.asarray(RandomNoise(0.5, seed=2)(x, training=True))
+    untouched = (half == x).all(axis=(1, 2, 3))
+    assert 0 < untouched.sum() < 40  # a share of the images gets noise, the rest passes untouched
+    names = [layer.name for layer in build_augmenter(seed=5, ring_rate=0.3, jpeg_rate=0.3, noise_rate=0.5).layers]
+    assert names[-3].startswith("random_dermoscope_ring") and names[-2].startswith("random_noise")
+    assert names[-1].startswith("random_jpeg")
+    assert not any(name.startswith("random_noise") for name in (l.name for l in build_augmenter(seed=5).layers))
