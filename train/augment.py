@@ -453,7 +453,7 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                     unresampled: float = 0.0, colour: float = 1.0, distortion: float = 0.0,
                     noise_rate: float = 0.0) -> keras.Sequential:
     """The training images' augmentation; `colour` scales the colour jitter's ranges (`colour_jitter`), `distortion`
-    is the share of images warped by `RandomDistortion`."""
+    is the share of images warped by `RandomDistortion` and `noise_rate` the share given `RandomNoise`."""
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
     blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
