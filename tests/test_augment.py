@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomDistortion, RandomGeometry, RandomInk,
-                           RandomJpeg, RandomNoise, RandomSaturationHue, build_augmenter, ink_masks)
+                           RandomBlurs, RandomJpeg, RandomNoise, RandomSaturationHue, build_augmenter, ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -361,3 +361,46 @@ def test_noise_is_gaussian_within_its_range_on_a_share_of_the_images_in_training
     assert names[-3].startswith("random_dermoscope_ring") and names[-2].startswith("random_noise")
     assert names[-1].startswith("random_jpeg")
     assert not any(name.startswith("random_noise") for name in (l.name for l in build_augmenter(seed=5).layers))
+
+
+def test_median_blur_is_the_3x3_median_with_mirrored_borders():
+    from scipy.ndimage import median_filter
+
+    x = np.random.default_rng(1).integers(0, 256, (2, 20, 24, 3)).astype(np.float32)
+    expected = median_filter(x, size=(1, 3, 3, 1), mode="mirror")  # scipy's "mirror" is TensorFlow's REFLECT
+    assert np.array_equal(np.asarray(RandomBlurs.median(x)), expected)
+
+
+def test_motion_blur_draws_a_straight_streak_and_keeps_the_light():
+    x = np.zeros((6, 256, 256, 3), np.float32)  # the size the lengths are given at
+    x[:, 128, 128, :] = 900.0  # one bright dot in the middle of each image
+    streaks = np.asarray(RandomBlurs(1.0, ("motion",), seed=3).motion(x)) / 900.0
+    assert np.allclose(streaks.sum(axis=(1, 2)), 1.0, atol=1e-5)  # the kernel sums to 1: no light gained or lost
+    for streak in streaks[..., 0]:
+        ys, xs = np.nonzero(streak > 1e-6)
+        assert 3 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 10  # 3-9 px long, plus a tap of spread at each end
+        weights = streak[ys, xs]
+        spread = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]), aweights=weights))
+        assert spread[0] < 0.25 * spread[1]  # a line, not a disc
+    assert len({tuple(np.round(s[..., 0].ravel(), 3)) for s in streaks}) == len(streaks)  # each image its own streak
+
+
+def test_random_blurs_give_each_of_a_share_of_the_images_one_kind_in_training_only():
+    x = np.random.default_rng(2).uniform(0, 255, (60, 16, 16, 3)).astype(np.float32)
+    layer = RandomBlurs(1.0, seed=4)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = np.asarray(layer(x, training=True))
+    median = np.asarray(RandomBlurs.median(x))
+    is_median = np.isclose(out, median, atol=1e-4).all(axis=(1, 2, 3))
+    assert not (out == x).all(axis=(1, 2, 3)).any()  # at rate 1 every image is blurred
+    assert 5 < is_median.sum() < 40  # about a third took the median, the rest Gaussian or motion
+    half = np.asarray(RandomBlurs(0.5, ("median",), seed=4)(x, training=True))
+    untouched = (half == x).all(axis=(1, 2, 3))
+    assert 10 < untouched.sum() < 50
+    assert np.allclose(half[~untouched], median[~untouched], atol=1e-4)  # the others are exactly the median
+    with pytest.raises(ValueError, match="blur kinds are some of gaussian, motion, median, not sharpen"):
+        RandomBlurs(0.3, ("sharpen",))
+    names = [layer.name for layer in build_augmenter(seed=5, blur_rate=0.3, blur_kinds=("gaussian", "motion")).layers]
+    assert any(name.startswith("random_blurs") for name in names)
+    assert not any(name.startswith("random_blurs") for name in
+                   (l.name for l in build_augmenter(seed=5, blur_rate=0.3).layers))  # the Gaussian alone: as before

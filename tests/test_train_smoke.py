@@ -51,7 +51,8 @@ TRAINED_CALLS = {}
 RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
                "--malignant-share", "0.5", "--calibration", "platt")
 FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
-             "--colour-jitter", "2", "--distortion", "0.7", "--noise-augment", "0.5")
+             "--colour-jitter", "2", "--distortion", "0.7", "--noise-augment", "0.5", "--blur-augment", "0.5",
+             "--blur-kinds", "motion, median")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -798,6 +799,9 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--colour-jitter", "3.5", "--colour-jitter scales the colour jitter's ranges, in [0, 3]"),
     ("--distortion", "1.5", "--distortion is a share of training images in [0, 1]"),
     ("--noise-augment", "-0.5", "--noise-augment is a share of training images in [0, 1]"),
+    ("--blur-kinds", "gaussian,sharpen", "--blur-kinds is a comma-separated list of distinct kinds among gaussian"),
+    ("--blur-kinds", "motion,motion", "--blur-kinds is a comma-separated list of distinct kinds"),
+    ("--blur-kinds", "motion", "--blur-kinds motion chooses among the blurs of --blur-augment, which is off"),
     ("--drop-connect", "1", "--drop-connect is the last block's chance of being skipped"),
     ("--mixup", "-0.2", "--mixup is the Beta distribution's alpha"),
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
@@ -1061,6 +1065,16 @@ def test_noise_reaches_the_training_augmentation_from_the_command_line(focal_run
     augmenter = spied["datasets"][0]["augmenter"]
     noise = [layer for layer in augmenter.layers if isinstance(layer, RandomNoise)]
     assert len(noise) == 1 and noise[0].rate == 0.5 and noise[0].sigma == (2.0, 10.0)
+
+
+def test_blur_kinds_reach_the_training_augmentation_from_the_command_line(focal_run):
+    from train.augment import RandomBlurs
+
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["blur_kinds"] == "motion,median"  # spaces dropped, as the card shows it
+    augmenter = spied["datasets"][0]["augmenter"]
+    blurs = [layer for layer in augmenter.layers if isinstance(layer, RandomBlurs)]
+    assert len(blurs) == 1 and blurs[0].rate == 0.5 and blurs[0].kinds == ("motion", "median")
 
 
 def _epochs(ds, n):

@@ -15,6 +15,7 @@ Optionally, what other cameras do to an image: `--ring-augment RATE` paints the 
 of view that contact dermoscopes leave around the image, `--blur-augment RATE` blurs a little, as an
 image slightly out of focus or of lower resolution looks, `--jpeg-augment RATE` compresses as a camera or
 a browser upload does (JPEG quality 30-90). `python -m train.robustness` measures what each costs a bundle.
+`--blur-kinds gaussian,motion,median` gives each blurred image one of these kinds (`RandomBlurs`).
 
 Optionally (`--distortion RATE`), a smooth random warp of a share of the images, each pixel moved up to 6% of the side,
 after the grid and elastic distortions of the winning ISIC 2020 solution.
@@ -430,6 +431,88 @@ def slight_blur(rate: float, seed: int) -> layers.Layer:
     return layers.RandomGaussianBlur((rate, rate), kernel_size=7, sigma=(0.3, 2.0), value_range=(0, 255), seed=seed)
 
 
+BLUR_KINDS = ("gaussian", "motion", "median")
+
+
+class RandomBlurs(_OnAShare):
+    """Blur a share (`rate`) of the images, each with one of `kinds` drawn with equal chances (training only), after
+    the winning ISIC 2020 solution's one-of motion, median and Gaussian blurs:
+
+    - gaussian: sigma 0.3-2 px at 256 px, as `slight_blur`;
+    - motion: a straight streak 3-9 px long (at 256 px) at any angle, what a hand-held camera that moved draws;
+    - median: a 3 x 3 median filter, which flattens the finest texture and keeps edges.
+
+    Borders are mirrored, so no dark frame creeps in. Each kind is computed for the whole batch and each image takes
+    its own: simpler than gathering the chosen images, and cheap next to the network's step."""
+
+    options = ("kinds",)
+
+    def __init__(self, rate: float = 0.3, kinds: tuple[str, ...] = BLUR_KINDS, seed: int | None = None, **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        unknown = [kind for kind in kinds if kind not in BLUR_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"blur kinds are some of {', '.join(BLUR_KINDS)}, not {', '.join(kinds) or 'none'}")
+        self.kinds = tuple(kinds)
+        self.gaussian = slight_blur(1.0, None if seed is None else seed + 1)
+
+    def augment(self, images):
+        import tensorflow as tf  # per-image kernels and a median have no backend-neutral ops
+
+        images = tf.convert_to_tensor(images, tf.float32)
+        n = tf.shape(images)[0]
+        blurred = {"gaussian": lambda: tf.convert_to_tensor(self.gaussian(images, training=True), tf.float32),
+                   "motion": lambda: self.motion(images), "median": lambda: self.median(images)}
+        kind = tf.cast(tf.floor(self.per_image(n) * len(self.kinds)), tf.int32)
+        out = tf.identity(images)
+        on = self.per_image(n) < self.rate
+        for i, name in enumerate(self.kinds):
+            out = tf.where(on & (kind == i), blurred[name](), out)
+        return out
+
+    def motion(self, images, size: int = 9):
+        """Each image convolved with its own line kernel: `size` x `size` taps, a segment 3-9 px long at 256 px (scaled
+        with the image, at most `size`) at a uniform angle, drawn as 15 points spread bilinearly over the taps."""
+        import tensorflow as tf
+
+        n, channels = tf.shape(images)[0], images.shape[-1]
+        scale = float(min(images.shape[1], images.shape[2])) / 256.0
+        length = tf.minimum(self.per_image(n, 3.0, 9.0)[:, 0, 0, 0] * scale, float(size - 1))
+        angle = self.per_image(n, 0.0, np.pi)[:, 0, 0, 0]
+        t = tf.linspace(-0.5, 0.5, 15)[None, :] * length[:, None]  # (n, 15) along the segment
+        ys, xs = t * tf.sin(angle)[:, None], t * tf.cos(angle)[:, None]
+        taps = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
+        tent_y = tf.nn.relu(1.0 - tf.abs(taps[None, None, :] - ys[..., None]))  # (n, 15, size)
+        tent_x = tf.nn.relu(1.0 - tf.abs(taps[None, None, :] - xs[..., None]))
+        kernels = tf.einsum("npi,npj->nij", tent_y, tent_x)
+        kernels /= tf.reduce_sum(kernels, axis=(1, 2), keepdims=True)
+        pad = size // 2
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+
+        def one(args):
+            image, kernel = args
+            kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+            return tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
+
+        return tf.map_fn(one, (padded, kernels), fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32))
+
+    # the 19 compare-exchanges after which the middle of nine values sits in place 4 (Paeth's median-of-9 network)
+    MEDIAN_OF_9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+                   (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+    @classmethod
+    def median(cls, images):
+        """The 3 x 3 median of each pixel and channel, borders mirrored: a network of minima and maxima over the nine
+        shifted images, some twenty times faster here than sorting each pixel's nine values."""
+        import tensorflow as tf
+
+        height, width = images.shape[1], images.shape[2]
+        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        p = [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(3) for dx in range(3)]
+        for a, b in cls.MEDIAN_OF_9:
+            p[a], p[b] = tf.minimum(p[a], p[b]), tf.maximum(p[a], p[b])
+        return p[4]
+
+
 def build_consistency_shift(seed: int) -> keras.Sequential:
     """The camera shift `python -m train --consistency` pairs each training image with: a slight blur on half of
     them, then JPEG compression at quality 30-90 on all; its own seeds, so the clean images' augmentation draws are
@@ -451,11 +534,15 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                     blur_rate: float = 0.0, ring_fill: bool = False, random_crop: bool = False,
                     jpeg_rate: float = 0.0, cutout_rate: float = 0.0, right_angles: float = 0.0,
                     unresampled: float = 0.0, colour: float = 1.0, distortion: float = 0.0,
-                    noise_rate: float = 0.0) -> keras.Sequential:
+                    noise_rate: float = 0.0, blur_kinds: tuple[str, ...] = ("gaussian",)) -> keras.Sequential:
     """The training images' augmentation; `colour` scales the colour jitter's ranges (`colour_jitter`), `distortion`
-    is the share of images warped by `RandomDistortion` and `noise_rate` the share given `RandomNoise`."""
+    is the share of images warped by `RandomDistortion` and `noise_rate` the share given `RandomNoise`. `blur_kinds`:
+    the Gaussian blur alone (`slight_blur`, the default) or one of several kinds per blurred image (`RandomBlurs`)."""
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
-    blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
+    if tuple(blur_kinds) == ("gaussian",):
+        blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
+    else:
+        blur = [RandomBlurs(blur_rate, tuple(blur_kinds), seed=seed + 9)] if blur_rate > 0 else []
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
     jpeg = [RandomJpeg(jpeg_rate, seed=seed + 10)] if jpeg_rate > 0 else []
     cutout = [RandomCutout(cutout_rate, seed=seed + 11)] if cutout_rate > 0 else []

@@ -39,7 +39,7 @@ from model.preprocessing import PreprocessSpec
 from model.turn import parse_turns
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
-from train.augment import build_augmenter
+from train.augment import BLUR_KINDS, build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split, write_predictions
@@ -142,6 +142,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--blur-augment", type=float, default=0.0, metavar="RATE",
                    help="blur this share of training images a little (Gaussian, sigma 0.3-2 px), as a camera "
                         "slightly out of focus or of lower resolution does (default: 0, off)")
+    g.add_argument("--blur-kinds", default="gaussian", metavar="KINDS",
+                   help="the kinds of blur --blur-augment draws from, one per blurred image, comma-separated: "
+                        "gaussian, motion (a streak 3-9 px long at any angle, a camera that moved), median (3 x 3); "
+                        "after the winning ISIC 2020 solution's one-of blurs (e.g. gaussian,motion,median) "
+                        "(default: gaussian)")
     g.add_argument("--jpeg-augment", type=float, default=0.0, metavar="RATE",
                    help="compress this share of training images as JPEG, quality 30-90, as a camera or an upload "
                         "does (default: 0, off)")
@@ -274,6 +279,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("--noise-augment", args.noise_augment)):
         if not 0.0 <= rate <= 1.0:
             p.error(f"{flag} is a share of training images in [0, 1] (0 = off, e.g. 0.3), not {rate}")
+    kinds = tuple(kind.strip() for kind in args.blur_kinds.split(",") if kind.strip())
+    if not kinds or any(kind not in BLUR_KINDS for kind in kinds) or len(set(kinds)) < len(kinds):
+        p.error(f"--blur-kinds is a comma-separated list of distinct kinds among {', '.join(BLUR_KINDS)} "
+                f"(e.g. gaussian,motion,median), not {args.blur_kinds!r}")
+    args.blur_kinds = ",".join(kinds)
+    if kinds != ("gaussian",) and args.blur_augment == 0:
+        p.error(f"--blur-kinds {args.blur_kinds} chooses among the blurs of --blur-augment, which is off; give it a "
+                f"share of training images too (e.g. --blur-augment 0.3)")
     if not 0.0 <= args.colour_jitter <= 3.0:
         p.error(f"--colour-jitter scales the colour jitter's ranges, in [0, 3] (0 = off, 1 = the default, e.g. 2), "
                 f"not {args.colour_jitter}")
@@ -657,7 +670,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
                                     getattr(args, "cutout", 0.0), getattr(args, "right_angles", 0.0),
                                     getattr(args, "unresampled", 0.0), getattr(args, "colour_jitter", 1.0),
-                                    getattr(args, "distortion", 0.0), getattr(args, "noise_augment", 0.0))
+                                    getattr(args, "distortion", 0.0), getattr(args, "noise_augment", 0.0),
+                                    tuple(getattr(args, "blur_kinds", "gaussian").split(",")))
         shift = build_shift(seed) if getattr(args, "consistency", 0.0) > 0 else None
         return make_dataset(x_train, y_train, args.batch_size, seed, augmenter, y_aux, args.mixup, shift,
                             getattr(args, "malignant_share", 0.0), getattr(args, "cutmix", 0.0))
