@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from train.augment import (INK_RGB, RandomCutout, RandomDermoscopeRing, RandomDistortion, RandomGeometry, RandomInk,
-                           RandomBlurs, RandomJpeg, RandomNoise, RandomSaturationHue, build_augmenter, ink_masks)
+                           RandomBlurs, RandomClahe, RandomJpeg, RandomNoise, RandomSaturationHue, build_augmenter, ink_masks)
 
 
 def _images(n=8, size=64, seed=0):
@@ -404,3 +404,60 @@ def test_random_blurs_give_each_of_a_share_of_the_images_one_kind_in_training_on
     assert any(name.startswith("random_blurs") for name in names)
     assert not any(name.startswith("random_blurs") for name in
                    (l.name for l in build_augmenter(seed=5, blur_rate=0.3).layers))  # the Gaussian alone: as before
+
+
+def _clahe_reference(tile_pixels, clip_limit):
+    """CLAHE's mapping of one tile in NumPy, the excess spread evenly: levels 0-255 to [0, 1]."""
+    hist = np.bincount(tile_pixels.ravel(), minlength=256).astype(np.float64)
+    clipped = np.minimum(hist, max(clip_limit * tile_pixels.size / 256, 1.0))
+    clipped += (hist - clipped).sum() / 256
+    return np.cumsum(clipped) / tile_pixels.size
+
+
+def test_clahe_maps_each_tile_by_its_clipped_cumulative_histogram():
+    rng = np.random.default_rng(3)
+    patch = np.clip(rng.normal(110, 12, (16, 16)), 0, 255).astype(np.int64)  # a low-contrast tile, 256 pixels
+    tiled = np.tile(patch, (8, 8))  # 128 x 128, eight tiles each way, all alike: no blend between them
+    luma = ((tiled + 0.5) / 256.0)[None].astype(np.float32)
+    for limit in (1.0, 4.0):
+        out = np.asarray(RandomClahe(1.0).equalize(tf.constant(luma), tf.constant([limit])))[0]
+        np.testing.assert_allclose(out, _clahe_reference(patch, limit)[tiled], atol=1e-5)
+    low, high = (np.asarray(RandomClahe(1.0).equalize(tf.constant(luma), tf.constant([c])))[0].std() for c in (1.0, 4.0))
+    assert luma.std() < low < high  # contrast grows, and grows with the clip limit
+
+
+def test_clahe_blends_the_tiles_between_their_centres():
+    halves = np.zeros((1, 64, 64), np.int64)  # 2 x 2 tiles: the two on the left alike and darker, the right two alike
+    halves[:, :, :32] = np.tile(np.random.default_rng(4).integers(60, 100, (1, 32, 32)), (1, 2, 1))
+    halves[:, :, 32:] = np.tile(np.random.default_rng(5).integers(140, 200, (1, 32, 32)), (1, 2, 1))
+    luma = tf.constant(((halves + 0.5) / 256.0).astype(np.float32))
+    out = np.asarray(RandomClahe(1.0, tiles=2).equalize(luma, tf.constant([2.0])))[0]
+    left, right = (_clahe_reference(halves[0][:, cols], 2.0) for cols in (slice(0, 32), slice(32, 64)))
+    level = halves[0]
+    # at and beyond a tile centre (column 15.5 and 47.5 of 64) a pixel takes its own tile's mapping alone
+    np.testing.assert_allclose(out[:, :16], left[level[:, :16]], atol=1e-5)
+    np.testing.assert_allclose(out[:, 48:], right[level[:, 48:]], atol=1e-5)
+    # between the centres, the two mappings mixed by distance: at column 31, 15.5 of the 32 columns to the right
+    weight = (31 - 15.5) / 32
+    np.testing.assert_allclose(out[:, 31], (1 - weight) * left[level[:, 31]] + weight * right[level[:, 31]], atol=1e-5)
+
+
+def test_clahe_changes_the_luminance_of_a_share_of_the_images_in_training_only():
+    rng = np.random.default_rng(6)
+    x = np.clip(rng.normal([150, 100, 90], 10, (24, 32, 32, 3)), 0, 255).astype(np.float32)  # skin-like, no clipping
+    layer = RandomClahe(1.0, seed=2)
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = np.asarray(layer(x, training=True))
+    yuv_in, yuv_out = (np.asarray(tf.image.rgb_to_yuv(a / 255.0)) for a in (x, out))
+    assert (out >= 0).all() and (out <= 255).all()
+    assert yuv_out[..., 0].std() > 1.5 * yuv_in[..., 0].std()  # more contrast in the luminance
+    inside = ((out > 0) & (out < 255)).all(axis=-1)  # where equalising pushed no channel past black or white
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(yuv_out[inside][:, 1:], yuv_in[inside][:, 1:], atol=2e-3)  # the colour stays
+    half = np.asarray(RandomClahe(0.5, seed=2)(x, training=True))
+    untouched = (half == x).all(axis=(1, 2, 3))
+    assert 0 < untouched.sum() < 24
+    names = [layer.name for layer in build_augmenter(seed=5, clahe_rate=0.7).layers]
+    assert names.index(next(n for n in names if n.startswith("random_clahe"))) == \
+        names.index(next(n for n in names if n.startswith("random_saturation_hue"))) + 1  # right after the colours
+    assert not any(name.startswith("random_clahe") for name in (l.name for l in build_augmenter(seed=5).layers))

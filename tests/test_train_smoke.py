@@ -52,7 +52,7 @@ RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", 
                "--malignant-share", "0.5", "--calibration", "platt")
 FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
              "--colour-jitter", "2", "--distortion", "0.7", "--noise-augment", "0.5", "--blur-augment", "0.5",
-             "--blur-kinds", "motion, median")
+             "--blur-kinds", "motion, median", "--clahe", "0.7")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -799,6 +799,7 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--colour-jitter", "3.5", "--colour-jitter scales the colour jitter's ranges, in [0, 3]"),
     ("--distortion", "1.5", "--distortion is a share of training images in [0, 1]"),
     ("--noise-augment", "-0.5", "--noise-augment is a share of training images in [0, 1]"),
+    ("--clahe", "1.5", "--clahe is a share of training images in [0, 1]"),
     ("--blur-kinds", "gaussian,sharpen", "--blur-kinds is a comma-separated list of distinct kinds among gaussian"),
     ("--blur-kinds", "motion,motion", "--blur-kinds is a comma-separated list of distinct kinds"),
     ("--blur-kinds", "motion", "--blur-kinds motion chooses among the blurs of --blur-augment, which is off"),
@@ -1075,6 +1076,16 @@ def test_blur_kinds_reach_the_training_augmentation_from_the_command_line(focal_
     augmenter = spied["datasets"][0]["augmenter"]
     blurs = [layer for layer in augmenter.layers if isinstance(layer, RandomBlurs)]
     assert len(blurs) == 1 and blurs[0].rate == 0.5 and blurs[0].kinds == ("motion", "median")
+
+
+def test_clahe_reaches_the_training_augmentation_from_the_command_line(focal_run):
+    from train.augment import RandomClahe
+
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["clahe"] == 0.7
+    augmenter = spied["datasets"][0]["augmenter"]
+    clahe = [layer for layer in augmenter.layers if isinstance(layer, RandomClahe)]
+    assert len(clahe) == 1 and clahe[0].rate == 0.7 and clahe[0].clip_limit == (1.0, 4.0) and clahe[0].tiles == 8
 
 
 def _epochs(ds, n):
