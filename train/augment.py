@@ -525,6 +525,10 @@ class RandomBlurs(_OnAShare):
         self.kinds = tuple(kinds)
         self.gaussian = slight_blur(1.0, None if seed is None else seed + 1)
 
+    def build(self, input_shape):
+        self.gaussian.build(input_shape)
+        super().build(input_shape)
+
     def augment(self, images):
         import tensorflow as tf  # per-image kernels and a median have no backend-neutral ops
 
