@@ -521,7 +521,7 @@ class RandomBlurs(_OnAShare):
         super().__init__(rate, seed, **kwargs)
         unknown = [kind for kind in kinds if kind not in BLUR_KINDS]
         if unknown or not kinds:
-            raise ValueError(f"blur kinds are some of {', '.join(BLUR_KINDS)}, not {', '.join(kinds) or 'none'}")
+            raise ValueError(f"blur kinds are some of {', '.join(BLUR_KINDS)}, not {', '.join(unknown) or 'none'}")
         self.kinds = tuple(kinds)
         self.gaussian = slight_blur(1.0, None if seed is None else seed + 1)
 
@@ -576,7 +576,7 @@ class RandomBlurs(_OnAShare):
     @classmethod
     def median(cls, images):
         """The 3 x 3 median of each pixel and channel, borders mirrored: a network of minima and maxima over the nine
-        shifted images, some twenty times faster here than sorting each pixel's nine values."""
+        shifted images, much faster on a CPU than sorting each pixel's nine values."""
         import tensorflow as tf
 
         height, width = images.shape[1], images.shape[2]
