@@ -312,7 +312,7 @@ class RandomClahe(_OnAShare):
     `clip_limit` times its mean bin (drawn per image from the range), the excess spread evenly over the bins, each
     pixel mapped by the cumulative histograms of the four nearest tile centres, mixed bilinearly. OpenCV's
     `createCLAHE`, which albumentations calls, does the same in integers and adds the remainder of the excess to the
-    lowest bins, which lifts the darker levels by up to some 15 of 255 where much is clipped. The
+    lowest bins, which lifts the darker levels a little where much is clipped. The
     luminance is YUV's Y; U and V stay, so hue and saturation barely move. The winning ISIC 2020 solution applied
     albumentations' CLAHE (clip limit 1-4, 8 x 8 tiles) to 70% of its training images: local contrast that changes
     from one camera, light and skin to the next."""
@@ -615,10 +615,8 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
     the Gaussian blur alone (`slight_blur`, the default) or one of several kinds per blurred image (`RandomBlurs`);
     `clahe_rate` the share given `RandomClahe`, after the colour jitter."""
     ink = [RandomInk(ink_rate, seed=seed + 7)] if ink_rate > 0 else []
-    if tuple(blur_kinds) == ("gaussian",):
-        blur = [slight_blur(blur_rate, seed + 9)] if blur_rate > 0 else []
-    else:
-        blur = [RandomBlurs(blur_rate, tuple(blur_kinds), seed=seed + 9)] if blur_rate > 0 else []
+    blur = [] if blur_rate <= 0 else [slight_blur(blur_rate, seed + 9) if tuple(blur_kinds) == ("gaussian",)
+                                      else RandomBlurs(blur_rate, tuple(blur_kinds), seed=seed + 9)]
     ring = [RandomDermoscopeRing(ring_rate, seed=seed + 8, fill=ring_fill)] if ring_rate > 0 else []
     jpeg = [RandomJpeg(jpeg_rate, seed=seed + 10)] if jpeg_rate > 0 else []
     cutout = [RandomCutout(cutout_rate, seed=seed + 11)] if cutout_rate > 0 else []
@@ -635,8 +633,8 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                            unresampled_share=unresampled) if random_crop
             else RandomGeometry((-0.25, 0.1), seed=seed + 1, right_angle_share=right_angles,
                                 unresampled_share=unresampled),
-        ] + distort + colour_jitter(colour, seed) + clahe + cutout + blur + ring + noise + jpeg,  # the occlusion covers skin,
-        # before what the camera does; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
+        ] + distort + colour_jitter(colour, seed) + clahe + cutout + blur + ring + noise + jpeg,  # the occlusion covers
+        # skin, before what the camera does; CLAHE, like the jitter, is the light and the skin's contrast; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
         # sensor's noise comes on what the optics let through, frame included, and the camera or the upload compresses
         # what it captured
         name="augmentation",
