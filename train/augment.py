@@ -633,9 +633,9 @@ def build_augmenter(seed: int = 42, ink_rate: float = 0.0, ring_rate: float = 0.
                            unresampled_share=unresampled) if random_crop
             else RandomGeometry((-0.25, 0.1), seed=seed + 1, right_angle_share=right_angles,
                                 unresampled_share=unresampled),
-        ] + distort + colour_jitter(colour, seed) + clahe + cutout + blur + ring + noise + jpeg,  # the occlusion covers
-        # skin, before what the camera does; CLAHE, like the jitter, is the light and the skin's contrast; the ring belongs to the camera's frame, not to the rotated and zoomed skin; the
-        # sensor's noise comes on what the optics let through, frame included, and the camera or the upload compresses
-        # what it captured
+        ] + distort + colour_jitter(colour, seed) + clahe + cutout + blur + ring + noise + jpeg,  # CLAHE, like the
+        # jitter, is the light and the skin's contrast; the occlusion covers skin, before what the camera does; the ring
+        # belongs to the camera's frame, not to the rotated and zoomed skin; the sensor's noise comes on what the optics
+        # let through, frame included, and the camera or the upload compresses what it captured
         name="augmentation",
     )
