@@ -17,8 +17,8 @@ from train.data import DataError
 from train.augment import build_consistency_shift as build_shift
 from train.losses import ConsistencyLoss, RankingLoss, training_loss
 from train.optimizers import SharpnessAware, WarmupCosineDecay, fine_tune_optimizer
-from train.train import (ValidationAUC, code_version, early_stop_epoch, fit_stage, main as train_main, make_dataset,
-                         make_soup)
+from train.train import (ValidationAUC, WeightAverage, code_version, early_stop_epoch, fit_stage, main as train_main,
+                         make_dataset, make_soup, parse_args, stochastic_weight_average)
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ TRAINED_CALLS = {}
 # (tests/conftest.py sends the tests of one shared run to one pytest-xdist worker). Each test still checks its own
 # option, and the runs check that these options train together.
 RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", "--drop-connect", "0.4",
-               "--malignant-share", "0.5", "--calibration", "platt")
+               "--malignant-share", "0.5", "--calibration", "platt", "--swa", "2", "--swa-lr", "1e-3")
 FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
              "--colour-jitter", "2", "--distortion", "0.7", "--noise-augment", "0.5", "--blur-augment", "0.5",
              "--blur-kinds", "motion, median", "--clahe", "0.7")
@@ -582,6 +582,68 @@ def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
     np.testing.assert_allclose(averaged.get_weights()[0], start[0], atol=0.1 + 1e-3)
 
 
+def test_weight_average_is_the_mean_of_the_epochs_weights_and_keeps_equal_weights_bit_for_bit():
+    frozen = keras.layers.Dense(1, trainable=False)  # a weight no epoch moves, as the frozen backbone's
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), frozen])
+    average = WeightAverage()
+    average.set_model(model)
+    rng = np.random.default_rng(0)
+    epochs = []
+    for epoch in range(3):
+        weights = model.get_weights()
+        weights[:2] = [rng.normal(size=w.shape).astype(np.float32) for w in weights[:2]]
+        model.set_weights(weights)
+        epochs.append(weights)
+        average.on_epoch_end(epoch)
+    averaged = average.averaged(model.get_weights())
+    assert average.count == 3 and all(w.dtype == np.float32 for w in averaged)
+    for i in range(2):
+        np.testing.assert_allclose(averaged[i], np.mean([e[i] for e in epochs], axis=0), rtol=1e-6)
+    for i in range(2, 4):
+        np.testing.assert_array_equal(averaged[i], epochs[0][i])
+
+
+def _swa_case(tmp_path, start_scale: float, train_labels_flipped: bool):
+    """A linear softmax model started at weights that rank the validation images perfectly times `start_scale`,
+    averaged over three epochs at rate 0.5 on those images, their labels flipped or not."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    targets = keras.utils.to_categorical(1 - y if train_labels_flipped else y, 2)
+    ds = tf.data.Dataset.from_tensor_slices((x, targets)).shuffle(64, seed=0).batch(8)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.set_weights([np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32) * start_scale, np.zeros(2, np.float32)])
+    start = model.get_weights()
+    args = parse_args(["--data", str(tmp_path), "--swa", "3", "--swa-lr", "0.5", "--label-smoothing", "0",
+                       "--weight-decay", "0"])
+    swa = stochastic_weight_average(model, ds, x, y, args, tmp_path, first_epoch=5)
+    return model, start, swa, x, y
+
+
+def test_swa_keeps_the_average_when_validation_does_not_get_worse(tmp_path):
+    model, start, swa, x, y = _swa_case(tmp_path, -1.0, train_labels_flipped=False)  # starts ranking backwards
+    assert swa["val_auc_fine_tuned"] == 0.0 and swa["used"] == "average"
+    assert swa["epochs"] == 3 and len(swa["val_auc_epochs"]) == 3 and swa["learning_rate"] == 0.5
+    assert swa["val_auc_average"] == pytest.approx(roc_auc_score(y, model(x).numpy()[:, 1]), abs=1e-9)
+    assert swa["val_auc_average"] > 0.9
+    kept = keras.models.clone_model(model)
+    kept.load_weights(tmp_path / "best.weights.h5")
+    for a, b in zip(kept.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("swa", "6"), ("swa", "7"), ("swa", "8")]
+    assert not (tmp_path / "swa_best_epoch.weights.h5").exists()
+
+
+def test_swa_falls_back_to_the_fine_tuned_weights_when_averaging_hurts(tmp_path):
+    model, start, swa, x, y = _swa_case(tmp_path, 1.0, train_labels_flipped=True)  # trained to rank backwards
+    assert swa["val_auc_fine_tuned"] == 1.0 and swa["val_auc_average"] < 0.5 and swa["used"] == "fine-tuned"
+    for a, b in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "best.weights.h5").exists()
+
+
 def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     """A flat validation AUC with patience 1 stops after 2 epochs, or, from epoch 3 on, after 5."""
     x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
@@ -787,6 +849,19 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     np.testing.assert_allclose(head(net), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_swa_runs_from_the_command_line_after_fine_tuning_and_the_card_says_what_it_kept(ranking_run):
+    run_dir, card = ranking_run
+    rows = list(csv.DictReader(open(run_dir / "history.csv")))
+    assert [r["stage"] for r in rows] == ["head", "fine_tune", "swa", "swa"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    swa = card["training"]["swa"]
+    assert swa["epochs"] == 2 and swa["learning_rate"] == 1e-3 and swa["used"] in ("average", "fine-tuned")
+    assert swa["val_auc_epochs"] == pytest.approx([float(r["val_auc"]) for r in rows[2:]])
+    assert swa["val_auc_fine_tuned"] == pytest.approx(float(rows[1]["val_auc"]))  # the best fine-tuned epoch's
+    assert card["training"]["best_val_auc"] == max(swa["val_auc_average"], swa["val_auc_fine_tuned"])
+    assert (run_dir / "training_curves.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--ema", "1.5", "--ema is a momentum in [0, 1)"),
     ("--ink-augment", "1.5", "--ink-augment is a share of training images in [0, 1]"),
@@ -808,6 +883,8 @@ def test_soup_runs_from_the_command_line_and_the_bundle_holds_what_it_says(tiny_
     ("--auc-loss", "-0.5", "--auc-loss is the ranking loss's weight"),
     ("--clip-norm", "-1", "--clip-norm is a gradient norm"),
     ("--soup", "0", "--soup is a number of fine-tuned copies"),
+    ("--swa", "-1", "--swa is a number of epochs"),
+    ("--swa-lr", "1e-4", "--swa-lr is the rate of --swa's epochs"),
     ("--consistency", "-1", "--consistency is the divergence's weight"),
     ("--focal-gamma", "-2", "--focal-gamma is the focal loss's exponent"),
     ("--malignant-share", "1", "--malignant-share is a chance in [0, 1)"),

@@ -112,11 +112,11 @@ class LayerwiseSGD(LayerwiseRates, keras.optimizers.SGD):
     pass
 
 
-def fine_tune_optimizer(args, steps: int) -> keras.optimizers.Optimizer:
+def fine_tune_optimizer(args, steps: int, schedule=None) -> keras.optimizers.Optimizer:
     """AdamW (or SGD with Nesterov momentum, --momentum) for stage 2: linear warm-up to --lr over --warmup-epochs,
-    then cosine decay to 1% of it; weight decay, the weights' moving average (--ema), gradient clipping
-    (--clip-norm) and layer-wise rates (--layer-decay) as asked."""
-    schedule = WarmupCosineDecay(
+    then cosine decay to 1% of it, unless `schedule` (a rate or a schedule) is given; weight decay, the weights'
+    moving average (--ema), gradient clipping (--clip-norm) and layer-wise rates (--layer-decay) as asked."""
+    schedule = schedule if schedule is not None else WarmupCosineDecay(
         initial_learning_rate=args.lr * 0.01, decay_steps=max(1, (args.epochs - args.warmup_epochs) * steps),
         warmup_target=args.lr, warmup_steps=args.warmup_epochs * steps, alpha=0.01)
     shared = dict(weight_decay=args.weight_decay, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99,

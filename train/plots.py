@@ -15,15 +15,18 @@ from sklearn import metrics as skm  # noqa: E402
 
 def training_curves(history_csv: Path, out: Path) -> Path:
     """Loss and AUC per epoch, training and validation; the copies of a soup (`--soup`) each get their own lines,
-    drawn from the end of the head stage they share."""
+    drawn from the end of the head stage they share; the epochs of a weight average (`--swa`) go on from the last
+    stage's, after a second grey line."""
     with open(history_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    stages = list(dict.fromkeys(r.get("stage", "") for r in rows))
+    stages = [s for s in dict.fromkeys(r.get("stage", "") for r in rows) if s != "swa"]
     head_epochs = sum(1 for r in rows if r.get("stage") == "head")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lines = [s for s in stages if s != "head"] or ["head"]
     for key, ax in (("loss", axes[0]), ("auc", axes[1])):
-        for n, stage in enumerate([s for s in stages if s != "head"] or ["head"]):
-            part = [r for r in rows if r.get("stage") in ("head", stage)]
+        for n, stage in enumerate(lines):
+            part = [r for r in rows if r.get("stage") in ("head", stage)
+                    or (stage == lines[-1] and r.get("stage") == "swa")]
             x = np.arange(1, len(part) + 1)
             suffix = "" if len(stages) <= 2 else f" ({stage.removeprefix('fine_tune_')})"
             for prefix, style in (("", "-"), ("val_", "--")):
@@ -34,8 +37,12 @@ def training_curves(history_csv: Path, out: Path) -> Path:
         ax.set_xlabel("epoch (head stage, then fine-tuning)")
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
+    before_swa = next((i for i, r in enumerate(rows) if r.get("stage") == "swa"), None)
     for ax in axes:
         ax.axvline(head_epochs + 0.5, color="grey", lw=0.8)
+        if before_swa is not None:  # the epochs before the average's, on its line
+            ax.axvline(head_epochs + sum(1 for r in rows[:before_swa] if r.get("stage") == lines[-1]) + 0.5,
+                       color="grey", lw=0.8, ls=":")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -217,6 +217,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "soup (Wortsman et al. 2022), served at one network's cost. Kept when its validation AUC is "
                         "at least the best copy's, else the best copy is. Training time grows with the copies "
                         "(default: 1, no soup)")
+    g.add_argument("--swa", type=int, default=0, metavar="EPOCHS",
+                   help="stochastic weight averaging (Izmailov et al. 2018): after fine-tuning, this many more "
+                        "epochs from the best weights at the constant rate --swa-lr, and the weights at their ends "
+                        "averaged; the average is kept when its validation AUC is at least the fine-tuned weights', "
+                        "else those are. Training time grows by these epochs (e.g. 6) (default: 0, off)")
+    g.add_argument("--swa-lr", type=float, default=None, metavar="RATE",
+                   help="the constant learning rate of --swa's epochs (default: a fifth of --lr)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorFlow's deterministic ops: the same command, seed, data, library versions, kind of "
@@ -345,6 +352,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.soup > 1 and args.distribute == "multi-worker":
         p.error("--soup averages copies fine-tuned one after another in this process; use --distribute none or "
                 "mirrored")
+    if args.swa < 0:
+        p.error(f"--swa is a number of epochs, 0 (off) or more (e.g. 6), not {args.swa}")
+    if args.swa_lr is not None and not (args.swa_lr > 0 and args.swa > 0):
+        p.error("--swa-lr is the rate of --swa's epochs: a positive number, with --swa EPOCHS")
+    if args.swa > 0 and (args.epochs < 1 or args.distribute == "multi-worker"):
+        p.error("--swa averages the epochs after fine-tuning in this process; it needs --epochs 1 or more and "
+                "--distribute none or mirrored")
     if args.auc_loss > 0 and args.distribute == "multi-worker":
         p.error("--auc-loss compares images across a batch, which the multi-worker loop splits; "
                 "use --distribute none or mirrored")
@@ -467,9 +481,9 @@ def batchnorm_frozen(args: argparse.Namespace) -> bool:
 
 
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
-              strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5"):
+              strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5", extra_callbacks=()):
     """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on.
-    The best epoch's weights are written to `run_dir / checkpoint_name`."""
+    The best epoch's weights are written to `run_dir / checkpoint_name`; `extra_callbacks` run after the others."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = training_loss(args)
     checkpoint = run_dir / checkpoint_name
@@ -479,6 +493,7 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
                                         save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
                                       restore_best_weights=True, start_from_epoch=early_stop_from),
+        *extra_callbacks,
     ]
     if getattr(optimizer, "use_ema", False):
         # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
@@ -522,6 +537,71 @@ def make_soup(model: keras.Model, checkpoints: list[Path], x_val: np.ndarray, y_
     log.info("soup of %d copies: validation AUC %.4f (copies %s); the bundle keeps the %s", len(checkpoints),
              soup_auc, ", ".join(f"{a:.4f}" for a in aucs), used)
     return {"copies": len(checkpoints), "val_auc_copies": aucs, "val_auc_soup": soup_auc, "used": used}
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """The running mean of the model's weights at the end of each epoch, kept in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean, self.count = None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        weights = self.model.get_weights()
+        self.count += 1
+        if self.mean is None:
+            self.mean = [w.astype(np.float64) for w in weights]
+        else:
+            for m, w in zip(self.mean, weights):
+                m += (w - m) / self.count
+
+    def averaged(self, like: list[np.ndarray]) -> list[np.ndarray]:
+        return [m.astype(w.dtype) for m, w in zip(self.mean, like)]
+
+
+def stochastic_weight_average(model: keras.Model, ds, x_val, y_val, args, run_dir: Path, first_epoch: int,
+                              strategy=None, steps=None) -> dict:
+    """Stochastic weight averaging (Izmailov et al. 2018) after fine-tuning: from the weights in `model` (the best
+    fine-tuned ones), --swa epochs at the constant rate --swa-lr with the fine-tuning's optimizer otherwise, and the
+    weights at the end of each averaged. BatchNormalization needs no new statistics: its layers are frozen with
+    ImageNet's, or, with --train-batchnorm, averaged like every other weight. Its epochs are numbered on from
+    `first_epoch` (0-based, the epochs run before). Leaves in `model`, and in `run_dir/best.weights.h5`, the average
+    when its validation AUC is at least the starting weights', else those. Returns what was measured."""
+    strategy = strategy or tf.distribute.get_strategy()
+    forward = compiled_forward(model)
+    start = model.get_weights()
+    start_auc = float(roc_auc_score(y_val, predict_probs(model, x_val, forward=forward)[:, 1]))
+    rate = args.swa_lr if args.swa_lr is not None else args.lr / 5
+    average = WeightAverage()
+    with strategy.scope():
+        optimizer = fine_tune_optimizer(argparse.Namespace(**{**vars(args), "ema": 0.0}), steps, schedule=rate)
+    history = fit_stage(model, ds, x_val, y_val, "swa", args.swa, optimizer, args, run_dir, initial_epoch=first_epoch,
+                        strategy=strategy, steps=steps, early_stop_from=first_epoch + args.swa,
+                        checkpoint_name="swa_best_epoch.weights.h5", extra_callbacks=(average,))
+    (run_dir / "swa_best_epoch.weights.h5").unlink(missing_ok=True)  # fit_stage's checkpoint; the average is kept
+    model.set_weights(average.averaged(start))
+    swa_auc = float(roc_auc_score(y_val, predict_probs(model, x_val, forward=forward)[:, 1]))
+    used = "average" if swa_auc >= start_auc else "fine-tuned"
+    if used == "average":
+        model.save_weights(run_dir / "best.weights.h5")
+    else:
+        model.set_weights(start)
+    log.info("stochastic weight average of %d epochs at rate %.2g: validation AUC %.4f against %.4f for the "
+             "fine-tuned weights; the bundle keeps the %s", average.count, rate, swa_auc, start_auc, used)
+    return {"epochs": average.count, "learning_rate": rate, "val_auc_fine_tuned": start_auc,
+            "val_auc_epochs": [float(a) for a in history.history["val_auc"]], "val_auc_average": swa_auc,
+            "used": used}
+
+
+def best_val_auc(history: list[str], soup: dict | None, swa: dict | None) -> float:
+    """The validation AUC of the weights the bundle keeps, from history.csv's lines and what the soup or the
+    weight average measured."""
+    if swa:
+        return float(max(swa["val_auc_average"], swa["val_auc_fine_tuned"]))
+    if soup:
+        return float(max(soup["val_auc_soup"], *soup["val_auc_copies"]))
+    column = history[0].split(",").index("val_auc")
+    return float(max(float(r.split(",")[column]) for r in history[1:]))
 
 
 def early_stop_epoch(args: argparse.Namespace) -> int:
@@ -717,6 +797,10 @@ def train(args: argparse.Namespace) -> Bundle | None:
             soup = make_soup(fitted, copies, x_val, y_val)
             fitted.save_weights(run_dir / "best.weights.h5")
     fitted.load_weights(run_dir / "best.weights.h5")
+    swa = None
+    if args.swa:  # numbered on from the epochs run, early stopping's too
+        epochs_run = len((run_dir / "history.csv").read_text().splitlines()) - 1
+        swa = stochastic_weight_average(fitted, ds, x_val, y_val, args, run_dir, epochs_run, strategy, steps)
     training_curves(run_dir / "history.csv", run_dir / "training_curves.png")
     if not is_chief():
         log.info("worker done: the chief calibrates, evaluates and writes the bundle; run folder %s", run_dir)
@@ -781,8 +865,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
             "arguments": vars(args),
             "epochs_run": len(history) - 1,
             **({"soup": soup} if soup else {}),
-            "best_val_auc": float(max(soup["val_auc_soup"], *soup["val_auc_copies"])) if soup else
-            float(max(float(r.split(",")[history[0].split(",").index("val_auc")]) for r in history[1:])),
+            **({"swa": swa} if swa else {}),
+            "best_val_auc": best_val_auc(history, soup, swa),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": usable_cores(),
             "cpu": cpu_model(),
