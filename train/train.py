@@ -565,9 +565,9 @@ def stochastic_weight_average(model: keras.Model, ds, x_val, y_val, args, run_di
     fine-tuned ones), --swa epochs at the constant rate --swa-lr with the fine-tuning's optimizer otherwise, and the
     weights at the end of each averaged. BatchNormalization needs no new statistics: its layers are frozen with
     ImageNet's, or, with --train-batchnorm, averaged like every other weight (not re-estimated for the average, as
-    the paper does). Its epochs are numbered on from
-    `first_epoch` (0-based, the epochs run before). Leaves in `model`, and in `run_dir/best.weights.h5`, the average
-    when its validation AUC is at least the starting weights', else those. Returns what was measured."""
+    the paper does). Its epochs are numbered on from `first_epoch` (0-based, the epochs run before). Leaves in
+    `model`, and in `run_dir/best.weights.h5`, the average when its validation AUC is at least the starting
+    weights', else those. Returns what was measured."""
     strategy = strategy or tf.distribute.get_strategy()
     forward = compiled_forward(model)
     start = model.get_weights()
