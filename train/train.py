@@ -483,18 +483,19 @@ def batchnorm_frozen(args: argparse.Namespace) -> bool:
 def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: Path, initial_epoch=0,
               strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5", extra_callbacks=()):
     """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on.
-    The best epoch's weights are written to `run_dir / checkpoint_name`; `extra_callbacks` run after the others."""
+    The best epoch's weights are written to `run_dir / checkpoint_name`; with `checkpoint_name=None` the stage runs
+    all its epochs and keeps none. `extra_callbacks` run after the others."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = training_loss(args)
-    checkpoint = run_dir / checkpoint_name
-    callbacks = [
-        ValidationAUC(x_val, y_val, stage, run_dir / "history.csv"),
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True,
-                                        save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
-                                      restore_best_weights=True, start_from_epoch=early_stop_from),
-        *extra_callbacks,
-    ]
+    callbacks = [ValidationAUC(x_val, y_val, stage, run_dir / "history.csv")]
+    if checkpoint_name is not None:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(run_dir / checkpoint_name, monitor="val_auc", mode="max",
+                                            save_best_only=True, save_weights_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
+                                          restore_best_weights=True, start_from_epoch=early_stop_from),
+        ]
+    callbacks += extra_callbacks
     if getattr(optimizer, "use_ema", False):
         # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
         # early stopping look at it at the end of each epoch, and the raw ones are back before the next epoch.
@@ -577,9 +578,7 @@ def stochastic_weight_average(model: keras.Model, ds, x_val, y_val, args, run_di
     with strategy.scope():
         optimizer = fine_tune_optimizer(argparse.Namespace(**{**vars(args), "ema": 0.0}), steps, schedule=rate)
     history = fit_stage(model, ds, x_val, y_val, "swa", args.swa, optimizer, args, run_dir, initial_epoch=first_epoch,
-                        strategy=strategy, steps=steps, early_stop_from=first_epoch + args.swa,
-                        checkpoint_name="swa_best_epoch.weights.h5", extra_callbacks=(average,))
-    (run_dir / "swa_best_epoch.weights.h5").unlink(missing_ok=True)  # fit_stage's checkpoint; the average is kept
+                        strategy=strategy, steps=steps, checkpoint_name=None, extra_callbacks=(average,))
     model.set_weights(average.averaged(start))
     swa_auc = float(roc_auc_score(y_val, predict_probs(model, x_val, forward=forward)[:, 1]))
     used = "average" if swa_auc >= start_auc else "fine-tuned"
