@@ -17,8 +17,8 @@ from train.data import DataError
 from train.augment import build_consistency_shift as build_shift
 from train.losses import ConsistencyLoss, RankingLoss, training_loss
 from train.optimizers import SharpnessAware, WarmupCosineDecay, fine_tune_optimizer
-from train.train import (ValidationAUC, WeightAverage, code_version, early_stop_epoch, fit_stage, main as train_main,
-                         make_dataset, make_soup, parse_args, stochastic_weight_average)
+from train.train import (Lookahead, ValidationAUC, WeightAverage, code_version, early_stop_epoch, fit_stage,
+                         main as train_main, make_dataset, make_soup, parse_args, stochastic_weight_average)
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ RANKING_RUN = ("--pooling", "gem", "--layer-decay", "0.7", "--auc-loss", "0.5", 
                "--malignant-share", "0.5", "--calibration", "platt", "--swa", "2", "--swa-lr", "1e-3")
 FOCAL_RUN = ("--pooling", "attention", "--focal-gamma", "2", "--sam", "0.05", "--circle-mask", "--cutmix", "1.0",
              "--colour-jitter", "2", "--distortion", "0.7", "--noise-augment", "0.5", "--blur-augment", "0.5",
-             "--blur-kinds", "motion, median", "--clahe", "0.7")
+             "--blur-kinds", "motion, median", "--clahe", "0.7", "--lookahead", "2")
 CONSISTENCY_RUN = ("--consistency", "12", "--ema", "0.9", "--epochs", "2")
 
 
@@ -66,7 +66,8 @@ def ranking_run(tiny_data, tmp_path_factory):
 def focal_run(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("focal_run")
     with pytest.MonkeyPatch.context() as mp:
-        spied = {"sam": _spy(mp, "SharpnessAware"), "datasets": _spy(mp, "make_dataset")}
+        spied = {"sam": _spy(mp, "SharpnessAware"), "datasets": _spy(mp, "make_dataset"),
+                 "lookahead": _spy(mp, "Lookahead")}
         card = _one_epoch_run(tiny_data, run_dir, *FOCAL_RUN)
     return run_dir, card, spied
 
@@ -603,6 +604,36 @@ def test_weight_average_is_the_mean_of_the_epochs_weights_and_keeps_equal_weight
         np.testing.assert_array_equal(averaged[i], epochs[0][i])
 
 
+def test_lookahead_through_fit_moves_the_slow_weights_halfway_every_k_steps_and_at_the_epoch_end():
+    """Five batches with a sync every 2 steps: after steps 2 and 4 and at the epoch's end (one step pending), each
+    time the slow weights halfway to the fast ones and the fast ones reset to them; the frozen layer untouched."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 3)).astype(np.float32), rng.normal(size=(10, 1)).astype(np.float32)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1, trainable=False)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        return model
+
+    fitted, manual = build(), build()
+    frozen = fitted.layers[1].get_weights()
+    lookahead = Lookahead(steps=2, alpha=0.5)
+    fitted.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[lookahead])
+    slow = [w.copy() for w in manual.layers[0].get_weights()]
+    for step in range(5):
+        manual.train_on_batch(x[2 * step:2 * step + 2], y[2 * step:2 * step + 2])
+        if step in (1, 3, 4):
+            slow = [s + 0.5 * (f - s) for s, f in zip(slow, manual.layers[0].get_weights())]
+            manual.layers[0].set_weights(slow)
+    assert not np.allclose(slow[0], build().layers[0].get_weights()[0])  # the steps moved the weights
+    for a, b in zip(fitted.layers[0].get_weights(), slow):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fitted.layers[1].get_weights(), frozen):
+        np.testing.assert_array_equal(a, b)
+    assert lookahead.since_sync == 0
+
+
 def _swa_case(tmp_path, start_scale: float, train_labels_flipped: bool):
     """A linear softmax model started at weights that rank the validation images perfectly times `start_scale`,
     averaged over three epochs at rate 0.5 on those images, their labels flipped or not."""
@@ -885,6 +916,7 @@ def test_swa_runs_from_the_command_line_after_fine_tuning_and_the_card_says_what
     ("--soup", "0", "--soup is a number of fine-tuned copies"),
     ("--swa", "-1", "--swa is a number of epochs"),
     ("--swa-lr", "1e-4", "--swa-lr is the rate of --swa's epochs"),
+    ("--lookahead", "-1", "--lookahead is a number of steps between syncs"),
     ("--consistency", "-1", "--consistency is the divergence's weight"),
     ("--focal-gamma", "-2", "--focal-gamma is the focal loss's exponent"),
     ("--malignant-share", "1", "--malignant-share is a chance in [0, 1)"),
@@ -1055,6 +1087,16 @@ def test_sharpness_aware_minimisation_trains_from_the_command_line(tiny_data, fo
     with pytest.raises(SystemExit):
         train_main(["--data", str(tiny_data), "--sam", "-0.1"])
     assert "--sam is the radius" in capsys.readouterr().err
+
+
+def test_lookahead_wraps_fine_tuning_from_the_command_line_and_refuses_ema(tiny_data, focal_run, capsys):
+    _, card, spied = focal_run
+    assert card["training"]["arguments"]["lookahead"] == 2
+    [call] = spied["lookahead"]  # fine-tuning only: the head stage runs without it
+    assert call["steps"] == 2 and call["result"].slow is not None and call["result"].since_sync == 0
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--lookahead", "5", "--ema", "0.99"])
+    assert "--lookahead averages the fine-tuning's weights itself" in capsys.readouterr().err
 
 
 def test_mixup_mixes_images_and_every_target_with_the_same_weights():

@@ -224,6 +224,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "else those are. Training time grows by these epochs (e.g. 6) (default: 0, off)")
     g.add_argument("--swa-lr", type=float, default=None, metavar="RATE",
                    help="the constant learning rate of --swa's epochs (default: a fifth of --lr)")
+    g.add_argument("--lookahead", type=int, default=0, metavar="STEPS",
+                   help="Lookahead (Zhang et al. 2019) around the fine-tuning's optimizer: every STEPS steps, and at "
+                        "each epoch's end, the slow weights move halfway to where the optimizer took the fast ones, "
+                        "and these start again from them; validation, checkpoints and the bundle see the slow "
+                        "weights (e.g. 5) (default: 0, off)")
     g.add_argument("--seed", type=int, default=42, help="(default: 42)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorFlow's deterministic ops: the same command, seed, data, library versions, kind of "
@@ -359,6 +364,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.swa > 0 and (args.epochs < 1 or args.distribute == "multi-worker"):
         p.error("--swa averages the epochs after fine-tuning in this process; it needs --epochs 1 or more and "
                 "--distribute none or mirrored")
+    if args.lookahead < 0:
+        p.error(f"--lookahead is a number of steps between syncs, 0 (off) or more (e.g. 5), not {args.lookahead}")
+    if args.lookahead > 0 and (args.ema > 0 or args.distribute == "multi-worker"):
+        p.error("--lookahead averages the fine-tuning's weights itself, through Keras's fit; it does not combine "
+                "with --ema or --distribute multi-worker")
     if args.auc_loss > 0 and args.distribute == "multi-worker":
         p.error("--auc-loss compares images across a batch, which the multi-worker loop splits; "
                 "use --distribute none or mirrored")
@@ -484,10 +494,11 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
               strategy=None, steps=None, early_stop_from=0, checkpoint_name="best.weights.h5", extra_callbacks=()):
     """One stage of `model.fit`; early stopping looks at epochs from `early_stop_from` (0-based, whole run) on.
     The best epoch's weights are written to `run_dir / checkpoint_name`; with `checkpoint_name=None` the stage runs
-    all its epochs and keeps none. `extra_callbacks` run after the others."""
+    all its epochs and keeps none. `extra_callbacks` run before the others, so that one which changes the weights at
+    an epoch's end (`Lookahead`) has done so when they are validated and checkpointed."""
     strategy = strategy or tf.distribute.get_strategy()
     loss = training_loss(args)
-    callbacks = [ValidationAUC(x_val, y_val, stage, run_dir / "history.csv")]
+    callbacks = [*extra_callbacks, ValidationAUC(x_val, y_val, stage, run_dir / "history.csv")]
     if checkpoint_name is not None:
         callbacks += [
             keras.callbacks.ModelCheckpoint(run_dir / checkpoint_name, monitor="val_auc", mode="max",
@@ -495,7 +506,6 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=args.patience,
                                           restore_best_weights=True, start_from_epoch=early_stop_from),
         ]
-    callbacks += extra_callbacks
     if getattr(optimizer, "use_ema", False):
         # First in the list: the averaged weights are in the model when the validation AUC, the checkpoint and
         # early stopping look at it at the end of each epoch, and the raw ones are back before the next epoch.
@@ -538,6 +548,37 @@ def make_soup(model: keras.Model, checkpoints: list[Path], x_val: np.ndarray, y_
     log.info("soup of %d copies: validation AUC %.4f (copies %s); the bundle keeps the %s", len(checkpoints),
              soup_auc, ", ".join(f"{a:.4f}" for a in aucs), used)
     return {"copies": len(checkpoints), "val_auc_copies": aucs, "val_auc_soup": soup_auc, "used": used}
+
+
+class Lookahead(keras.callbacks.Callback):
+    """Lookahead (Zhang et al. 2019) around whatever optimizer `fit` runs: every `steps` training steps the slow
+    weights move `alpha` of the way to the fast ones the optimizer reached, and the fast ones start again from them.
+    It syncs at each epoch's end too, so that what is validated, checkpointed and kept are slow weights. Only the
+    trainable weights; the optimizer's moments carry on across syncs, as in the paper."""
+
+    def __init__(self, steps: int = 5, alpha: float = 0.5):
+        super().__init__()
+        self.steps, self.alpha = steps, alpha
+        self.slow, self.since_sync = None, 0
+
+    def on_train_begin(self, logs=None):
+        self.slow = [keras.ops.convert_to_numpy(v).astype(np.float64) for v in self.model.trainable_variables]
+        self.since_sync = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.since_sync += 1
+        if self.since_sync == self.steps:
+            self.sync()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.since_sync:
+            self.sync()
+
+    def sync(self):
+        for slow, variable in zip(self.slow, self.model.trainable_variables):
+            slow += self.alpha * (keras.ops.convert_to_numpy(variable) - slow)
+            variable.assign(slow.astype(variable.dtype))
+        self.since_sync = 0
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -791,7 +832,8 @@ def train(args: argparse.Namespace) -> Bundle | None:
                 optimizer = fine_tune_optimizer(args, steps)
             fit_stage(fitted, ds, x_val, y_val, stage, args.epochs, optimizer, args, run_dir,
                       initial_epoch=args.head_epochs, strategy=strategy, steps=steps,
-                      early_stop_from=early_stop_epoch(args), checkpoint_name=name)
+                      early_stop_from=early_stop_epoch(args), checkpoint_name=name,
+                      extra_callbacks=(Lookahead(args.lookahead),) if args.lookahead else ())
             copies.append(run_dir / name)
         if args.soup > 1:
             soup = make_soup(fitted, copies, x_val, y_val)
