@@ -224,6 +224,20 @@ def test_no_file(client, url):
     assert "No image was uploaded" in res.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("value", ["ture", "2", "", "on please"])
+def test_a_mistyped_explain_flag_is_refused_not_read_as_no(client, malignant_jpeg, value):
+    res = upload(client, f"/api/v1/predict?explain={value}", [("m.jpg", malignant_jpeg)])
+    assert res.status_code == 400 and res.get_json()["code"] == "bad_parameter"
+    assert "'explain' must be 1 or 0" in res.get_json()["error"] and f"received '{value}'" in res.get_json()["error"]
+
+
+@pytest.mark.parametrize("value, heatmap", [("1", True), ("TRUE", True), ("yes", True), ("0", False),
+                                            ("false", False), ("No", False)])
+def test_the_explain_flag_takes_yes_and_no_in_words_or_digits(client, malignant_jpeg, value, heatmap):
+    res = upload(client, f"/api/v1/predict?explain={value}", [("m.jpg", malignant_jpeg)])
+    assert res.status_code == 200 and ("heatmap" in res.get_json()["predictions"][0]) == heatmap
+
+
 def test_an_api_client_sending_json_is_told_to_send_multipart(client):
     res = client.post("/api/v1/predict", json={"image": "aGVsbG8="})  # base64 in JSON is not how images come in
     assert res.status_code == 400 and res.get_json()["code"] == "no_file"

@@ -99,9 +99,21 @@ def about():
     return render_template("about.html", card=card, model=service().describe(), facts=about_facts(card))
 
 
+FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def flag(name: str) -> bool:
+    """A yes/no query parameter; ApiError for a value that is neither, so a typo is not read as 'no'."""
+    value = request.args.get(name, "0")
+    if value.strip().lower() not in FLAGS:
+        raise ApiError("bad_parameter", f"The query parameter '{name}' must be 1 or 0 (or true / false, yes / no); "
+                                        f"received '{value[:40]}'.", 400)
+    return FLAGS[value.strip().lower()]
+
+
 @api.post("/api/v1/predict")
 def predict_api():
-    explain = request.args.get("explain", "0").lower() in ("1", "true", "yes")
+    explain = flag("explain")
     results = judge_request(want_preview=False, explain=explain, max_files=current_app.config["MAX_FILES"])
     if all(r.bad_input for r in results):
         raise bad_input(results[0])
