@@ -302,6 +302,12 @@ def test_unknown_route_is_a_404_page_and_json_under_api(client):
     assert client.get("/api/v1/predict").status_code == 405
 
 
+def test_the_result_address_opened_again_goes_back_to_the_upload_page(client):
+    res = client.get("/predict")  # from the history or a bookmark: results are not kept
+    assert res.status_code == 303 and res.headers["Location"] == "/"
+    assert client.get("/predict", follow_redirects=True).status_code == 200
+
+
 def test_security_headers(client, malignant_jpeg):
     responses = {"upload page": client.get("/"), "about page": client.get("/about"),
                  "result page": upload(client, "/predict", [("lesion.jpg", malignant_jpeg)]),

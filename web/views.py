@@ -5,7 +5,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from model.cues import rare_in_training
 from web import uploads
@@ -77,6 +77,12 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
 def index():
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     return render_template("index.html", accepted=ACCEPTED, max_mb=limit >> 20, max_bytes=limit)
+
+
+@pages.get("/predict")
+def predict_page_reopened():
+    """A result's address opened again (history, a bookmark, a reload): results are not kept, so back to the upload."""
+    return redirect(url_for("pages.index"), 303)
 
 
 @pages.post("/predict")
