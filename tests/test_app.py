@@ -300,6 +300,9 @@ def test_unknown_route_is_a_404_page_and_json_under_api(client):
     api = client.get("/api/v1/nothing")
     assert api.status_code == 404 and api.get_json()["code"] == "not_found"
     assert client.get("/api/v1/predict").status_code == 405
+    wrong_method = client.post("/about")  # a page, not about an image
+    assert wrong_method.status_code == 405 and "Not available at this address" in wrong_method.get_data(as_text=True)
+    assert "could not be analysed" not in wrong_method.get_data(as_text=True)
 
 
 def test_the_result_address_opened_again_goes_back_to_the_upload_page(client):
