@@ -85,3 +85,49 @@ def test_evaluating_images_of_one_class_is_one_sentence(tmp_path, capsys):
     assert refused.value.code == 2
     assert capsys.readouterr().err == (f"error: The images of {tmp_path / 'clinic'} need both classes for ROC AUC, "
                                        f"sensitivity and specificity; they are {{'benign': 2, 'malignant': 0}}.\n")
+
+
+def test_like_repeats_the_shipped_models_recipe_from_its_card():
+    """`--like BUNDLE` resolves to exactly the options of the command its card records, on your own data."""
+    import shlex
+
+    from train.train import parse_args
+    card = load_card(DEFAULT_BUNDLE)
+    recorded = vars(parse_args(shlex.split(card["training"]["command"])[3:]))  # after "python -m train"
+    like = vars(parse_args(["--data", recorded["data"], "--run-dir", recorded["run_dir"],
+                            "--like", str(DEFAULT_BUNDLE)]))
+    assert like.pop("like") == str(DEFAULT_BUNDLE) and recorded.pop("like") is None
+    assert like == recorded
+    assert like["ring_augment"] == 0.5 and like["frame_fill"]  # not the parser's defaults: the card's recipe
+
+
+def test_like_lets_options_override_and_keeps_the_data_and_outputs_its_own(tmp_path):
+    import json
+
+    from train.train import parse_args
+    bundle = tmp_path / "theirs.keras"
+    bundle.write_bytes(b"")  # --like reads only the card
+    arguments = {"data": "/their/data", "aux_diagnosis": "/their/diagnosis.csv", "run_dir": "runs/theirs",
+                 "output": "model/theirs.keras", "distribute": "mirrored", "cpu_devices": 2,
+                 "lr": 1e-4, "epochs": 9, "seed": 5, "blur_augment": 0.2, "view_turns": [0.0, 45.0],
+                 "an_option_since_removed": 1}
+    (tmp_path / "theirs.json").write_text(json.dumps({"training": {"arguments": arguments}}))
+    args = parse_args(["--data", "mine", "--like", str(bundle), "--seed", "1"])
+    assert (args.lr, args.epochs, args.blur_augment, args.view_turns) == (1e-4, 9, 0.2, (0.0, 45.0))
+    assert args.seed == 1  # given here: it overrides the card
+    assert (args.data, args.aux_diagnosis, args.run_dir, args.output, args.distribute, args.cpu_devices) == (
+        "mine", None, None, None, "none", 0)
+    assert not hasattr(args, "an_option_since_removed")
+
+
+def test_like_a_missing_bundle_or_a_card_without_a_recipe_is_one_sentence(tmp_path, capsys):
+    from train.train import parse_args
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--data", "d", "--like", str(tmp_path / "none.keras")])
+    assert refused.value.code == 2 and f"--like: Model bundle not found: {tmp_path / 'none.keras'}" in (
+        capsys.readouterr().err)
+    (tmp_path / "old.keras").write_bytes(b"")
+    (tmp_path / "old.json").write_text('{"training": {"command": "python -m train --data d"}}')
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--data", "d", "--like", str(tmp_path / "old.keras")])
+    assert refused.value.code == 2 and "records no training arguments" in capsys.readouterr().err

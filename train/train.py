@@ -32,7 +32,7 @@ from tensorflow.python.framework import config as tf_config  # op determinism: o
 
 from model.architecture import (BACKBONES, DROP_CONNECT, POOLINGS, WeightsError, build_model, check_weights,
                                 freeze_backbone, unfreeze_top_blocks)
-from model.bundle import CLASS_NAMES, Bundle, copy_bundle, save_bundle
+from model.bundle import CLASS_NAMES, Bundle, BundleError, copy_bundle, load_card, save_bundle
 from model.inference import Predictor
 from model.machine import cpu_model, usable_cores
 from model.preprocessing import PreprocessSpec
@@ -55,8 +55,40 @@ from train.plots import evaluation_figures, training_curves
 log = logging.getLogger("train")
 
 
+# What --like leaves to this command: where the data and the outputs lie, and how this machine spreads the work.
+NOT_LIKE = ("data", "images", "max_train_images", "extra_train", "extra_images", "aux_diagnosis", "distribute",
+            "cpu_devices", "run_dir", "output", "like")
+
+
+def like_defaults(bundle: str, p: argparse.ArgumentParser) -> dict:
+    """The training options recorded in BUNDLE's model card, as defaults for this command (see --like)."""
+    try:
+        recorded = load_card(bundle).get("training", {}).get("arguments")
+    except BundleError as exc:
+        p.error(f"--like: {exc}")
+    if not isinstance(recorded, dict):
+        p.error(f"--like: the model card of {bundle} records no training arguments (training.arguments), so its "
+                f"recipe cannot be repeated; give the options instead")
+    known = {action.dest for action in p._actions}
+    defaults = {k: v for k, v in recorded.items() if k in known and k not in NOT_LIKE}
+    if isinstance(defaults.get("view_turns"), list):
+        defaults["view_turns"] = tuple(defaults["view_turns"])
+    changed = {k: v for k, v in defaults.items() if v != p.get_default(k)}
+    log.info("--like %s: %s", bundle, ", ".join(f"{k}={v}" for k, v in changed.items()) or "the default recipe")
+    ignored = sorted(k for k in recorded if k not in known)
+    if ignored:
+        log.warning("--like %s: this version has no option for %s in its card; left out", bundle, ", ".join(ignored))
+    return defaults
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[1])
+    p.add_argument("--like", default=None, metavar="BUNDLE",
+                   help="train by the recipe of this bundle, read from its model card (e.g. "
+                        "model/shipped/melanoma_efficientnet.keras, the shipped model's recipe and seed): every "
+                        "training option it records becomes the default, and options given here override it; the "
+                        "data, --images, --max-train-images, --extra-train, --aux-diagnosis, the distribution and "
+                        "the outputs are this command's own (default: none, the defaults below)")
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="folder (train/val/test or class subfolders) or label CSV")
     g.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
@@ -263,6 +295,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "percentiles 99.5 and 99, on a generated non-lesion set (default: auto)")
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
+    like = p.parse_known_args(argv)[0].like
+    if like:
+        p.set_defaults(**like_defaults(like, p))
     args = p.parse_args(argv)
     if args.image_size < 32:
         p.error(f"--image-size is the square input's side in pixels, 32 or more (e.g. 256), not {args.image_size}")
