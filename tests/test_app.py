@@ -44,6 +44,11 @@ def test_about_page_shows_the_model_card(client, app):
     assert "Intended use" in html and "Known limits" in html and "comes with a caution" in html
     # the shipped network was trained without the frame fill: the page warns about dermoscope frames
     assert ("black circular frame" in html) == (not card["preprocessing"].get("frame_fill", False))
+    # what a suspicious verdict is worth, from the card's confusion matrix (shipped: 107 of 384 flagged, 28%)
+    [[_, false_alarms], [_, caught]] = card["test"]["confusion_matrix"]["rows_true_cols_predicted"]
+    share = caught / (caught + false_alarms)
+    assert f"of the {caught + false_alarms} test lesions it called suspicious,\n    {caught} ({share:.0%})" in html
+    assert f"flagged {1 - card['test']['specificity']:.0%} of\n    the benign test lesions" in html
 
 
 def client_with_card(tmp_path, edit):
