@@ -47,8 +47,8 @@ def test_about_page_shows_the_model_card(client, app):
     # what a suspicious verdict is worth, from the card's confusion matrix (shipped: 107 of 384 flagged, 28%)
     [[_, false_alarms], [_, caught]] = card["test"]["confusion_matrix"]["rows_true_cols_predicted"]
     share = caught / (caught + false_alarms)
-    assert f"of the {caught + false_alarms} test lesions it called suspicious,\n    {caught} ({share:.0%})" in html
-    assert f"flagged {1 - card['test']['specificity']:.0%} of\n    the benign test lesions" in html
+    assert f"Most suspicious results\n    are false alarms: it flagged {1 - card['test']['specificity']:.0%} of" in html
+    assert f"of the {caught + false_alarms}\n    test lesions it called suspicious, {caught} ({share:.0%})" in html
 
 
 def client_with_card(tmp_path, edit):
@@ -62,6 +62,16 @@ def client_with_card(tmp_path, edit):
     card = json.loads(path.with_suffix(".json").read_text())
     path.with_suffix(".json").write_text(json.dumps(edit(card)))
     return create_app({"TESTING": True, "MODEL_PATH": str(path)}).test_client()
+
+
+def test_about_page_says_most_alarms_are_false_only_when_they_are(tmp_path):
+    def few_false_alarms(card):
+        card["test"]["confusion_matrix"]["rows_true_cols_predicted"] = [[460, 8], [20, 94]]
+        return card
+
+    html = client_with_card(tmp_path, few_false_alarms).get("/about").get_data(as_text=True)
+    assert "Some suspicious results\n    are false alarms" in html and "Most suspicious" not in html
+    assert "of the 102\n    test lesions it called suspicious, 94 (92%) were melanomas" in html
 
 
 def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tmp_path):
