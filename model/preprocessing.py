@@ -29,6 +29,10 @@ HEIC_MESSAGE = ("This is a HEIC photo (the format iPhones and some other phones 
                 "Format JPEG; on an iPhone, Settings > Camera > Formats > Most Compatible saves new photos as JPEG.")
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # what a folder of images is read for
+HEIC_SUFFIXES = {".heic", ".heif"}  # phone photos Pillow cannot decode (`is_heic`): named, not skipped in silence
+
+
 class ImageError(ValueError):
     """An input that cannot become a model input. `code` is stable, the message is for a person."""
 

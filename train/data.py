@@ -19,12 +19,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.bundle import CLASS_NAMES
-from model.preprocessing import ImageError, decode
+from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError, decode
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-HEIC_SUFFIXES = {".heic", ".heif"}  # phone photos Pillow cannot decode (model.preprocessing.is_heic)
 SPLITS = ("train", "val", "test")
 ALL = "all"  # every image of a data set, for evaluating a bundle trained on other data
 LABEL_ALIASES = {

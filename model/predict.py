@@ -1,0 +1,116 @@
+"""Judge image files with a bundle, exactly as the app judges uploads, and list one row per file.
+
+    python -m model.predict IMAGE_OR_FOLDER [...] [--model BUNDLE.keras] [--out predictions.csv]
+
+For images without labels (a clinic's own, a folder to triage); with labels, `python -m train.evaluate` measures.
+Every file takes the app's path, `Predictor.assess`: decoding with EXIF orientation, the quality and not-a-lesion
+gates, the network through the card's views, the card's calibration, threshold and indeterminate band, and the
+cautions. Folders are searched recursively for JPEG, PNG, BMP, TIFF and WebP files (and HEIC, which is named, not
+skipped); hidden files are left out. A file that cannot be read gets a row with its code and never stops the others.
+Prints a table and a count; `--out` writes it as CSV. Exit status 0, or 2 with one sentence when the bundle or a path
+is not there or no image file was found.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from model.inference import Predictor
+from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError
+
+FIELDS = ("file", "verdict", "probability_malignant", "confidence", "threshold", "indeterminate", "cautions", "code",
+          "reason")
+CHUNK = 32  # images decoded and judged at a time: memory stays flat however many files
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files named, and the image files under the folders named (sorted, hidden ones left out)."""
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            wanted = IMAGE_SUFFIXES | HEIC_SUFFIXES
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{name} is neither an image file nor a folder")
+    return files
+
+
+def judge(predictor, files: list[Path]) -> list[dict]:
+    """One row per file, in order: a verdict, a refusal by the gate, or the reason the file could not be read."""
+    rows = []
+    for start in range(0, len(files), CHUNK):
+        chunk, images, slots = files[start : start + CHUNK], [], []
+        for path in chunk:
+            row = {"file": str(path)}
+            try:
+                images.append(predictor.decode(path.read_bytes()))
+                slots.append(len(rows))
+            except ImageError as exc:
+                row.update(verdict="unreadable", code=exc.code, reason=exc.message)
+            except OSError as exc:
+                row.update(verdict="unreadable", code="unreadable_file", reason=f"The file could not be read ({exc}).")
+            rows.append(row)
+        for slot, result in zip(slots, predictor.assess(images)):
+            if result.get("rejected"):
+                rows[slot].update(verdict="refused", code=result["code"], reason=result["reason"])
+            else:
+                rows[slot].update(verdict=result["label"], probability_malignant=result["probability_malignant"],
+                                  confidence=result["confidence"], threshold=result["threshold"],
+                                  indeterminate=result["indeterminate"],
+                                  cautions=";".join(c["code"] for c in result["cautions"]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    width = max([len("file")] + [len(r["file"]) for r in rows])
+    lines = [f"{'file':<{width}}  {'verdict':<10} {'P(melanoma)':>11}  note", "-" * (width + 36)]
+    for r in rows:
+        p = f"{r['probability_malignant']:.3f}" if "probability_malignant" in r else ""
+        note = r.get("code") or ", ".join(filter(None, ["indeterminate" if r.get("indeterminate") else "",
+                                                         r.get("cautions", "").replace(";", ", ")]))
+        lines.append(f"{r['file']:<{width}}  {r['verdict']:<10} {p:>11}  {note}")
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("malignant", "benign", "refused", "unreadable")}
+    lines.append(f"{len(rows)} files: {counts['malignant']} malignant (suspicious), {counts['benign']} benign, "
+                 f"{counts['refused']} refused by the gate, {counts['unreadable']} not readable as images")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
+    parser.add_argument("--out", default=None, metavar="CSV", help="also write the rows here, as CSV")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
+                        help="as the app's MELANOMA_RUNTIME (default: auto, OpenVINO where it converts the model)")
+    args = parser.parse_args(argv)
+    try:
+        files = image_files(args.paths)
+        if not files:
+            raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) were found under "
+                                    f"{', '.join(args.paths)}.")
+        bundle = load_bundle(args.model)
+    except (FileNotFoundError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    rows = judge(Predictor(bundle, runtime=args.runtime), files)
+    print(f"{bundle.name} {bundle.version}, threshold {bundle.card['threshold']:.3f}")
+    print(table(rows))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"written: {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

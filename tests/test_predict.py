@@ -1,0 +1,91 @@
+"""`python -m model.predict`: files and folders judged as the app judges uploads, one row per file, none lost."""
+import csv
+import io
+import shutil
+
+import pytest
+import skimage.data
+from PIL import Image
+
+from model.predict import main
+from tests.conftest import FIXTURES, ISIC_FIXTURES, encode
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """The ISIC fixtures in a clinic's kind of folder, beside what such folders also hold."""
+    root = tmp_path_factory.mktemp("clinic")
+    shutil.copytree(ISIC_FIXTURES, root / "lesions")
+    (root / "lesions" / "ATTRIBUTION.md").unlink()
+    (root / "other").mkdir()
+    (root / "other" / "notes.jpg").write_text("not an image")
+    (root / "other" / "cut.JPG").write_bytes((ISIC_FIXTURES / "benign" / "ISIC_0014574.jpg").read_bytes()[:3000])
+    (root / "other" / "cat.png").write_bytes(encode(Image.fromarray(skimage.data.chelsea()), "PNG"))
+    shutil.copy(FIXTURES / "formats" / "lesion.heic", root / "other" / "phone.HEIC")
+    (root / "other" / "readme.txt").write_text("not looked at: not an image suffix")
+    (root / ".hidden").mkdir()
+    shutil.copy(ISIC_FIXTURES / "benign" / "ISIC_0014574.jpg", root / ".hidden" / "copy.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def judged(folder):
+    out = folder.parent / "predictions.csv"
+    rows = main([str(folder), "--out", str(out)])
+    return rows, list(csv.DictReader(open(out)))
+
+
+def test_every_image_file_gets_a_row_and_the_rest_are_left_out(folder, judged):
+    rows, written = judged
+    names = [row["file"] for row in written]
+    assert names == [r["file"] for r in rows] == sorted(names)
+    assert len(rows) == 8 + 4  # the eight lesions, then the four image-named files beside them
+    assert not any(".hidden" in n or n.endswith(".txt") or n.endswith(".md") for n in names)
+
+
+def test_each_lesion_gets_the_apps_answer_for_the_same_file(client, folder, judged):
+    rows, _ = judged
+    lesions = [r for r in rows if "/lesions/" in r["file"]]
+    assert len(lesions) == 8
+    for row in lesions:
+        with open(row["file"], "rb") as f:
+            data = f.read()
+        res = client.post("/api/v1/predict", data={"image": [(io.BytesIO(data), "x.jpg")]},
+                          content_type="multipart/form-data")
+        [api] = res.get_json()["predictions"]
+        assert row["verdict"] == api["label"]
+        assert row["probability_malignant"] == pytest.approx(api["probability_malignant"], abs=1e-6)
+        assert row["indeterminate"] == api["indeterminate"]
+        assert row["cautions"] == ";".join(c["code"] for c in api["cautions"])
+    assert {r["verdict"] for r in lesions if "/malignant/" in r["file"]} == {"malignant"}  # the fixture melanomas
+
+
+def test_files_that_are_not_lesions_or_not_images_get_their_reason(judged):
+    rows, written = judged
+    other = {r["file"].rsplit("/", 1)[1]: (r["verdict"], r["code"]) for r in rows if "/other/" in r["file"]}
+    assert other == {"cat.png": ("refused", "not_a_lesion"), "cut.JPG": ("unreadable", "corrupt_image"),
+                     "notes.jpg": ("unreadable", "not_an_image"), "phone.HEIC": ("unreadable", "unsupported_format")}
+    assert all(r["reason"] for r in rows if r["verdict"] in ("refused", "unreadable"))
+    heic = next(r for r in written if r["file"].endswith("phone.HEIC"))
+    assert "JPEG" in heic["reason"] and heic["probability_malignant"] == ""
+
+
+def test_the_printed_table_counts_what_it_judged(folder, capsys):
+    main([str(folder / "other")])
+    out = capsys.readouterr().out
+    assert "4 files: 0 malignant (suspicious), 0 benign, 1 refused by the gate, 3 not readable as images" in out
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing path", "is neither an image file nor a folder"),
+    ("empty folder", "No image files (.bmp, .jpeg"),
+    ("missing bundle", "Model bundle not found"),
+])
+def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
+    (tmp_path / "empty").mkdir()
+    argv = {"missing path": [str(tmp_path / "nowhere")], "empty folder": [str(tmp_path / "empty")],
+            "missing bundle": [str(ISIC_FIXTURES), "--model", str(tmp_path / "none.keras")]}[case]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("error: ") and words in err and "Traceback" not in err
