@@ -71,6 +71,15 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colorma
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
+def shown_heatmap(cam: GradCAM, predictor, image: Image.Image, max_side: int = 512) -> Image.Image:
+    """What the app shows beside a verdict: Grad-CAM for melanoma over the upright image (the mean over the
+    `predictor`'s turned views, turned back), overlaid on the image shrunk to at most `max_side` pixels."""
+    heat = cam.heatmaps(predictor.preprocess(image)[None], predictor.turns)[0]
+    shown = image.copy()
+    shown.thumbnail((max_side, max_side))
+    return overlay(np.asarray(shown), heat)
+
+
 def png_base64(img: Image.Image) -> str:
     import base64
 

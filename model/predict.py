@@ -1,13 +1,14 @@
 """Judge image files with a bundle, exactly as the app judges uploads, and list one row per file.
 
-    python -m model.predict IMAGE_OR_FOLDER [...] [--model BUNDLE.keras] [--out predictions.csv]
+    python -m model.predict IMAGE_OR_FOLDER [...] [--model BUNDLE.keras] [--out predictions.csv] [--heatmaps DIR]
 
 For images without labels (a clinic's own, a folder to triage); with labels, `python -m train.evaluate` measures.
 Every file takes the app's path, `Predictor.assess`: decoding with EXIF orientation, the quality and not-a-lesion
 gates, the network through the card's views, the card's calibration, threshold and indeterminate band, and the
 cautions. Folders are searched recursively for JPEG, PNG, BMP, TIFF and WebP files (and HEIC, which is named, not
 skipped); hidden files are left out. A file that cannot be read gets a row with its code and never stops the others.
-Prints a table and a count; `--out` writes it as CSV. Exit status 0, or 2 with one sentence when the bundle or a path
+Prints a table and a count; `--out` writes it as CSV; `--heatmaps DIR` saves the Grad-CAM picture the result page
+shows for each verdict, as PNG. Exit status 0, or 2 with one sentence when the bundle or a path
 is not there or no image file was found.
 """
 from __future__ import annotations
@@ -18,11 +19,12 @@ import sys
 from pathlib import Path
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from model.explain import GradCAM, shown_heatmap
 from model.inference import Predictor
 from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError
 
 FIELDS = ("file", "verdict", "probability_malignant", "confidence", "threshold", "indeterminate", "cautions", "code",
-          "reason")
+          "reason", "heatmap")
 CHUNK = 32  # images decoded and judged at a time: memory stays flat however many files
 
 
@@ -42,8 +44,12 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def judge(predictor, files: list[Path]) -> list[dict]:
-    """One row per file, in order: a verdict, a refusal by the gate, or the reason the file could not be read."""
+def judge(predictor, files: list[Path], heatmaps: Path | None = None) -> list[dict]:
+    """One row per file, in order: a verdict, a refusal by the gate, or the reason the file could not be read; with
+    `heatmaps`, each verdict's Grad-CAM picture saved there as `<row number>_<file name>.png`."""
+    cam = GradCAM(predictor.bundle.model) if heatmaps else None
+    if heatmaps:
+        heatmaps.mkdir(parents=True, exist_ok=True)
     rows = []
     for start in range(0, len(files), CHUNK):
         chunk, images, slots = files[start : start + CHUNK], [], []
@@ -57,7 +63,7 @@ def judge(predictor, files: list[Path]) -> list[dict]:
             except OSError as exc:
                 row.update(verdict="unreadable", code="unreadable_file", reason=f"The file could not be read ({exc}).")
             rows.append(row)
-        for slot, result in zip(slots, predictor.assess(images)):
+        for slot, image, result in zip(slots, images, predictor.assess(images)):
             if result.get("rejected"):
                 rows[slot].update(verdict="refused", code=result["code"], reason=result["reason"])
             else:
@@ -65,6 +71,10 @@ def judge(predictor, files: list[Path]) -> list[dict]:
                                   confidence=result["confidence"], threshold=result["threshold"],
                                   indeterminate=result["indeterminate"],
                                   cautions=";".join(c["code"] for c in result["cautions"]))
+                if cam:
+                    picture = heatmaps / f"{slot + 1:04d}_{Path(rows[slot]['file']).stem}.png"
+                    shown_heatmap(cam, predictor, image).save(picture)
+                    rows[slot]["heatmap"] = str(picture)
     return rows
 
 
@@ -87,6 +97,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
     parser.add_argument("--out", default=None, metavar="CSV", help="also write the rows here, as CSV")
+    parser.add_argument("--heatmaps", default=None, metavar="DIR",
+                        help="save each verdict's Grad-CAM picture, as the result page shows it, here as PNG")
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="as the app's MELANOMA_RUNTIME (default: auto, OpenVINO where it converts the model)")
     args = parser.parse_args(argv)
@@ -99,7 +111,7 @@ def main(argv=None) -> list[dict]:
     except (FileNotFoundError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    rows = judge(Predictor(bundle, runtime=args.runtime), files)
+    rows = judge(Predictor(bundle, runtime=args.runtime), files, Path(args.heatmaps) if args.heatmaps else None)
     print(f"{bundle.name} {bundle.version}, threshold {bundle.card['threshold']:.3f}")
     print(table(rows))
     if args.out:

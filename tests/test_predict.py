@@ -1,8 +1,10 @@
 """`python -m model.predict`: files and folders judged as the app judges uploads, one row per file, none lost."""
+import base64
 import csv
 import io
 import shutil
 
+import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
@@ -31,7 +33,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def judged(folder):
     out = folder.parent / "predictions.csv"
-    rows = main([str(folder), "--out", str(out)])
+    rows = main([str(folder), "--out", str(out), "--heatmaps", str(folder.parent / "heatmaps")])
     return rows, list(csv.DictReader(open(out)))
 
 
@@ -58,6 +60,19 @@ def test_each_lesion_gets_the_apps_answer_for_the_same_file(client, folder, judg
         assert row["indeterminate"] == api["indeterminate"]
         assert row["cautions"] == ";".join(c["code"] for c in api["cautions"])
     assert {r["verdict"] for r in lesions if "/malignant/" in r["file"]} == {"malignant"}  # the fixture melanomas
+
+
+def test_each_verdict_gets_the_heatmap_the_app_shows_for_the_same_file(client, folder, judged):
+    rows, written = judged
+    pictures = sorted((folder.parent / "heatmaps").iterdir())
+    assert [r["heatmap"] for r in written if r["heatmap"]] == [str(p) for p in pictures]
+    assert len(pictures) == 8 and not any(r["heatmap"] for r in written if r["verdict"] in ("refused", "unreadable"))
+    row = next(r for r in rows if r["file"].endswith("ISIC_0014181.jpg"))
+    with open(row["file"], "rb") as f:
+        res = client.post("/api/v1/predict?explain=1", data={"image": [(io.BytesIO(f.read()), "m.jpg")]},
+                          content_type="multipart/form-data")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(res.get_json()["predictions"][0]["heatmap"]))))
+    np.testing.assert_array_equal(np.asarray(Image.open(row["heatmap"])), shown)
 
 
 def test_files_that_are_not_lesions_or_not_images_get_their_reason(judged):

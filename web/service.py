@@ -16,7 +16,7 @@ from flask import Flask
 from PIL import Image
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
-from model.explain import GradCAM, overlay, png_base64
+from model.explain import GradCAM, png_base64, shown_heatmap
 from model.inference import Predictor
 from model.preprocessing import ImageError
 from web.batching import MicroBatcher
@@ -107,10 +107,7 @@ class ModelService:
     def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
         """Grad-CAM for the malignant class over the upright image (the mean over the bundle's turned views, turned
         back), as a base64 PNG."""
-        heat = self.cam.heatmaps(self.predictor.preprocess(image)[None], self.predictor.turns)[0]
-        shown = image.copy()
-        shown.thumbnail((max_side, max_side))
-        return png_base64(overlay(np.asarray(shown), heat))
+        return png_base64(shown_heatmap(self.cam, self.predictor, image, max_side))
 
     def judge(self, files: list[tuple[str, bytes]], want_preview: bool = False,
               explain: bool = False) -> list[Judgement]:
