@@ -7,13 +7,14 @@ Every file takes the app's path, `Predictor.assess`: decoding with EXIF orientat
 gates, the network through the card's views, the card's calibration, threshold and indeterminate band, and the
 cautions. Folders are searched recursively for JPEG, PNG, BMP, TIFF and WebP files (and HEIC, which is named, not
 skipped); hidden files are left out. A file that cannot be read gets a row with its code and never stops the others.
-Prints a table and a count; `--out` writes it as CSV; `--heatmaps DIR` saves the Grad-CAM picture the result page
-shows for each verdict, as PNG. Exit status 0, or 2 with one sentence when the bundle or a path
-is not there or no image file was found.
+Prints a table and a count; `--out` writes the rows as CSV as they come, so an interrupted run keeps those it wrote;
+`--heatmaps DIR` saves the Grad-CAM picture the result page shows for each verdict, as PNG. Exit status 0, or 2 with
+one sentence when the bundle or a path is not there, the CSV cannot be written, or no image file was found.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -44,15 +45,16 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def judge(predictor, files: list[Path], heatmaps: Path | None = None) -> list[dict]:
-    """One row per file, in order: a verdict, a refusal by the gate, or the reason the file could not be read; with
-    `heatmaps`, each verdict's Grad-CAM picture saved there as `<row number>_<file name>.png`."""
+def judge(predictor, files: list[Path], heatmaps: Path | None = None):
+    """One row per file, in order, yielded a chunk of rows at a time: a verdict, a refusal by the gate, or the reason
+    the file could not be read; with `heatmaps`, each verdict's Grad-CAM picture saved there as
+    `<row number>_<file name>.png`."""
     cam = GradCAM(predictor.bundle.model) if heatmaps else None
     if heatmaps:
         heatmaps.mkdir(parents=True, exist_ok=True)
     rows = []
     for start in range(0, len(files), CHUNK):
-        chunk, images, slots = files[start : start + CHUNK], [], []
+        chunk, images, slots = files[start : start + CHUNK], [], []  # slots: rows' numbers, from the first file
         for path in chunk:
             row = {"file": str(path)}
             try:
@@ -75,7 +77,7 @@ def judge(predictor, files: list[Path], heatmaps: Path | None = None) -> list[di
                     picture = heatmaps / f"{slot + 1:04d}_{Path(rows[slot]['file']).stem}.png"
                     shown_heatmap(cam, predictor, image).save(picture)
                     rows[slot]["heatmap"] = str(picture)
-    return rows
+        yield rows[start:]
 
 
 def table(rows: list[dict]) -> str:
@@ -111,15 +113,30 @@ def main(argv=None) -> list[dict]:
     except (FileNotFoundError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    rows = judge(Predictor(bundle, runtime=args.runtime), files, Path(args.heatmaps) if args.heatmaps else None)
+    out = None
+    if args.out:  # opened before the first image, and written chunk by chunk: an interrupted run keeps its rows
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            out = open(args.out, "w", newline="")
+        except OSError as exc:
+            print(f"error: cannot write {args.out} ({exc.strerror or exc})", file=sys.stderr)
+            raise SystemExit(2) from None
+    rows = []
+    with out or contextlib.nullcontext():
+        writer = csv.DictWriter(out, fieldnames=FIELDS) if out else None
+        if writer:
+            writer.writeheader()
+        heatmaps = Path(args.heatmaps) if args.heatmaps else None
+        for chunk in judge(Predictor(bundle, runtime=args.runtime), files, heatmaps):
+            rows += chunk
+            if writer:
+                writer.writerows(chunk)
+                out.flush()
+            if len(files) > CHUNK:
+                print(f"{len(rows):,} of {len(files):,} files judged", file=sys.stderr, flush=True)
     print(f"{bundle.name} {bundle.version}, threshold {bundle.card['threshold']:.3f}")
     print(table(rows))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
         print(f"written: {args.out}")
     return rows
 

@@ -91,15 +91,42 @@ def test_the_printed_table_counts_what_it_judged(folder, capsys):
     assert "4 files: 0 malignant (suspicious), 0 benign, 1 refused by the gate, 3 not readable as images" in out
 
 
+def test_rows_are_written_as_they_come_so_an_interrupted_run_keeps_them(folder, tmp_path, monkeypatch, capsys):
+    import model.predict as predict
+    from model.inference import Predictor
+
+    monkeypatch.setattr(predict, "CHUNK", 3)
+    judged_chunks = []
+    real_assess = Predictor.assess
+
+    def assess_then_stop(self, images):  # the power goes off after the second chunk
+        if len(judged_chunks) == 2:
+            raise KeyboardInterrupt
+        judged_chunks.append(len(images))
+        return real_assess(self, images)
+
+    monkeypatch.setattr(Predictor, "assess", assess_then_stop)
+    out = tmp_path / "rows.csv"
+    with pytest.raises(KeyboardInterrupt):
+        main([str(folder / "lesions"), "--out", str(out)])
+    assert len(list(csv.DictReader(open(out)))) == 6  # two chunks of three, each written when judged
+    assert "3 of 8 files judged" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, words", [
     ("missing path", "is neither an image file nor a folder"),
     ("empty folder", "No image files (.bmp, .jpeg"),
     ("missing bundle", "Model bundle not found"),
+    ("CSV that cannot be written", "cannot write"),
 ])
 def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
     (tmp_path / "empty").mkdir()
     argv = {"missing path": [str(tmp_path / "nowhere")], "empty folder": [str(tmp_path / "empty")],
-            "missing bundle": [str(ISIC_FIXTURES), "--model", str(tmp_path / "none.keras")]}[case]
+            "missing bundle": [str(ISIC_FIXTURES), "--model", str(tmp_path / "none.keras")],
+            "CSV that cannot be written": [str(ISIC_FIXTURES), "--out", str(tmp_path / "empty" / "x.csv" / "y.csv")],
+            }[case]
+    if case == "CSV that cannot be written":
+        (tmp_path / "empty" / "x.csv").write_text("a file where a folder would have to be")
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     err = capsys.readouterr().err
