@@ -50,8 +50,6 @@ def judge(predictor, files: list[Path], heatmaps: Path | None = None):
     the file could not be read; with `heatmaps`, each verdict's Grad-CAM picture saved there as
     `<row number>_<file name>.png`."""
     cam = GradCAM(predictor.bundle.model) if heatmaps else None
-    if heatmaps:
-        heatmaps.mkdir(parents=True, exist_ok=True)
     rows = []
     for start in range(0, len(files), CHUNK):
         chunk, images, slots = files[start : start + CHUNK], [], []  # slots: rows' numbers, from the first file
@@ -113,20 +111,21 @@ def main(argv=None) -> list[dict]:
     except (FileNotFoundError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    out = None
-    if args.out:  # opened before the first image, and written chunk by chunk: an interrupted run keeps its rows
-        try:
+    out, heatmaps = None, Path(args.heatmaps) if args.heatmaps else None
+    try:  # before the first image: the CSV is written chunk by chunk, so an interrupted run keeps its rows
+        if heatmaps:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             out = open(args.out, "w", newline="")
-        except OSError as exc:
-            print(f"error: cannot write {args.out} ({exc.strerror or exc})", file=sys.stderr)
-            raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or args.out} ({exc.strerror or exc})", file=sys.stderr)
+        raise SystemExit(2) from None
     rows = []
     with out or contextlib.nullcontext():
         writer = csv.DictWriter(out, fieldnames=FIELDS) if out else None
         if writer:
             writer.writeheader()
-        heatmaps = Path(args.heatmaps) if args.heatmaps else None
         for chunk in judge(Predictor(bundle, runtime=args.runtime), files, heatmaps):
             rows += chunk
             if writer:

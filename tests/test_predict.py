@@ -118,14 +118,16 @@ def test_rows_are_written_as_they_come_so_an_interrupted_run_keeps_them(folder, 
     ("empty folder", "No image files (.bmp, .jpeg"),
     ("missing bundle", "Model bundle not found"),
     ("CSV that cannot be written", "cannot write"),
+    ("heatmap folder that cannot be made", "cannot write"),
 ])
 def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
     (tmp_path / "empty").mkdir()
     argv = {"missing path": [str(tmp_path / "nowhere")], "empty folder": [str(tmp_path / "empty")],
             "missing bundle": [str(ISIC_FIXTURES), "--model", str(tmp_path / "none.keras")],
             "CSV that cannot be written": [str(ISIC_FIXTURES), "--out", str(tmp_path / "empty" / "x.csv" / "y.csv")],
+            "heatmap folder that cannot be made": [str(ISIC_FIXTURES), "--heatmaps", str(tmp_path / "empty" / "x.csv")],
             }[case]
-    if case == "CSV that cannot be written":
+    if case in ("CSV that cannot be written", "heatmap folder that cannot be made"):
         (tmp_path / "empty" / "x.csv").write_text("a file where a folder would have to be")
     with pytest.raises(SystemExit) as stopped:
         main(argv)
