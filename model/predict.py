@@ -22,7 +22,7 @@ from pathlib import Path
 from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
 from model.explain import GradCAM, shown_heatmap
 from model.inference import Predictor
-from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError
+from model.preprocessing import IMAGE_SUFFIXES, ImageError, image_files_under
 
 FIELDS = ("file", "verdict", "probability_malignant", "confidence", "threshold", "indeterminate", "cautions", "code",
           "reason", "heatmap")
@@ -35,9 +35,8 @@ def image_files(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            wanted = IMAGE_SUFFIXES | HEIC_SUFFIXES
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            files += [p for p in image_files_under(path)
+                      if not any(part.startswith(".") for part in p.relative_to(path).parts)]
         elif path.is_file():
             files.append(path)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,12 @@ HEIC_MESSAGE = ("This is a HEIC photo (the format iPhones and some other phones 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # what a folder of images is read for
 HEIC_SUFFIXES = {".heic", ".heif"}  # phone photos Pillow cannot decode (`is_heic`): named, not skipped in silence
+
+
+def image_files_under(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder`, at any depth, with an image or HEIC suffix (any case), sorted."""
+    wanted = IMAGE_SUFFIXES | HEIC_SUFFIXES
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in wanted and p.is_file())
 
 
 class ImageError(ValueError):

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.bundle import CLASS_NAMES
-from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError, decode
+from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError, decode, image_files_under
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ def normalise_label(raw: str, where: str) -> int:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | HEIC_SUFFIXES and p.is_file()]
-    heic = sorted(p for p in files if p.suffix.lower() in HEIC_SUFFIXES)
+    files = image_files_under(folder)
+    heic = [p for p in files if p.suffix.lower() in HEIC_SUFFIXES]
     if heic:  # left out silently, they would shrink a class without a word
         raise DataError(f"{len(heic)} HEIC photo(s) under {folder} (for example {heic[0].name}) cannot be read here and "
                         "would be left out. Convert them to JPEG (on a Mac: sips -s format jpeg PHOTO.heic --out "
                         "PHOTO.jpg; on Linux: heif-convert PHOTO.heic PHOTO.jpg) or move them out of the folder.")
-    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _class_folders(folder: Path) -> Split:

@@ -60,7 +60,7 @@ NOT_LIKE = ("data", "images", "max_train_images", "extra_train", "extra_images",
             "cpu_devices", "run_dir", "output", "like")
 
 
-def like_defaults(bundle: str, p: argparse.ArgumentParser) -> dict:
+def like_defaults(bundle: str, p: argparse.ArgumentParser, known: set[str]) -> dict:
     """The training options recorded in BUNDLE's model card, as defaults for this command (see --like)."""
     try:
         recorded = load_card(bundle).get("training", {}).get("arguments")
@@ -69,7 +69,6 @@ def like_defaults(bundle: str, p: argparse.ArgumentParser) -> dict:
     if not isinstance(recorded, dict):
         p.error(f"--like: the model card of {bundle} records no training arguments (training.arguments), so its "
                 f"recipe cannot be repeated; give the options instead")
-    known = {action.dest for action in p._actions}
     defaults = {k: v for k, v in recorded.items() if k in known and k not in NOT_LIKE}
     if isinstance(defaults.get("view_turns"), list):
         defaults["view_turns"] = tuple(defaults["view_turns"])
@@ -295,9 +294,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "percentiles 99.5 and 99, on a generated non-lesion set (default: auto)")
     g.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>_<backbone>)")
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
-    like = p.parse_known_args(argv)[0].like
-    if like:
-        p.set_defaults(**like_defaults(like, p))
+    first = p.parse_known_args(argv)[0]
+    if first.like:
+        p.set_defaults(**like_defaults(first.like, p, set(vars(first))))
     args = p.parse_args(argv)
     if args.image_size < 32:
         p.error(f"--image-size is the square input's side in pixels, 32 or more (e.g. 256), not {args.image_size}")

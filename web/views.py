@@ -111,10 +111,11 @@ FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no":
 def flag(name: str) -> bool:
     """A yes/no query parameter; ApiError for a value that is neither, so a typo is not read as 'no'."""
     value = request.args.get(name, "0")
-    if value.strip().lower() not in FLAGS:
+    answer = FLAGS.get(value.strip().lower())
+    if answer is None:
         raise ApiError("bad_parameter", f"The query parameter '{name}' must be 1 or 0 (or true / false, yes / no); "
                                         f"received '{value[:40]}'.", 400)
-    return FLAGS[value.strip().lower()]
+    return answer
 
 
 @api.post("/api/v1/predict")
