@@ -46,3 +46,20 @@ def test_baseline_command_end_to_end(tiny_data, tmp_path):
     # the synthetic melanomas are darker blobs on the same skin: colour features must rank them, the right way up
     assert min(m["test"]["roc_auc"] for m in saved["models"].values()) > 0.8, saved["models"]
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+
+
+def test_the_stack_gains_on_validation_only_where_the_second_score_knows_something_new():
+    """`stack_cv_gain` scores every validation image by a fit on the other folds: a second score that carries signal
+    the network's lacks must gain, one that is noise, or the network's own score again, must not."""
+    from train.baselines import stack_cv_gain
+
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.2
+    a, b = rng.normal(size=400), rng.normal(size=400)  # two independent halves of the evidence
+    network = a + 1.0 * y
+    informative = stack_cv_gain(network, b + 1.0 * y, y.astype(int), repeats=3)
+    noise = stack_cv_gain(network, rng.normal(size=400), y.astype(int), repeats=3)
+    again = stack_cv_gain(network, network, y.astype(int), repeats=3)
+    assert informative["mean"] > 0.05, informative
+    assert noise["mean"] < 0.01 and abs(again["mean"]) < 0.01, (noise, again)
+    assert informative["repeats"] == 3 and informative["folds"] == 5

@@ -131,3 +131,14 @@ def test_like_a_missing_bundle_or_a_card_without_a_recipe_is_one_sentence(tmp_pa
     with pytest.raises(SystemExit) as refused:
         parse_args(["--data", "d", "--like", str(tmp_path / "old.keras")])
     assert refused.value.code == 2 and "records no training arguments" in capsys.readouterr().err
+
+
+def test_baselines_name_a_missing_stack_bundle_before_computing_any_feature(tiny_data, tmp_path, capsys, monkeypatch):
+    from train import baselines
+    monkeypatch.setattr(baselines, "feature_matrix", lambda *a: pytest.fail("features computed before the check"))
+    missing = tmp_path / "no_model.keras"
+    with pytest.raises(SystemExit) as refused:
+        baselines.main(["--data", str(tiny_data), "--stack", str(missing), "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Model bundle not found") and str(missing) in err

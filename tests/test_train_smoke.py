@@ -1377,3 +1377,30 @@ def test_no_epoch_in_either_stage_is_refused(tmp_path, capsys):
         train_main(["--data", str(tmp_path / "no_data"), "--head-epochs", "0", "--epochs", "0"])
     assert refused.value.code == 2 and "--head-epochs and --epochs are both 0: nothing would train" in \
         capsys.readouterr().err
+
+
+def test_baselines_stack_the_bundle_with_the_handcrafted_model_on_its_own_splits(trained, tiny_data, tmp_path):
+    """`python -m train.baselines --stack BUNDLE`: the network's column is the bundle's own test scores (what its
+    training run wrote), the stack is fitted on the bundle's validation images, and its row is scored on test."""
+    from train.baselines import main as baselines_main
+
+    bundle = trained / "bundle" / "tiny.keras"
+    report = baselines_main(["--data", str(tiny_data), "--image-size", "64", "--stack", str(bundle),
+                             "--out", str(tmp_path)])
+    row = report["models"]["tiny + handcrafted (stacked)"]
+    card = json.loads((trained / "bundle" / "tiny.json").read_text())
+    assert row["params"]["trained_on"] == card["data"]["train_images_used"]
+    assert row["params"]["validated_on"] == card["data"]["val_images_used"]
+    assert row["params"]["handcrafted"] == max(("svm_rbf", "knn", "random_forest"),
+                                               key=lambda n: report["models"][n]["val_auc"])
+    with open(trained / "test" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    y = [r["label"] == "malignant" for r in rows]
+    paired = row["test_paired_with_network"]
+    assert paired["n"] == len(rows) and paired["baseline"] == pytest.approx(
+        roc_auc_score(y, [float(r["probability_malignant"]) for r in rows]), abs=1e-9)
+    assert row["test"]["roc_auc"] == pytest.approx(paired["candidate"])
+    assert np.isfinite(list(row["params"]["weights"].values())).all()
+    assert -1.0 <= row["val_cv_gain"]["mean"] <= 1.0
+    saved = json.loads((tmp_path / "baselines.json").read_text())
+    assert saved["models"]["tiny + handcrafted (stacked)"]["test"]["roc_auc"] == row["test"]["roc_auc"]
