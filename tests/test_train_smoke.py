@@ -3,6 +3,7 @@ import argparse
 import csv
 import io
 import json
+import shlex
 
 import keras
 import numpy as np
@@ -101,8 +102,13 @@ def test_training_writes_a_complete_run_folder(trained):
     for name in ("args.json", "history.csv", "training_curves.png", "duplicates.json", "audit.json",
                  "melanoma_efficientnet.keras",
                  "melanoma_efficientnet.json", "test/metrics.json", "test/roc.png", "test/reliability.png",
-                 "test/predictions.csv"):
+                 "test/predictions.csv", "test/report.md"):
         assert (trained / name).exists(), name
+    report = (trained / "test" / "report.md").read_text()  # the training command, the test metrics, in words
+    (tn, fp), (fn, tp) = json.loads((trained / "test" / "metrics.json").read_text())["confusion_matrix"][
+        "rows_true_cols_predicted"]
+    assert f"{tp} of {tp + fn} melanomas flagged" in report and f"{tn} of {tn + fp} benign lesions cleared" in report
+    assert "python -m train " in report and "--dense-units 16" in report and "](roc.png)" in report
     rows = list(csv.DictReader(open(trained / "history.csv")))
     assert [r["stage"] for r in rows] == ["head", "fine_tune", "fine_tune"]
     assert json.loads((trained / "args.json").read_text())["image_size"] == 64
@@ -151,7 +157,7 @@ def test_the_same_command_and_seed_train_the_same_bundle_bit_for_bit(trained, ti
     assert "training.arguments.run_dir" in result["card"]["run_fields_different"]
 
 
-def test_model_card_is_complete(trained):
+def test_model_card_is_complete(trained, tiny_data, tiny_backbone):
     card = load_bundle(trained / "bundle" / "tiny.keras").card
     assert card["class_names"] == ["benign", "malignant"]
     assert card["preprocessing"]["image_size"] == 64
@@ -160,7 +166,9 @@ def test_model_card_is_complete(trained):
     assert len(card["data"]["hash"]) == 64
     assert card["data"]["shortcut_cues"]["dark_corners"]["train_images_with_cue"] == 0  # no ring in tiny_data
     assert card["data"]["shortcut_cues"]["skin_marker_ink"]["train_images_with_cue"] == 0  # nor ink
-    assert card["training"]["command"].startswith("python -m train")
+    # the command as it was given to the training command, not the command line of the process that called it
+    assert card["training"]["command"] == "python -m train " + shlex.join(
+        trained_command(tiny_data, tiny_backbone, trained))
     assert card["training"]["cpu"] and card["training"]["cpu"] != "unknown"  # training time is read against it
     assert card["training"]["code"] == code_version()  # the checkout's commit, or None outside one
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
@@ -274,8 +282,12 @@ def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     assert metrics["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-6)
     printed = capsys.readouterr().out
     assert "ROC AUC" in printed and "sensitivity" in printed
-    for name in ("metrics.json", "roc.png", "pr.png", "confusion_matrix.png", "reliability.png"):
+    for name in ("metrics.json", "roc.png", "pr.png", "confusion_matrix.png", "reliability.png", "report.md"):
         assert (out / name).exists()
+    report = (out / "report.md").read_text()
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]["rows_true_cols_predicted"]
+    assert f"ROC AUC {metrics['roc_auc']:.3f}" in report and f"{tp} of {tp + fn} melanomas flagged" in report
+    assert f"python -m train.evaluate --model {trained / 'bundle' / 'tiny.keras'}" in report
     # one row per test image: its own file, label and serving score, flagged as the bundle's threshold says
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -330,6 +342,9 @@ def test_evaluate_breaks_the_results_down_by_shortcut_cue(trained, tiny_data, tm
     assert ink["benign, with cue"]["flagged"] == pytest.approx(expected)
     assert ink["malignant, without cue"]["flagged"] == pytest.approx(metrics["sensitivity"])
     assert "skin_marker_ink:" in capsys.readouterr().out
+    report = (tmp_path / "eval" / "report.md").read_text()  # the same tables, in the report
+    assert "## By cue: skin_marker_ink" in report and "## By cue: dark_corners" in report
+    assert "benign, with cue         benign         2" in report
 
 
 def test_evaluate_updates_the_card_only_for_the_bundles_own_test_split(trained, tiny_data, tmp_path, capsys):

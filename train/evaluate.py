@@ -3,7 +3,8 @@
     python -m train.evaluate --model model/shipped/melanoma_efficientnet.keras \
         --data ../shared/data/isic2017 --split test
 
-Prints a table, writes metrics.json and ROC / PR / confusion / reliability PNGs; with `--diagnosis CSV`, also a
+Prints a table, writes metrics.json, ROC / PR / confusion / reliability PNGs and report.md (train.report: the same
+evaluation as one page, in words); with `--diagnosis CSV`, also a
 breakdown by finer diagnosis (melanoma, nevus, seborrheic keratosis for ISIC 2017); with `--by-cue`, a breakdown by
 the shortcut cues of `python -m train.audit` (dermoscope ring, skin-marker ink): for each label, the share flagged
 with and without the cue, so that a cue which sways the network shows. The test split is
@@ -15,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from train import data as data_mod
 from train.cli import command
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
+from train.report import write_report
 
 log = logging.getLogger("train.evaluate")
 
@@ -144,13 +147,23 @@ def main(argv=None) -> dict:
     write_predictions(out / "predictions.csv", paths, dataset.root, p, y, predictor.threshold, diagnoses)
     evaluation_figures(p, y, metrics, out)
     sample_grid(paths, p, y, predictor.threshold, out / "samples.png")
-    print(format_table(metrics, f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
-                                f"TTA {metrics['tta_views']} views)"))
+    title = (f"{bundle.name} on {args.split} ({metrics['duplicates_dropped']} duplicates dropped, "
+             f"TTA {metrics['tta_views']} views)")
+    print(format_table(metrics, title))
+    tables = {}
     if diagnoses is not None:
-        print("\n" + format_diagnosis_table(metrics["by_diagnosis"], predictor.threshold))
+        tables["By diagnosis"] = format_diagnosis_table(metrics["by_diagnosis"], predictor.threshold)
+        print("\n" + tables["By diagnosis"])
     for name, rows in metrics.get("by_cue", {}).items():
-        print(f"\n{name}:\n" + format_diagnosis_table(rows, predictor.threshold).replace("diagnosis", "group    ", 1))
-    print(f"\nwritten: {out}/metrics.json, predictions.csv and PNGs")
+        text = format_diagnosis_table(rows, predictor.threshold).replace("diagnosis", "group    ", 1)
+        tables[f"By cue: {name}"] = text
+        print(f"\n{name}:\n{text}")
+    invoked = "python -m train.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
+    write_report(out, metrics, title, invoked,
+                 about={"model": f"`{args.model}` (version {bundle.version})", "data": f"`{args.data}` (hash "
+                        f"{metrics['data_hash'][:12]}), split {args.split}", "runtime": predictor.runtime},
+                 tables=tables)
+    print(f"\nwritten: {out}/metrics.json, predictions.csv, report.md and PNGs")
     if args.update_card:
         card = load_card(args.model)
         card["test"] = {k: v for k, v in metrics.items() if k != "reliability_bins"}

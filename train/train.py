@@ -51,6 +51,7 @@ from train.gate import fit_selected as fit_selected_gate
 from train.nonlesion import build as build_nonlesion
 from train.metrics import format_table
 from train.plots import evaluation_figures, training_curves
+from train.report import write_report
 
 log = logging.getLogger("train")
 
@@ -724,8 +725,9 @@ def version_hash(data_hash: str, extra_report: dict | None) -> str:
     return hashlib.sha256(f"{data_hash}\t{extra_report['hash']}".encode()).hexdigest()
 
 
-def train(args: argparse.Namespace) -> Bundle | None:
-    """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers."""
+def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | None:
+    """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers. `argv`: the
+    command line as given, for the card (without it, one is written out from `args`)."""
     started = time.perf_counter()
     check_weights(args.backbone, args.weights)  # before the run folder and minutes of reading data, not after
     code = code_version()  # now: the tree may move while a long run trains
@@ -750,8 +752,7 @@ def train(args: argparse.Namespace) -> Bundle | None:
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     if (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()
-    command = "python -m train " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith(("train", "__main__.py")) \
-        else "python -m train " + shlex.join(_args_to_argv(args))
+    command = "python -m train " + shlex.join(_args_to_argv(args) if argv is None else argv)
 
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
@@ -914,7 +915,11 @@ def train(args: argparse.Namespace) -> Bundle | None:
     (run_dir / "test" / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n")
     write_predictions(run_dir / "test" / "predictions.csv", dataset.split("test").paths, dataset.root, p_test, y_test,
                       predictor.threshold)
-    print(format_table(test_metrics, f"test split ({test_metrics['duplicates_dropped']} duplicates dropped)"))
+    title = f"test split ({test_metrics['duplicates_dropped']} duplicates dropped)"
+    print(format_table(test_metrics, title))
+    write_report(run_dir / "test", test_metrics, f"{run_dir.name}: {title}", command,
+                 about={"model": f"`{bundle.path}`, calibrated and thresholded on {len(y_val)} validation images",
+                        "data": f"`{args.data}` (hash {data_hash[:12]}), split test"})
     history = (run_dir / "history.csv").read_text().splitlines()
     card.update({
         "test": _summary(test_metrics),
@@ -993,7 +998,7 @@ def main(argv=None):
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
-        train(args)
+        train(args, sys.argv[1:] if argv is None else list(argv))
     except (data_mod.DataError, WeightsError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
