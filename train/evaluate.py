@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     if args.update_card:
         card = load_card(args.model)
         card["test"] = {k: v for k, v in metrics.items() if k != "reliability_bins"}
-        card["test"]["evaluated_by"] = "python -m train.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        card["test"]["evaluated_by"] = invoked
         card_path(args.model).write_text(json.dumps(card, indent=2) + "\n")
         print(f"model card updated: {card_path(args.model)}")
     return metrics
