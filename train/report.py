@@ -35,7 +35,8 @@ def in_words(m: dict) -> list[str]:
         f"melanomas differs from the probability by {100 * m['ece']:.1f} percentage points on average, weighted by "
         f"the images in each bin (the reliability diagram below). Brier score {m['brier']:.4f}.",
         f"**Accuracy.** {m['accuracy']:.3f}, where calling every image benign would score {_share(tn + fp, n)}: at a "
-        f"threshold set for sensitivity, accuracy is low by design, so read the two points above first.",
+        f"threshold set for sensitivity, accuracy is low by design: read the ranking and the counts at the threshold "
+        f"first.",
     ]
 
 
