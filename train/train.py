@@ -967,7 +967,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     if args.output:
         copy_bundle(bundle.path, args.output)
         log.info("bundle written to %s", args.output)
-    log.info("run folder %s; %.1f minutes", run_dir, (time.perf_counter() - started) / 60)
+    log.info("run folder %s; %.1f minutes; the test evaluation in words: %s", run_dir,
+             (time.perf_counter() - started) / 60, run_dir / "test" / "report.md")
     return bundle
 
 
