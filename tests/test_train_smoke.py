@@ -1419,3 +1419,58 @@ def test_baselines_stack_the_bundle_with_the_handcrafted_model_on_its_own_splits
     assert -1.0 <= row["val_cv_gain"]["mean"] <= 1.0
     saved = json.loads((tmp_path / "baselines.json").read_text())
     assert saved["models"]["tiny + handcrafted (stacked)"]["test"]["roc_auc"] == row["test"]["roc_auc"]
+
+
+def test_evaluating_other_data_leaves_out_copies_of_the_images_the_bundle_trained_on(trained, tiny_data, tmp_path,
+                                                                                     caplog):
+    """Another clinic's folder that holds, unknown to its owner, two of the training images (one flipped): scored as
+    new data they would flatter the bundle, so they are left out and named; kept on request; and where the bundle's
+    training data is not on this machine, the evaluation says it could not check."""
+    from PIL import Image, ImageOps
+
+    from model.bundle import copy_bundle, load_card
+    from tests.conftest import synthetic_lesion
+
+    clinic = tmp_path / "clinic"
+    for label, dark in (("benign", 0.1), ("malignant", 0.9)):
+        (clinic / label).mkdir(parents=True)
+        for i in range(3):
+            synthetic_lesion(64, 900 + i + int(10 * dark), dark).save(clinic / label / f"new_{i}.png")
+    benign_copy = sorted((tiny_data / "train" / "benign").glob("*.png"))[0]
+    malignant_copy = sorted((tiny_data / "train" / "malignant").glob("*.png"))[1]
+    ImageOps.mirror(Image.open(benign_copy)).save(clinic / "benign" / "renamed.png")
+    (clinic / "malignant" / "same.png").write_bytes(malignant_copy.read_bytes())
+    bundle = trained / "bundle" / "tiny.keras"
+
+    metrics = evaluate_cli.main(["--model", str(bundle), "--data", str(clinic), "--split", "all",
+                                 "--out", str(tmp_path / "eval")])
+    seen = metrics["copies_of_training_images"]
+    assert metrics["n"] == 6 and seen["checked"] and seen["left_out"] and seen["images_compared"] == 24 + 12
+    assert seen["copies"] == [{"path": "benign/renamed.png", "copy_of": f"train/benign/{benign_copy.name}"},
+                              {"path": "malignant/same.png", "copy_of": f"train/malignant/{malignant_copy.name}"}]
+    with open(tmp_path / "eval" / "predictions.csv") as f:
+        assert {r["image"] for r in csv.DictReader(f)} == {f"{label}/new_{i}.png" for label in ("benign", "malignant")
+                                                           for i in range(3)}
+    assert "2 among 36 images of" in (tmp_path / "eval" / "report.md").read_text()
+
+    kept = evaluate_cli.main(["--model", str(bundle), "--data", str(clinic), "--split", "all", "--keep-duplicates",
+                              "--out", str(tmp_path / "kept")])
+    assert kept["n"] == 8 and not kept["copies_of_training_images"]["left_out"]
+
+    elsewhere = copy_bundle(bundle, tmp_path / "elsewhere" / "tiny.keras")  # trained on data not on this machine
+    card = load_card(elsewhere)
+    card["data"]["source"] = str(tmp_path / "gone")
+    (tmp_path / "elsewhere" / "tiny.json").write_text(json.dumps(card))
+    caplog.clear()
+    unchecked = evaluate_cli.main(["--model", str(elsewhere), "--data", str(clinic), "--split", "all",
+                                   "--out", str(tmp_path / "unchecked")])
+    assert unchecked["n"] == 8 and not unchecked["copies_of_training_images"]["checked"]
+    assert f"not checked for copies of the images the bundle trained on: the bundle's training data " \
+           f"({tmp_path / 'gone'}) is not on this machine" in caplog.text
+    from train import robustness  # the simulated shifts score the same images, without the copies
+    shifted = robustness.main(["--model", str(bundle), "--data", str(clinic), "--split", "all", "--shifts", "blur",
+                               "--bootstrap", "20", "--out", str(tmp_path / "shifted")])
+    assert shifted["n"] == 6 and shifted["copies_of_training_images_left_out"] == 2
+    # its own data is the same data: nothing to compare, the duplicates across its splits are dropped as before
+    own = evaluate_cli.main(["--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "own")])
+    assert own["copies_of_training_images"] == {"checked": True, "own_data": True, "copies": [], "left_out": False}

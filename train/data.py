@@ -347,13 +347,12 @@ def extra_training_images(source: str | Path, images: str | Path | None, dataset
     extra_data = discover(source, images, whole=True)
     extra = extra_data.split(ALL)
     held = [p for name in ("val", "test") for p in dataset.splits[name].paths]
-    held_canonical = _signatures(held)[:, 0, :]
+    copies = copies_of(extra.paths, held, min_corr)
     kept, left_out, digest = Split(), [], hashlib.sha256()
-    for path, label, group in zip(extra.paths, extra.labels, extra.groups):
-        corr = _best_view_correlation(_signatures([path])[0], held_canonical)  # an exact copy correlates 1.0
-        if len(corr) and corr.max() >= min_corr:
-            copy = held[int(corr.argmax())]
-            left_out.append({"path": relative_path(path, extra_data.root), "copy_of": relative_path(copy, dataset.root)})
+    for i, (path, label, group) in enumerate(zip(extra.paths, extra.labels, extra.groups)):
+        if i in copies:
+            left_out.append({"path": relative_path(path, extra_data.root),
+                             "copy_of": relative_path(copies[i], dataset.root)})
             continue
         kept.paths.append(path)
         kept.labels.append(label)
@@ -362,6 +361,53 @@ def extra_training_images(source: str | Path, images: str | Path | None, dataset
     report = {"source": str(source), "images_used": len(kept), "counts": kept.counts(),
               "left_out_as_copies_of_val_or_test": len(left_out), "left_out": left_out, "hash": digest.hexdigest()}
     return kept, report
+
+
+def copies_of(paths: list[Path], others: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> dict[int, Path]:
+    """The images of `paths` that are a copy of one of `others` (the same bytes, or a near-duplicate thumbnail, flipped
+    or recoloured), by their index in `paths`, each with the image it copies."""
+    if not len(paths) or not len(others):
+        return {}
+    canonical = _signatures(others)[:, 0, :]
+    copies = {}
+    for i, path in enumerate(paths):
+        corr = _best_view_correlation(_signatures([path])[0], canonical)  # an exact copy correlates 1.0
+        if corr.max() >= min_corr:
+            copies[i] = others[int(corr.argmax())]
+    return copies
+
+
+def copies_of_training_images(card: dict, dataset: Dataset, data_hash: str,
+                               split: str) -> tuple[dict, set[str]]:
+    """For data other than the bundle's own: the images of `split` that copy one the bundle trained or was validated
+    on (the same bytes or a near-duplicate, flipped or recoloured), found in its training data where the card's data
+    source is on this machine; a copy scored as new data would flatter the bundle. Returns a report for metrics.json
+    and the copies' paths."""
+    trained_on = card.get("data") or {}
+    if data_hash == trained_on.get("hash"):  # its own data: the copies across its splits are dropped as usual
+        return {"checked": True, "own_data": True, "copies": []}, set()
+    source = trained_on.get("source")
+    if not source or not Path(source).exists():
+        return {"checked": False, "why": f"the bundle's training data ({source or 'not named in its card'}) is not "
+                                         f"on this machine"}, set()
+    arguments = card.get("training", {}).get("arguments", {})
+    trained = discover(source, arguments.get("images"), seed=int(arguments.get("seed", 42)))
+    trained, _ = dataset_as_trained(trained, card, source)
+    seen = trained.splits["train"].paths + trained.splits["val"].paths
+    evaluated = dataset.split(split, drop_duplicates=False).paths
+    copies = copies_of(evaluated, seen)
+    report = {"checked": True, "source": str(source), "images_compared": len(seen), "copies": [
+        {"path": relative_path(evaluated[i], dataset.root),
+         "copy_of": relative_path(copy, trained.root)} for i, copy in sorted(copies.items())]}
+    return report, {str(evaluated[i]) for i in copies}
+
+
+def without(dataset: Dataset, paths: set[str]) -> None:
+    """Take `paths` out of every split of `dataset`."""
+    for name, s in dataset.splits.items():
+        keep = [i for i, p in enumerate(s.paths) if str(p) not in paths]
+        dataset.splits[name] = Split([s.paths[i] for i in keep], [s.labels[i] for i in keep],
+                                              [s.groups[i] for i in keep])
 
 
 def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:

@@ -58,6 +58,15 @@ def evaluate_split(predictor: Predictor, dataset: data_mod.Dataset, split: str, 
     return metrics, p, y
 
 
+def _copies_line(seen: dict, copies: set[str], kept: bool) -> str:
+    if seen.get("own_data"):
+        return "its own data (copies across its splits: see the duplicates dropped)"
+    if not seen["checked"]:
+        return f"not checked: {seen['why']}"
+    found = f"{len(copies)} among {seen['images_compared']} images of {seen['source']}"
+    return found + (("; kept (--keep-duplicates)" if kept else "; left out") if copies else "")
+
+
 def cue_groups(labels, flags) -> list[str]:
     """One group name per image, 'benign' or 'malignant' followed by 'with cue' or 'without cue'."""
     return [f"{'malignant' if y else 'benign'}, {'with' if flag else 'without'} cue" for y, flag in zip(labels, flags)]
@@ -70,12 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     parser.add_argument("--split", default="test", choices=(*data_mod.SPLITS, data_mod.ALL),
                         help="split to evaluate; all = every image of the data, e.g. another clinic's images for a "
-                             "bundle trained elsewhere (no duplicates dropped: check that none was trained on) "
-                             "(default: test)")
+                             "bundle trained elsewhere (default: test). On data other than the bundle's own, copies "
+                             "of its training images are left out where its training data is on this machine")
     parser.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                         help="test-time augmentation views (default: the bundle's tta_views)")
     parser.add_argument("--keep-duplicates", action="store_true",
-                        help="keep test images that duplicate train/val images (default: drop them)")
+                        help="keep test images that duplicate train/val images, and copies of the bundle's "
+                             "training images (default: drop them)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
@@ -120,6 +130,17 @@ def main(argv=None) -> dict:
         _check_card_update(args, bundle.card, dataset)
     if args.split != data_mod.ALL:  # duplicates across this data's own splits; under `all` no split is held out
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    data_hash = dataset.data_hash()
+    seen, copies = data_mod.copies_of_training_images(bundle.card, dataset, data_hash, args.split)
+    if not seen["checked"]:
+        log.warning("not checked for copies of the images the bundle trained on: %s", seen["why"])
+    elif copies:
+        log.warning("%d of the images to evaluate (--split %s) copy images the bundle trained or was validated on "
+                    "(%s): %s", len(copies), args.split, seen["source"],
+                    "kept (--keep-duplicates)" if args.keep_duplicates else "left out")
+        if not args.keep_duplicates:
+            data_mod.without(dataset, copies)
+            data_mod.scorable(dataset.split(args.split), args.split, args.data)
     paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
     diagnoses = None
     if args.diagnosis:
@@ -139,7 +160,8 @@ def main(argv=None) -> dict:
         metrics["by_cue"] = {name: diagnosis_breakdown(p, y, cue_groups(y, flags), predictor.threshold)
                              for name, flags in cue_flags(paths).items()}
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
-                    "data_hash": dataset.data_hash(), "runtime": predictor.runtime})
+                    "data_hash": data_hash, "runtime": predictor.runtime,
+                    "copies_of_training_images": {**seen, "left_out": bool(copies) and not args.keep_duplicates}})
     out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -161,7 +183,8 @@ def main(argv=None) -> dict:
     invoked = "python -m train.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_report(out, metrics, title, invoked,
                  about={"model": f"`{args.model}` (version {bundle.version})", "data": f"`{args.data}` (hash "
-                        f"{metrics['data_hash'][:12]}), split {args.split}", "runtime": predictor.runtime},
+                        f"{metrics['data_hash'][:12]}), split {args.split}", "runtime": predictor.runtime,
+                        "copies of the bundle's training images": _copies_line(seen, copies, args.keep_duplicates)},
                  tables=tables)
     print(f"\nwritten: {out}/metrics.json, predictions.csv, report.md and PNGs")
     if args.update_card:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from sklearn import metrics as skm
 
-from model.bundle import load_bundle
+from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
@@ -188,6 +188,18 @@ def main(argv=None) -> dict:
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=whole)
     if not whole:
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
+    data_hash = dataset.data_hash()
+    copies = set()  # of what any of the bundles trained on: every bundle is scored on the same images
+    for model_path in args.model:
+        seen, found = data_mod.copies_of_training_images(load_card(model_path), dataset, data_hash, args.split)
+        if not seen["checked"]:
+            log.warning("%s: not checked for copies of the images it trained on: %s", model_path, seen["why"])
+        copies |= found
+    if copies:
+        log.warning("%d of the images to evaluate (--split %s) copy images a bundle trained or was validated on: %s",
+                    len(copies), args.split, "kept (--keep-duplicates)" if args.keep_duplicates else "left out")
+        if not args.keep_duplicates:
+            data_mod.without(dataset, copies)
     split = data_mod.scorable(dataset.split(args.split, drop_duplicates=not args.keep_duplicates), args.split,
                               args.data)
     images = []
@@ -207,7 +219,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "split": args.split, "n": int(len(y)), "n_malignant": int(y.sum()),
               "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split),
-              "data_hash": dataset.data_hash(),
+              "data_hash": data_hash, "copies_of_training_images_left_out": 0 if args.keep_duplicates else len(copies),
               "shifts": {name: SHIFTS[name][0] for name in args.shifts}, "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=2) + "\n")
     robustness_chart(results, out / "robustness.png")
