@@ -1,6 +1,7 @@
 """The shipped bundle itself: a complete card, and (where the data set is present) the card's test
 metrics reproduced by the evaluation code."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,9 @@ def test_another_clinics_folder_is_evaluated_whole_with_split_all(tmp_path, caps
                              "--out", str(tmp_path / "eval")])
     images = sorted(folder.rglob("*.jpg"))
     assert (metrics["n"], metrics["split"], metrics["duplicates_dropped"]) == (8, "all", 0)
+    # test images, none a copy of what the model trained on: checked against its 2,150 where its data is here
+    seen, source = metrics["copies_of_training_images"], Path(load_card(DEFAULT_BUNDLE)["data"]["source"])
+    assert seen["checked"] == source.exists() and seen.get("images_compared", 2150) == 2150 and not seen.get("copies")
     with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert sorted(rows) == sorted(str(p.relative_to(folder)) for p in images)
