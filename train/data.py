@@ -407,7 +407,7 @@ def without(dataset: Dataset, paths: set[str]) -> None:
     for name, s in dataset.splits.items():
         keep = [i for i, p in enumerate(s.paths) if str(p) not in paths]
         dataset.splits[name] = Split([s.paths[i] for i in keep], [s.labels[i] for i in keep],
-                                              [s.groups[i] for i in keep])
+                                     [s.groups[i] for i in keep])
 
 
 def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:
