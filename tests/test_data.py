@@ -244,3 +244,32 @@ def test_validation_from_train_is_stratified_seeded_and_keeps_copies_together(tm
     for bad in (0.0, 0.5):
         with pytest.raises(DataError, match="--val-from-train"):
             validation_from_train(ds, bad, seed=1)
+
+
+def test_copies_of_training_images_count_what_the_bundle_saw_and_not_its_test_images(tiny_data, tmp_path):
+    """The images a bundle trained or was validated on, and its --extra-train images, are what an evaluation on other
+    data must not score again; a copy of one of its own test images is new data to it."""
+    from train.data import ALL, copies_of_training_images
+
+    extra = tmp_path / "extra"
+    make_class_folders(extra, n=2)
+    clinic = tmp_path / "clinic"
+    make_class_folders(clinic, n=2)  # the same seeds as the extra images: two of them copies, by their bytes
+    for name in ("benign_0.png", "benign_1.png", "malignant_1.png"):
+        (clinic / ("benign" if name.startswith("benign") else "malignant") / name).unlink()
+    val_image = sorted((tiny_data / "val" / "benign").glob("*.png"))[0]
+    test_image = sorted((tiny_data / "test" / "malignant").glob("*.png"))[0]
+    ImageOps.flip(Image.open(val_image)).save(clinic / "benign" / "was_val.png")
+    (clinic / "malignant" / "was_test.png").write_bytes(test_image.read_bytes())
+    dataset = discover(clinic, whole=True)
+    card = {"data": {"source": str(tiny_data), "hash": "another"},
+            "training": {"arguments": {"seed": 3, "extra_train": str(extra)}}}
+    report, copies = copies_of_training_images(card, dataset, dataset.data_hash(), ALL)
+    assert report["images_compared"] == 24 + 12 + 4
+    assert report["copies"] == [{"path": "benign/was_val.png", "copy_of": f"val/benign/{val_image.name}"},
+                                {"path": "malignant/malignant_0.png", "copy_of": str(extra / "malignant" /
+                                                                                     "malignant_0.png")}]
+    assert copies == {str(clinic / "benign" / "was_val.png"), str(clinic / "malignant" / "malignant_0.png")}
+    own = {"data": {"source": str(tmp_path / "gone"), "hash": dataset.data_hash()}}  # its own data: nothing to check
+    assert copies_of_training_images(own, dataset, dataset.data_hash(), ALL) == (
+        {"checked": True, "own_data": True, "copies": []}, set())

@@ -392,8 +392,11 @@ def copies_of_training_images(card: dict, dataset: Dataset, data_hash: str,
                                          f"on this machine"}, set()
     arguments = card.get("training", {}).get("arguments", {})
     trained = discover(source, arguments.get("images"), seed=int(arguments.get("seed", 42)))
-    trained, _ = dataset_as_trained(trained, card, source)
+    # what it trained or was validated on, however `--val-from-train` moved images between the two
     seen = trained.splits["train"].paths + trained.splits["val"].paths
+    extra = arguments.get("extra_train")
+    if extra and Path(extra).exists():
+        seen += discover(extra, arguments.get("extra_images"), whole=True).split(ALL).paths
     evaluated = dataset.split(split, drop_duplicates=False).paths
     copies = copies_of(evaluated, seen)
     report = {"checked": True, "source": str(source), "images_compared": len(seen), "copies": [
