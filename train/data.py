@@ -405,6 +405,26 @@ def copies_of_training_images(card: dict, dataset: Dataset, data_hash: str,
     return report, {str(evaluated[i]) for i in copies}
 
 
+def leave_out_copies_of_training_images(cards: dict[str, dict], dataset: Dataset, data_hash: str, split: str,
+                                        keep: bool = False) -> tuple[list[dict], set[str]]:
+    """`copies_of_training_images` for each bundle (`cards`: a name to its card), said in the log and, unless `keep`,
+    taken out of `dataset`, so that every bundle is scored on the same images. Returns each card's report and the
+    copies' paths."""
+    reports, copies = [], set()
+    for name, card in cards.items():
+        seen, found = copies_of_training_images(card, dataset, data_hash, split)
+        if not seen["checked"]:
+            log.warning("%s: not checked for copies of the images the bundle trained on: %s", name, seen["why"])
+        reports.append(seen)
+        copies |= found
+    if copies:
+        log.warning("%d of the images to evaluate (--split %s) copy images a bundle trained or was validated on: %s",
+                    len(copies), split, "kept (--keep-duplicates)" if keep else "left out")
+        if not keep:
+            without(dataset, copies)
+    return reports, copies
+
+
 def without(dataset: Dataset, paths: set[str]) -> None:
     """Take `paths` out of every split of `dataset`."""
     for name, s in dataset.splits.items():

@@ -131,16 +131,10 @@ def main(argv=None) -> dict:
     if args.split != data_mod.ALL:  # duplicates across this data's own splits; under `all` no split is held out
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     data_hash = dataset.data_hash()
-    seen, copies = data_mod.copies_of_training_images(bundle.card, dataset, data_hash, args.split)
-    if not seen["checked"]:
-        log.warning("not checked for copies of the images the bundle trained on: %s", seen["why"])
-    elif copies:
-        log.warning("%d of the images to evaluate (--split %s) copy images the bundle trained or was validated on "
-                    "(%s): %s", len(copies), args.split, seen["source"],
-                    "kept (--keep-duplicates)" if args.keep_duplicates else "left out")
-        if not args.keep_duplicates:
-            data_mod.without(dataset, copies)
-            data_mod.scorable(dataset.split(args.split), args.split, args.data)
+    [seen], copies = data_mod.leave_out_copies_of_training_images({str(args.model): bundle.card}, dataset, data_hash,
+                                                                  args.split, args.keep_duplicates)
+    if copies and not args.keep_duplicates:
+        data_mod.scorable(dataset.split(args.split), args.split, args.data)
     paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths
     diagnoses = None
     if args.diagnosis:

@@ -189,17 +189,8 @@ def main(argv=None) -> dict:
     if not whole:
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     data_hash = dataset.data_hash()
-    copies = set()  # of what any of the bundles trained on: every bundle is scored on the same images
-    for model_path in args.model:
-        seen, found = data_mod.copies_of_training_images(load_card(model_path), dataset, data_hash, args.split)
-        if not seen["checked"]:
-            log.warning("%s: not checked for copies of the images it trained on: %s", model_path, seen["why"])
-        copies |= found
-    if copies:
-        log.warning("%d of the images to evaluate (--split %s) copy images a bundle trained or was validated on: %s",
-                    len(copies), args.split, "kept (--keep-duplicates)" if args.keep_duplicates else "left out")
-        if not args.keep_duplicates:
-            data_mod.without(dataset, copies)
+    _, copies = data_mod.leave_out_copies_of_training_images({m: load_card(m) for m in args.model}, dataset, data_hash,
+                                                             args.split, args.keep_duplicates)
     split = data_mod.scorable(dataset.split(args.split, drop_duplicates=not args.keep_duplicates), args.split,
                               args.data)
     images = []
