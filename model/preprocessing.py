@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # Formats Pillow decodes safely and that a camera, a dermatoscope or an export can produce.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO")
@@ -138,7 +139,7 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = upright(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -147,7 +148,8 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
     except UnidentifiedImageError:
         raise ImageError("not_an_image", "The file is not an image that can be read. Upload a JPEG, PNG, BMP, "
                                          "TIFF or WebP image of the lesion.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as exc:
+        # TypeError and struct.error: what Pillow raises on some damaged TIFF headers (a missing width, a float offset)
         raise ImageError("corrupt_image", "The image file is damaged or truncated and cannot be read. Export or "
                                           "copy the image again and upload the new file.") from exc
     if min(img.size) < MIN_SIDE:
@@ -156,6 +158,30 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
             f"The image is only {img.size[0]}x{img.size[1]} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed.",
         )
     return to_rgb(img)
+
+
+# EXIF Orientation value -> the turn that shows the image upright
+ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation tag says: the pixels of Pillow's `ImageOps.exif_transpose`.
+
+    Only the pixels are turned; the EXIF block is not written back (that is where `exif_transpose` fails with a
+    struct.error on a damaged tag elsewhere in the block, though the pixels and the orientation read fine). Nothing
+    downstream reads the EXIF: kept uploads are re-encoded from the pixels.
+    """
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    method = ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

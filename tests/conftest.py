@@ -130,6 +130,25 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def with_a_mistyped_exif_tag(img: Image.Image, orientation: int = 6) -> bytes:
+    """A JPEG of img whose EXIF says "turn me" (Orientation) and also holds a text where a number belongs (ImageLength
+    tagged ASCII, as one flipped byte makes of a camera's Make tag): the pixels and the orientation read fine; Pillow's
+    `exif_transpose` fails on writing such a block back (struct.error)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Cam"  # Make, ASCII
+    raw = exif.tobytes()  # big-endian: tag 0x010F, type 2 (ASCII)
+    assert raw.count(b"\x01\x0f\x00\x02") == 1
+    return encode(img, "JPEG", quality=95, exif=raw.replace(b"\x01\x0f\x00\x02", b"\x01\x01\x00\x02"))
+
+
+def tiff_with_a_fractional_strip_offset(img: Image.Image) -> bytes:
+    """A TIFF of img whose StripOffsets tag is typed as a fraction: Pillow raises TypeError loading it."""
+    data = encode(img, "TIFF")  # little-endian: tag 273 (StripOffsets), type 4 (LONG)
+    assert data.count(b"\x11\x01\x04\x00") == 1
+    return data.replace(b"\x11\x01\x04\x00", b"\x11\x01\x0b\x00")  # type 11: FLOAT
+
+
 @pytest.fixture(scope="session")
 def bomb_png() -> bytes:
     """A tiny PNG whose header claims 40000 x 40000 pixels (Pillow's own bomb check refuses it too)."""

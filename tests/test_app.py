@@ -10,7 +10,8 @@ from PIL import Image
 
 from app import create_app
 from model.bundle import DEFAULT_BUNDLE
-from tests.conftest import encode, lesion_fixtures, synthetic_lesion
+from tests.conftest import (encode, lesion_fixtures, synthetic_lesion, tiff_with_a_fractional_strip_offset,
+                            with_a_mistyped_exif_tag)
 from web.service import NEXT_STEP
 
 
@@ -208,6 +209,8 @@ BAD_INPUTS = [
     ("pdf", lambda j, b: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj<<>>endobj\n", 400, "not_an_image", "not an image"),
     ("truncated jpeg", lambda j, b: j[: len(j) // 2], 400, "corrupt_image", "damaged or truncated"),
     ("garbage after jpeg header", lambda j, b: j[:200] + bytes(range(256)) * 4, 400, "corrupt_image", "damaged"),
+    ("tiff pillow fails to load", lambda j, b: tiff_with_a_fractional_strip_offset(Image.open(io.BytesIO(j))), 400,
+     "corrupt_image", "damaged"),  # Pillow's TypeError was a 500
     ("ico format", lambda j, b: encode(synthetic_lesion(64), "ICO"), 415, "unsupported_format", "not supported"),
     ("ppm format", lambda j, b: encode(synthetic_lesion(64), "PPM"), 415, "unsupported_format", "not supported"),
     ("heic photo", lambda j, b: HEIC.read_bytes(), 415, "unsupported_format", "Export it as JPEG"),
@@ -265,6 +268,19 @@ def test_valid_but_unusual_images_are_converted(client, malignant_jpeg, mode, fm
     res = upload(client, "/api/v1/predict", [(f"lesion.{fmt.lower()}", lesion_in_mode(malignant_jpeg, mode, fmt))])
     assert res.status_code == 200, res.get_json()
     assert res.get_json()["predictions"][0]["label"] == "malignant"
+
+
+def test_a_readable_image_with_a_damaged_exif_tag_is_judged(client, malignant_jpeg):
+    """Its pixels and its orientation read; a mistyped tag elsewhere in the EXIF block (where Pillow's exif_transpose
+    raised struct.error, a 500) changes nothing: the verdict of the same file with that tag intact."""
+    stored_turned = Image.open(io.BytesIO(malignant_jpeg)).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    damaged = with_a_mistyped_exif_tag(stored_turned, orientation=6)
+    intact = damaged.replace(b"\x01\x01\x00\x02", b"\x01\x0f\x00\x02", 1)  # the tag back to Make, ASCII
+    res = upload(client, "/api/v1/predict", [("intact.jpg", intact), ("damaged_exif.jpg", damaged)])
+    assert res.status_code == 200, res.get_json()
+    intact, damaged = res.get_json()["predictions"]
+    assert damaged["label"] == intact["label"] == "malignant"
+    assert damaged["probability_malignant"] == intact["probability_malignant"]
 
 
 @pytest.mark.parametrize("mode", ["L", "I;16", "P"])

@@ -1,6 +1,8 @@
 """The one preprocessing path: every mode and format becomes the same kind of RGB array, and
 training, evaluation and serving produce the same array for the same file."""
 import io
+import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from PIL import Image
 
 from model.preprocessing import ImageError, PreprocessSpec, decode, is_heic, preprocess, shades_of_gray
-from tests.conftest import encode, lesion_fixtures, png_claiming, synthetic_lesion
+from tests.conftest import (encode, lesion_fixtures, png_claiming, synthetic_lesion,
+                            tiff_with_a_fractional_strip_offset, with_a_mistyped_exif_tag)
 
 SPEC = PreprocessSpec(image_size=64)
 
@@ -52,6 +55,67 @@ def test_exif_orientation_is_applied():
     assert out.size == (60, 120)
     arr = np.asarray(out.convert("L"), dtype=float)
     assert arr[:60].mean() < 60 and arr[60:].mean() > 200  # black is now on top
+
+
+def test_a_mistyped_exif_tag_elsewhere_does_not_stop_an_image_that_reads():
+    img = Image.new("RGB", (120, 60), (255, 255, 255))
+    img.paste((0, 0, 0), (0, 0, 60, 60))
+    out = decode(with_a_mistyped_exif_tag(img, orientation=6))  # Pillow's exif_transpose raised struct.error here
+    assert out.size == (60, 120)
+    arr = np.asarray(out.convert("L"), dtype=float)
+    assert arr[:60].mean() < 60 and arr[60:].mean() > 200  # turned as its Orientation says
+
+
+def test_a_tiff_that_pillow_fails_to_load_with_a_type_error_is_corrupt():
+    with pytest.raises(ImageError) as info:
+        decode(tiff_with_a_fractional_strip_offset(synthetic_lesion(80)))
+    assert info.value.code == "corrupt_image"
+
+
+def damaged_copies(n: int, seed: int = 0):
+    """n seeded damaged copies of one small lesion in every format read here: bytes replaced (mostly in the header), cut
+    off or inserted."""
+    lesion = synthetic_lesion(96).resize((96, 72))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Cam"
+    sources = [encode(lesion, "JPEG", exif=exif.tobytes()), encode(lesion, "JPEG", progressive=True),
+               encode(lesion, "PNG"), encode(lesion.convert("RGBA"), "PNG"), encode(lesion.convert("P"), "PNG"),
+               encode(lesion, "BMP"), encode(lesion, "TIFF", exif=exif.tobytes()),
+               encode(lesion, "TIFF", compression="tiff_lzw"), encode(lesion.convert("CMYK"), "TIFF"),
+               encode(lesion, "WEBP", exif=exif.tobytes()), encode(lesion.convert("P"), "GIF")]
+    rng = random.Random(seed)
+    for _ in range(n):
+        data = bytearray(rng.choice(sources))
+        damage = rng.choice(["header", "header", "bytes", "cut", "insert"])
+        if damage in ("header", "bytes"):  # the header: the first 256 bytes, where TIFF and EXIF keep their tags
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(256 if damage == "header" else len(data))] = rng.randrange(256)
+        elif damage == "cut":
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            at = rng.randrange(len(data))
+            data[at:at] = rng.randbytes(rng.randint(1, 64))
+        yield bytes(data)
+
+
+def test_damaged_files_of_every_format_become_an_image_or_an_image_error():
+    """Whatever Pillow raises on a damaged file is an ImageError with its sentence (a 400 in the app, a named
+    unreadable image in training), never another exception (a 500). Before decode caught them, a TypeError from
+    TIFF headers and a struct.error from EXIF blocks got through."""
+    outcomes = {"image": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the damage it reads past
+        for data in damaged_copies(3000):
+            try:
+                arr = preprocess(data, SPEC)
+            except ImageError as exc:
+                assert exc.message.endswith(".")
+                outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+            else:
+                assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8
+                outcomes["image"] += 1
+    assert outcomes["image"] > 500 and outcomes["corrupt_image"] > 500, outcomes  # both kinds of outcome were met
 
 
 def test_shades_of_gray_removes_a_colour_cast():
