@@ -50,6 +50,88 @@ def test_isic_ground_truth_csv(tmp_path):
     assert total == 30 and sum(s.counts()["malignant"] for s in ds.splits.values()) == 10
 
 
+def isic_images(folder: Path, n: int = 30) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"ISIC_{i:07d}" for i in range(n)]
+    for i, image_id in enumerate(ids):
+        synthetic_lesion(40, seed=i).save(folder / f"{image_id}.jpg")
+    return ids
+
+
+def splits_of(ds) -> dict:
+    return {name: sorted((p.name, y) for p, y in zip(s.paths, s.labels)) for name, s in ds.splits.items()}
+
+
+def test_label_csvs_as_spreadsheets_save_them_read_as_the_plain_one(tmp_path):
+    """Excel's "CSV UTF-8" (a byte-order mark), semicolons where the comma is the decimal sign, capitalised or padded
+    column names, blank lines and file names in place of IDs give the same data set as the plain CSV."""
+    ids = isic_images(tmp_path / "images")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("image_id,melanoma\n" + "".join(f"{x},{float(i % 3 == 0)}\n" for i, x in enumerate(ids)))
+    expected = splits_of(discover(plain, tmp_path / "images"))
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(("\ufeffImage_ID ; Melanoma\r\n" + "".join(
+        f"{x}.jpg;{int(i % 3 == 0)}\r\n" + ("\r\n" if i == 4 else "") for i, x in enumerate(ids))).encode("utf-8"))
+    assert splits_of(discover(excel, tmp_path / "images")) == expected
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("image_id\tmelanoma\n" + "".join(f"{x}\t{i % 3 == 0:d}\n" for i, x in enumerate(ids)))
+    assert splits_of(discover(tabs, tmp_path / "images")) == expected
+
+
+def csv_rows(ids, value=lambda i: f"{float(i % 3 == 0)}"):
+    return "".join(f"{x},{value(i)}\n" for i, x in enumerate(ids))
+
+
+LABEL_CSV_MISTAKES = [
+    # (id, CSV text from the image IDs, the error's words); each was a traceback or a silent mistake before
+    ("empty melanoma value", lambda ids: "image_id,melanoma\n" + csv_rows(ids, lambda i: "" if i == 3 else "0"),
+     r"^Unknown label melanoma='' in .*line 5\. The melanoma column holds 1 for a melanoma and 0 for none"),
+    ("melanoma in words", lambda ids: "image_id,melanoma\n" + csv_rows(ids, lambda i: "yes" if i == 3 else "1"),
+     r"^Unknown label melanoma='yes' in .*line 5\."),
+    ("melanoma 0.5, read as benign before", lambda ids: "image_id,melanoma\n" + csv_rows(ids, lambda i: "0.5"),
+     r"^Unknown label melanoma='0\.5' in .*line 2\."),
+    ("a row short of values", lambda ids: "image_id,dx,lesion_id\n" + f"{ids[0]},nv,L0\n{ids[1]}\n",
+     r"line 3 has 1 value where the header names 3 columns \(image_id, dx, lesion_id\)\.$"),
+    ("not UTF-8", lambda ids: ("image_id,label,note\n" + f"{ids[0]},benign,caf\xe9\n").encode("latin-1"),
+     r"is not UTF-8 text\. Save the labels as a CSV file in UTF-8"),
+    ("an image listed twice", lambda ids: "image_id,melanoma\n" + csv_rows(ids) + f"{ids[0]},1\n",
+     r"^Image 'ISIC_0000000' is listed twice in .*, on lines 2 and 32\. List each image once\.$"),
+    ("a mistyped split, which dropped the split column before",
+     lambda ids: "image_id,melanoma,split\n" + "".join(f"{x},{i % 2},{'tst' if i == 7 else 'train'}\n"
+                                                        for i, x in enumerate(ids)),
+     r"^Unknown split 'tst' in .* line 9\. Use train, val or test for every image"),
+    ("a lesion in two splits",
+     lambda ids: "image_id,lesion_id,melanoma,split\n" + "".join(
+         f"{x},L{min(i, 28)},{i % 2},{['train', 'val', 'test'][i % 3] if i < 29 else 'train'}\n"
+         for i, x in enumerate(ids)),
+     r"^Lesion 'L28' has images in the val split \(.* line 30\) and the train split \(line 31\)"),
+    ("a split with one class",
+     lambda ids: "image_id,melanoma,split\n" + "".join(f"{x},{int(i < 4)},{'val' if i >= 20 else 'train'}\n"
+                                                        for i, x in enumerate(ids[:28])) + f"{ids[28]},0,test\n"
+                 + f"{ids[29]},1,test\n",
+     r"^The val split of .* needs images of both classes; it has \{'benign': 8, 'malignant': 0\}\.$"),
+]
+
+
+@pytest.mark.parametrize("build, words", [m[1:] for m in LABEL_CSV_MISTAKES], ids=[m[0] for m in LABEL_CSV_MISTAKES])
+def test_mistakes_in_a_label_csv_are_a_sentence_naming_the_line(tmp_path, build, words):
+    ids = isic_images(tmp_path / "images")
+    text = build(ids)
+    (tmp_path / "labels.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=words):
+        discover(tmp_path / "labels.csv", tmp_path / "images")
+
+
+def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(tmp_path):
+    ids = isic_images(tmp_path / "images")
+    (tmp_path / "labels.csv").write_text("image_id,melanoma,split\n" + "".join(
+        f"{x},{i % 2},{['train', 'val', 'test'][i % 3]}\n" for i, x in enumerate(ids)))
+    ds = discover(tmp_path / "labels.csv", tmp_path / "images")
+    assert ds.layout == "csv_split"
+    assert [p.stem for p in ds.splits["val"].paths] == ids[1::3]
+    assert len(discover(tmp_path / "labels.csv", tmp_path / "images", whole=True).split("all")) == 30
+
+
 def test_ham10000_lesions_never_straddle_splits(tmp_path):
     lines = ["lesion_id,image_id,dx"]
     for lesion in range(40):

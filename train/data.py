@@ -192,46 +192,111 @@ def _split(pooled: Split, seed: int, val_fraction: float | None, test_fraction: 
     }
 
 
+def read_csv_rows(csv_path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A label CSV's column names (stripped, lower-case) and its rows as (line number, {column: stripped value}).
+
+    Reads UTF-8 with or without the byte-order mark Excel's "CSV UTF-8" writes, separated by commas, semicolons (what
+    Excel writes where the comma is the decimal sign) or tabs, as its header line is; skips blank lines. A DataError
+    for a file that is not UTF-8 text or a row with fewer values than the header has names.
+    """
+    try:
+        text = Path(csv_path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path} is not UTF-8 text. Save the labels as a CSV file in UTF-8 (in Excel: Save As, "
+                        f"CSV UTF-8).") from None
+    except OSError as e:
+        raise DataError(f"cannot read {csv_path}: {e.strerror or e}") from None
+    header_line = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header_line.count)  # a comma where the header has no separator at all
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    try:
+        columns = [name.strip().lower() for name in next(reader, [])]
+        named = [c for c in columns if c]
+        needed = max((i + 1 for i, c in enumerate(columns) if c), default=0)  # trailing unnamed columns may be absent
+        rows = []
+        for values in reader:
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) < needed:
+                raise DataError(f"{csv_path} line {reader.line_num} has {len(values)} value"
+                                f"{'' if len(values) == 1 else 's'} where the header names {len(named)} columns "
+                                f"({', '.join(named)}).")
+            rows.append((reader.line_num, {c: v.strip() for c, v in zip(columns, values)}))
+    except csv.Error as e:
+        raise DataError(f"{csv_path} line {reader.line_num} is not valid CSV: {e}.") from None
+    return columns, rows
+
+
+def _melanoma_flag(raw: str, where: str) -> int:
+    """ISIC's ground-truth column: 1 (or 1.0) for a melanoma, 0 (or 0.0) for none; anything else is a DataError."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value not in (0.0, 1.0):
+        raise DataError(f"Unknown label melanoma={raw!r} in {where}. The melanoma column holds 1 for a melanoma and 0 "
+                        f"for none, as ISIC's ground-truth CSVs do.")
+    return int(value)
+
+
 def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test_fraction: float) -> Dataset:
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    columns, rows = read_csv_rows(csv_path)
     if not rows:
         raise DataError(f"The label file has no rows: {csv_path}")
-    columns = set(rows[0])
     if "image_id" not in columns and "image" not in columns:
         raise DataError(f"{csv_path} needs an image_id column. Received columns: {sorted(columns)}")
+    if not {"dx", "melanoma", "label"} & set(columns):
+        raise DataError(f"{csv_path} needs a dx, melanoma or label column. Received columns: {sorted(columns)}")
     index = {p.stem: p for p in _images_in(images)}
     if not index:
         raise DataError(f"No images were found under {images} for the labels in {csv_path}.")
-    pooled, fixed = Split(), []
-    for n, row in enumerate(rows, start=2):
-        image_id = (row.get("image_id") or row.get("image") or "").strip()
+    pooled, fixed, first_line = Split(), [], {}
+    for n, row in rows:
+        image_id = row.get("image_id") or row.get("image") or ""
         where = f"{csv_path} line {n}"
         if "dx" in columns:
-            dx = row["dx"].strip().lower()
+            dx = row["dx"].lower()
             if dx not in HAM_MALIGNANT | HAM_BENIGN:
                 raise DataError(f"Unknown label dx={dx!r} in {where}.")
             label = int(dx in HAM_MALIGNANT)
         elif "melanoma" in columns:
-            label = normalise_label(str(int(float(row["melanoma"]))), where)
-        elif "label" in columns:
-            label = normalise_label(row["label"], where)
+            label = _melanoma_flag(row["melanoma"], where)
         else:
-            raise DataError(f"{csv_path} needs a dx, melanoma or label column. Received columns: {sorted(columns)}")
+            label = normalise_label(row["label"], where)
+        if image_id not in index and Path(image_id).stem in index:  # a file name or path, not an ID
+            image_id = Path(image_id).stem
         if image_id not in index:
             raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
+        if image_id in first_line:
+            raise DataError(f"Image {image_id!r} is listed twice in {csv_path}, on lines {first_line[image_id]} and "
+                            f"{n}. List each image once.")
+        first_line[image_id] = n
         pooled.paths.append(index[image_id])
         pooled.labels.append(label)
-        pooled.groups.append((row.get("lesion_id") or image_id).strip())
-        fixed.append((row.get("split") or "").strip().lower())
-    if all(s in SPLITS for s in fixed):
-        splits = {s: Split() for s in SPLITS}
-        for path, label, group, s in zip(pooled.paths, pooled.labels, pooled.groups, fixed):
-            splits[s].paths.append(path)
-            splits[s].labels.append(label)
-            splits[s].groups.append(group)
-        return Dataset(images, "csv_split", splits)
-    return Dataset(images, "csv", _split(pooled, seed, val_fraction, test_fraction))
+        pooled.groups.append(row.get("lesion_id") or image_id)
+        fixed.append(row.get("split", "").lower())
+    if not any(fixed):
+        return Dataset(images, "csv", _split(pooled, seed, val_fraction, test_fraction))
+    for (n, _), s in zip(rows, fixed):
+        if s not in SPLITS:
+            raise DataError(f"Unknown split {s!r} in {csv_path} line {n}. Use train, val or test for every image, or "
+                            f"leave the split column out for a seeded, stratified split.")
+    splits = {s: Split() for s in SPLITS}
+    split_of = {}
+    for (n, _), path, label, group, s in zip(rows, pooled.paths, pooled.labels, pooled.groups, fixed):
+        if split_of.setdefault(group, (s, n))[0] != s:
+            raise DataError(f"Lesion {group!r} has images in the {split_of[group][0]} split ({csv_path} line "
+                            f"{split_of[group][1]}) and the {s} split (line {n}): images of one lesion belong in one "
+                            f"split, or the evaluation scores copies of what it trained on.")
+        splits[s].paths.append(path)
+        splits[s].labels.append(label)
+        splits[s].groups.append(group)
+    if val_fraction is not None:  # not when every image is evaluated (whole)
+        for name, split in splits.items():
+            if len(set(split.labels)) < 2:
+                raise DataError(f"The {name} split of {csv_path} needs images of both classes; it has "
+                                f"{split.counts()}.")
+    return Dataset(images, "csv_split", splits)
 
 
 # --- duplicates ---------------------------------------------------------------------------------
@@ -530,15 +595,12 @@ def with_validation_from_train(dataset: Dataset, share: float, seed: int) -> tup
 
 def read_diagnoses(csv_path: str | Path) -> dict[str, str]:
     """Finer diagnosis per image stem, from a CSV with a `diagnosis` column and `image_id` or `path`."""
-    try:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read the diagnosis CSV {csv_path}: {e}") from None
-    if not rows or "diagnosis" not in rows[0]:
+    if not Path(csv_path).is_file():
+        raise DataError(f"cannot read the diagnosis CSV {csv_path}: there is no such file")
+    columns, rows = read_csv_rows(csv_path)
+    if "diagnosis" not in columns:
         raise DataError(f"{csv_path} has no 'diagnosis' column")
-    return {(row.get("image_id") or Path(row.get("path") or "").stem): (row["diagnosis"] or "").strip()
-            for row in rows}
+    return {(row.get("image_id") or Path(row.get("path") or "").stem): row["diagnosis"] for _, row in rows}
 
 
 def diagnoses_for(paths: list, by_id: dict[str, str], csv_path: str | Path, what: str) -> list[str]:
