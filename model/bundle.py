@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +88,56 @@ def load_card(path: str | Path) -> dict:
         raise BundleError(f"The model card {card} is not valid JSON ({exc})") from None
 
 
+def _number(value) -> float | None:
+    """value as a finite float, or None (booleans, text, NaN and infinity are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def check_card(card, path: str | Path) -> None:
+    """A BundleError naming the card and the field, for a card that serving cannot use: one edited by hand, cut
+    short or from another program. What `python -m train` writes always passes; fields older cards lack keep their
+    defaults (temperature 1, no logit bias, one view, no gate)."""
+    where = f"The model card {card_path(path)}"
+    if not isinstance(card, dict):
+        raise BundleError(f"{where} is not a JSON object: a card is what python -m train writes beside the .keras "
+                          "file.")
+    if tuple(card.get("class_names", ())) != CLASS_NAMES:
+        raise BundleError(f"The model card must list class_names {list(CLASS_NAMES)}. "
+                          f"Received: {card.get('class_names')}")
+    problems = []
+    if not isinstance(card.get("backbone"), str):
+        problems.append(f"backbone must name the network (received {card.get('backbone')!r})")
+    threshold = _number(card.get("threshold"))
+    if threshold is None or not 0.0 <= threshold <= 1.0:
+        problems.append(f"threshold must be a probability between 0 and 1 (received {card.get('threshold')!r})")
+    spec = card.get("preprocessing")
+    size = spec.get("image_size") if isinstance(spec, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        problems.append("preprocessing must hold image_size, the input side in pixels, a whole number of at least 32 "
+                        f"(received {size if isinstance(spec, dict) else spec!r})")
+    if "temperature" in card and not (_number(card["temperature"]) or 0.0) > 0.0:
+        problems.append(f"temperature must be a positive number (received {card['temperature']!r})")
+    if "logit_bias" in card and _number(card["logit_bias"]) is None:
+        problems.append(f"logit_bias must be a number (received {card['logit_bias']!r})")
+    if card.get("tta_views", 1) not in (1, 2, 4, 8) or isinstance(card.get("tta_views"), bool):
+        problems.append(f"tta_views must be 1, 2, 4 or 8 (received {card['tta_views']!r})")
+    band = card.get("indeterminate_band")
+    if band is not None:
+        ends = [_number(v) for v in band] if isinstance(band, list) and len(band) == 2 else [None]
+        if None in ends or not 0.0 <= ends[0] <= ends[1] <= 1.0:
+            problems.append(f"indeterminate_band must be two probabilities, low then high (received {band!r})")
+    gate = card.get("gate")
+    if gate is not None and not isinstance(gate, dict):
+        problems.append(f"gate must be an object (received {gate!r})")
+    elif gate and gate.get("features_file") and not (Path(path).parent / str(gate["features_file"])).is_file():
+        problems.append(f"gate.features_file {gate['features_file']!r} is not beside the .keras file: copy it with "
+                        "the bundle, or the not-a-lesion gate cannot run")
+    if problems:
+        raise BundleError(f"{where} cannot be used: " + "; ".join(problems) + ".")
+
+
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     """Load a bundle from its .keras file (or a folder holding one); the card must sit beside it."""
     path = Path(path)
@@ -97,9 +149,10 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     if not path.is_file():
         raise BundleNotFound(f"Model bundle not found: {path}")
     card = load_card(path)
-    if tuple(card.get("class_names", ())) != CLASS_NAMES:
-        raise BundleError(f"The model card must list class_names {list(CLASS_NAMES)}. "
-                          f"Received: {card.get('class_names')}")
+    check_card(card, path)
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path} is damaged or not a .keras file (a .keras file is a zip archive): copy the bundle "
+                          "again.")
     try:
         model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError) as exc:

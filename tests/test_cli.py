@@ -1,9 +1,11 @@
 """Every command, and the server, answers a mistake a person can fix with one sentence, never a traceback."""
 import importlib
+import json
+import re
 
 import pytest
 
-from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_bundle, load_card
+from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, check_card, load_bundle, load_card
 from train.cli import command
 from train.data import DataError
 
@@ -35,13 +37,70 @@ def test_a_bundle_without_its_card_or_not_a_model_says_which_file(tmp_path):
         load_bundle(tmp_path / "alone.keras")
     (tmp_path / "text.keras").write_text("not a model")
     (tmp_path / "text.json").write_text(DEFAULT_BUNDLE.with_suffix(".json").read_text())
-    with pytest.raises(BundleError, match=r"text\.keras is not a Keras model file"):
+    (tmp_path / DEFAULT_BUNDLE.with_suffix(".gate.npz").name).write_bytes(b"")  # the gate's file the card names
+    with pytest.raises(BundleError, match=r"text\.keras is damaged or not a \.keras file \(a \.keras file is a zip "):
         load_bundle(tmp_path / "text.keras")
     (tmp_path / "text.json").write_text("{not json")
     with pytest.raises(BundleError, match=r"text\.json is not valid JSON"):
         load_card(tmp_path / "text.keras")
     with pytest.raises(BundleNotFound, match="Model bundle not found"):
         load_card(tmp_path / "nothing.keras")
+
+
+CARD_MISTAKES = [
+    # (id, how the shipped card is damaged, the words that name it); each was a KeyError, ValueError or
+    # AttributeError traceback in the app, model.predict and the evaluation commands, or a threshold above 1 taken
+    ("no threshold", lambda c: c.pop("threshold"),
+     r"threshold must be a probability between 0 and 1 \(received None\)"),
+    ("a threshold of 2", lambda c: c.update(threshold=2.0), r"threshold must be .* \(received 2\.0\)"),
+    ("a threshold in words", lambda c: c.update(threshold="high"), r"threshold must be .* \(received 'high'\)"),
+    ("no preprocessing", lambda c: c.pop("preprocessing"),
+     r"preprocessing must hold image_size.* \(received None\)"),
+    ("an image size in words", lambda c: c["preprocessing"].update(image_size="big"),
+     r"image_size, the input side in pixels, .* \(received 'big'\)"),
+    ("no backbone", lambda c: c.pop("backbone"), r"backbone must name the network"),
+    ("a zero temperature", lambda c: c.update(temperature=0), r"temperature must be a positive number"),
+    ("three views", lambda c: c.update(tta_views=3), r"tta_views must be 1, 2, 4 or 8 \(received 3\)"),
+    ("a band upside down", lambda c: c.update(indeterminate_band=[0.4, 0.1]), r"indeterminate_band must be two "),
+    ("the gate's file elsewhere", lambda c: c["gate"].update(features_file="elsewhere.npz"),
+     r"gate\.features_file 'elsewhere\.npz' is not beside the \.keras file"),
+    ("two mistakes at once", lambda c: (c.pop("threshold"), c.update(tta_views=0)),
+     r"threshold must be .*; tta_views must be 1, 2, 4 or 8 \(received 0\)\.$"),
+]
+
+
+@pytest.mark.parametrize("damage, words", [m[1:] for m in CARD_MISTAKES], ids=[m[0] for m in CARD_MISTAKES])
+def test_a_card_that_serving_cannot_use_is_named_with_its_field(tmp_path, damage, words):
+    card = json.loads(DEFAULT_BUNDLE.with_suffix(".json").read_text())
+    damage(card)
+    (tmp_path / "b.json").write_text(json.dumps(card))
+    (tmp_path / "b.keras").write_bytes(b"checked after the card")
+    (tmp_path / DEFAULT_BUNDLE.with_suffix(".gate.npz").name).write_bytes(b"")  # present unless the card moves it
+    with pytest.raises(BundleError, match=rf"^The model card .*b\.json cannot be used: .*{words}"):
+        load_bundle(tmp_path / "b.keras")
+
+
+def test_the_shipped_card_passes_and_a_list_is_no_card(tmp_path):
+    check_card(json.loads(DEFAULT_BUNDLE.with_suffix(".json").read_text()), DEFAULT_BUNDLE)
+    with pytest.raises(BundleError, match=r"b\.json is not a JSON object"):
+        check_card([], tmp_path / "b.keras")
+
+
+def test_the_server_with_a_damaged_bundle_stops_with_one_sentence(tmp_path):
+    from app import create_app
+    card = json.loads(DEFAULT_BUNDLE.with_suffix(".json").read_text())
+    (tmp_path / "b.json").write_text(json.dumps({**card, "threshold": None}))
+    (tmp_path / DEFAULT_BUNDLE.with_suffix(".gate.npz").name).write_bytes(b"")
+    (tmp_path / "b.keras").write_bytes(DEFAULT_BUNDLE.read_bytes()[:100_000])  # cut short in a copy
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"MODEL_PATH": str(tmp_path / "b.keras")})
+    assert re.fullmatch(r"error: The model card .*b\.json cannot be used: threshold must be a probability between 0 "
+                        r"and 1 \(received None\)\. Set MELANOMA_MODEL_PATH to .*\)\.", str(stopped.value))
+    (tmp_path / "b.json").write_text(json.dumps(card))
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"MODEL_PATH": str(tmp_path / "b.keras")})
+    assert re.fullmatch(r"error: .*b\.keras is damaged or not a \.keras file \(a \.keras file is a zip archive\): "
+                        r"copy the bundle again\. Set MELANOMA_MODEL_PATH to .*\)\.", str(stopped.value))
 
 
 def test_command_passes_results_and_other_errors_through(capsys):

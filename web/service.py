@@ -72,8 +72,8 @@ class ModelService:
         try:
             self.bundle = load_bundle(path)
         except BundleError as exc:  # the server cannot start: say why in one line, not a traceback
-            raise SystemExit(f"error: {exc}. Set MELANOMA_MODEL_PATH to a bundle's .keras file, with its model card "
-                             f"beside it (default: the shipped model, {DEFAULT_BUNDLE}).") from None
+            raise SystemExit(f"error: {str(exc).rstrip('.')}. Set MELANOMA_MODEL_PATH to a bundle's .keras file, with "
+                             f"its model card beside it (default: the shipped model, {DEFAULT_BUNDLE}).") from None
         self.predictor = Predictor(self.bundle, tta_views=app.config.get("TTA_VIEWS") or None,
                                    runtime=app.config.get("RUNTIME", "auto"), threads=threads,
                                    streams=int(app.config.get("INFERENCE_STREAMS") or 0))
