@@ -35,8 +35,7 @@ def image_files(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += [p for p in image_files_under(path)
-                      if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            files += image_files_under(path)
         elif path.is_file():
             files.append(path)
         else:

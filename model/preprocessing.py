@@ -35,10 +35,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # 
 HEIC_SUFFIXES = {".heic", ".heif"}  # phone photos Pillow cannot decode (`is_heic`): named, not skipped in silence
 
 
+def is_hidden(name: str) -> bool:
+    """A name an operating system keeps its own data under: dot files and folders (macOS's `._IMG.jpg` resource forks,
+    which carry an image's suffix but are no image) and `__MACOSX`, where macOS's zip files keep them."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def image_files_under(folder: str | os.PathLike) -> list[Path]:
-    """Every file under `folder`, at any depth, with an image or HEIC suffix (any case), sorted."""
+    """Every file under `folder`, at any depth, with an image or HEIC suffix (any case), sorted; hidden files and
+    folders (`is_hidden`) left out."""
     wanted = IMAGE_SUFFIXES | HEIC_SUFFIXES
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in wanted and p.is_file())
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file()
+                  and not any(is_hidden(part) for part in p.relative_to(folder).parts))
 
 
 class ImageError(ValueError):

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,23 @@ def test_heic_photos_are_named_not_left_out(tmp_path):
     with pytest.raises(DataError, match=r"^1 HEIC photo\(s\) under .*malignant \(for example IMG_0042.HEIC\) cannot "
                                         r"be read here and would be left out. Convert them to JPEG"):
         discover(tmp_path)
+
+
+def test_what_macos_leaves_beside_images_is_not_taken_for_images_or_classes(tmp_path):
+    """Copied from a Mac or unzipped from a Mac's zip, a data folder holds `._NAME.png` resource forks (an image's
+    suffix, no image), `.DS_Store` and `__MACOSX/`: none is an image or a class, so training reads the same data."""
+    make_class_folders(tmp_path / "clean", n=10)
+    shutil.copytree(tmp_path / "clean", tmp_path / "mac")
+    appledouble = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4000)
+    for label in ("benign", "malignant"):
+        (tmp_path / "mac" / label / f"._{label}_0.png").write_bytes(appledouble)
+        (tmp_path / "mac" / label / ".DS_Store").write_bytes(bytes(64))
+    (tmp_path / "mac" / "__MACOSX" / "benign").mkdir(parents=True)
+    (tmp_path / "mac" / "__MACOSX" / "benign" / "._benign_1.png").write_bytes(appledouble)
+    clean, mac = discover(tmp_path / "clean"), discover(tmp_path / "mac")
+    for name in ("train", "val", "test"):
+        assert [p.name for p in mac.splits[name].paths] == [p.name for p in clean.splits[name].paths]
+    find_duplicates(mac)  # every file it lists reads
 
 
 def test_unreadable_image_is_named(tmp_path):

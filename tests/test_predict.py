@@ -27,6 +27,10 @@ def folder(tmp_path_factory):
     (root / "other" / "readme.txt").write_text("not looked at: not an image suffix")
     (root / ".hidden").mkdir()
     shutil.copy(ISIC_FIXTURES / "benign" / "ISIC_0014574.jpg", root / ".hidden" / "copy.jpg")
+    appledouble = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4000)  # macOS's metadata, no image
+    (root / "lesions" / "benign" / "._ISIC_0014574.jpg").write_bytes(appledouble)
+    (root / "__MACOSX" / "lesions").mkdir(parents=True)  # where macOS's zip files keep them
+    (root / "__MACOSX" / "lesions" / "._ISIC_0013473.jpg").write_bytes(appledouble)
     return root
 
 
@@ -42,7 +46,7 @@ def test_every_image_file_gets_a_row_and_the_rest_are_left_out(folder, judged):
     names = [row["file"] for row in written]
     assert names == [r["file"] for r in rows] == sorted(names)
     assert len(rows) == 8 + 4  # the eight lesions, then the four image-named files beside them
-    assert not any(".hidden" in n or n.endswith(".txt") or n.endswith(".md") for n in names)
+    assert not any(".hidden" in n or "._" in n or "MACOSX" in n or n.endswith((".txt", ".md")) for n in names)
 
 
 def test_each_lesion_gets_the_apps_answer_for_the_same_file(client, folder, judged):

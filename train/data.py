@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.bundle import CLASS_NAMES
-from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError, decode, image_files_under
+from model.preprocessing import HEIC_SUFFIXES, IMAGE_SUFFIXES, ImageError, decode, image_files_under, is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _class_folders(folder: Path) -> Split:
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not subdirs:
         raise DataError(f"{folder} has no class subfolders (expected benign/ and malignant/).")
     split = Split()
