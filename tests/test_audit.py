@@ -120,9 +120,11 @@ def test_a_ring_on_both_classes_alike_is_not_flagged(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().out  # the command's own report says nothing
 
 
-def test_bad_data_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="error: "):
+def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
         audit.main(["--data", str(tmp_path / "missing")])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == f"error: The data path does not exist: {tmp_path / 'missing'}\n"
 
 
 def test_remedy_applied_reads_the_training_option():

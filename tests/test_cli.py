@@ -201,3 +201,44 @@ def test_baselines_name_a_missing_stack_bundle_before_computing_any_feature(tiny
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Model bundle not found") and str(missing) in err
+
+
+OUTPUT_COMMANDS = [  # (module, its arguments but the output, the output's flag, whether that names a file)
+    ("train.evaluate", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
+    ("train.robustness", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
+    ("train.views", ["--model", "{bundle}", "--data", "{data}"], "--out", True),
+    ("train.thresholds", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
+    ("train.ensemble", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
+    ("train.gate", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
+    ("train.audit", ["--data", "{data}"], "--out", False),
+    ("train.baselines", ["--data", "{data}"], "--out", False),
+    ("train.learning_curve", ["--model", "{bundle}"], "--out", False),
+    ("train.labelcheck", ["--predictions", "{predictions}"], "--out", False),
+    ("train.bundlediff", ["{bundle}", "{bundle}"], "--out", True),
+    ("train", ["--data", "{data}", "--weights", "none", "--image-size", "32", "--epochs", "1"], "--run-dir", False),
+    ("train", ["--data", "{data}", "--weights", "none", "--image-size", "32", "--epochs", "1",
+               "--run-dir", "{tmp}/run"], "--output", True),
+]
+
+
+@pytest.mark.parametrize("name, args, flag, is_file", OUTPUT_COMMANDS,
+                         ids=[f"{c[0]} {c[2]}" for c in OUTPUT_COMMANDS])
+def test_an_output_that_cannot_be_written_is_one_sentence_before_the_work(name, args, flag, is_file, tiny_data,
+                                                                          tmp_path, capsys, caplog, monkeypatch):
+    """Each command checks where it writes before it works (robustness, thresholds and training take minutes to
+    hours), and a place it cannot write is one sentence and status 2: before, most wrote at the end and raised
+    FileNotFoundError or NotADirectoryError there, the work lost."""
+    (tmp_path / "a_file").write_text("a file, where the output's folder would be")
+    (tmp_path / "predictions.csv").write_text("image,label,probability_malignant\nISIC_1.jpg,benign,0.1\n"
+                                              "ISIC_2.jpg,malignant,0.8\n")
+    target = tmp_path / "a_file" / ("out.json" if is_file else "out")
+    values = {"bundle": DEFAULT_BUNDLE, "data": tiny_data, "predictions": tmp_path / "predictions.csv", "tmp": tmp_path}
+    argv = [a.format(**values) for a in args] + [flag, str(target)]
+    module = importlib.import_module(name if name != "train" else "train.train")
+    monkeypatch.setattr("model.inference.Predictor.__init__", lambda *a, **k: pytest.fail("the work began"))
+    with pytest.raises(SystemExit) as refused:
+        status = module.main(argv)
+        raise SystemExit(status)  # train.bundlediff returns its status
+    assert refused.value.code == 2
+    err = capsys.readouterr().err + caplog.text  # python -m train logs its sentence
+    assert f"cannot write {flag} {target}: " in err and "Traceback" not in err

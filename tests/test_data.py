@@ -162,6 +162,9 @@ def test_clear_errors(tmp_path):
     synthetic_lesion(40).save(odd / "dysplastic" / "a.png")
     with pytest.raises(DataError, match="Unknown label 'dysplastic'"):
         discover(odd)
+    with pytest.raises(DataError, match=r"a\.png is an image\. The data is a folder .* or a label CSV; python -m "
+                                        r"model\.predict judges single images\.$"):
+        discover(odd / "dysplastic" / "a.png")  # read as a label CSV before: "is not UTF-8 text"
 
 
 def test_too_few_images_to_split_is_a_sentence_and_whole_data_is_not_split(tmp_path):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import fisher_exact
@@ -35,6 +34,7 @@ from model import cues
 from model.cues import INK_SHARE, dark_corner_share, has_dark_corners, has_ink, ink_share  # noqa: F401 (its API)
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
+from train.cli import command, writable
 
 log = logging.getLogger("train.audit")
 
@@ -113,17 +113,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    try:
-        dataset = data_mod.discover(args.data, args.images, seed=args.seed)
-    except data_mod.DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    out = writable(args.out)
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     result = audit(dataset, args.alpha)
     result["data"] = str(args.data)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| cue | split | images with it (malignant) | malignant share with it / overall | odds ratio | Fisher p |")
     print("| --- | --- | --- | --- | --- | --- |")

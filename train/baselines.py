@@ -37,7 +37,7 @@ from sklearn.svm import SVC
 
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
-from train.cli import command
+from train.cli import command, writable
 from train.features import handcrafted
 from train.metrics import classification_metrics, format_table, paired_auc_difference, threshold_for_sensitivity
 
@@ -174,7 +174,6 @@ def run(args) -> dict:
     if args.stack:
         report["models"][f"{Path(args.stack).stem} + handcrafted (stacked)"] = stacked(args, bundle, report, features)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     comparison_chart(report, out / "comparison.png")
     print_summary(report)
@@ -239,7 +238,9 @@ def main(argv=None):
                         "own validation images, and score the pair on test against the network")
     p.add_argument("--seed", type=int, default=42, help="(default: 42)")
     p.add_argument("--out", default="runs/baselines", help="output folder (default: runs/baselines)")
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    writable(args.out)
+    return run(args)
 
 
 if __name__ == "__main__":

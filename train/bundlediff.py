@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 
 from model.bundle import BundleError, card_path
+from train.cli import writable
+from train.data import DataError
 
 # card fields (and the fields under them) that belong to the run, not to the model: they differ between two runs of
 # one command
@@ -189,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the comparison here as JSON")
     args = parser.parse_args(argv)
     try:
+        if args.out:
+            writable(args.out.parent, given=args.out)
         result = compare(args.first, args.second)
-    except BundleError as e:
+    except (BundleError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(describe(result)))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0 if result["identical"] else 1
 

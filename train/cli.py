@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
+from pathlib import Path
 
 from model.architecture import WeightsError
 from model.bundle import BundleError
 from train.data import DataError
 
 PERSON_CAN_FIX = (DataError, BundleError, WeightsError)
+
+
+def writable(folder, flag: str = "--out", given=None) -> Path:
+    """`folder`, created with its parents, once a file can be written in it: called before a command's work, so a
+    place it cannot write ends the command at once with one sentence, not with a traceback after minutes of work.
+    `given`: what the person gave `flag`, where that is a file in `folder`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DataError(f"cannot write {flag} {given or folder}: {e.strerror or e}") from None
+    return folder
 
 
 def command(main):

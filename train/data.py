@@ -148,6 +148,9 @@ def discover(source: str | Path, images: str | Path | None = None, seed: int = 4
         raise DataError(f"The data path does not exist: {source}")
     if whole:
         val_fraction = test_fraction = None
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES | HEIC_SUFFIXES:
+        raise DataError(f"{source} is an image. The data is a folder (with train/, val/ and test/, or benign/ and "
+                        f"malignant/ subfolders) or a label CSV; python -m model.predict judges single images.")
     if source.is_file():
         return _from_csv(source, Path(images) if images else source.parent, seed, val_fraction, test_fraction)
     if all((source / s).is_dir() for s in SPLITS):
@@ -172,7 +175,8 @@ def _split(pooled: Split, seed: int, val_fraction: float | None, test_fraction: 
     labels = np.asarray(pooled.labels)
     groups = np.asarray(pooled.groups)
     if len(set(labels.tolist())) < 2:
-        raise DataError(f"Both classes are needed to train; found only {pooled.counts()}.")
+        raise DataError(f"Both classes are needed to split the images into training, validation and test sets; "
+                        f"found only {pooled.counts()}.")
     n_test = max(2, round(1 / test_fraction))
     n_val = max(2, round((1 - test_fraction) / val_fraction))
     try:

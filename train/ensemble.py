@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from model.bundle import load_bundle
 from model.inference import Predictor, average_views, calibrated_malignant_probability
 from train import data as data_mod
-from train.cli import command
+from train.cli import command, writable
 from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
 
 log = logging.getLogger("train.ensemble")
@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-sensitivity", type=float, default=0.9)
     parser.add_argument("--out", default="runs/ensemble", help="output folder (default: runs/ensemble)")
     args = parser.parse_args(argv)
+    out = writable(args.out)
 
     dataset = data_mod.discover(args.data)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
@@ -66,8 +67,6 @@ def main(argv=None) -> dict:
     metrics = classification_metrics(p, y, threshold)
     metrics.update({"split": args.split, "members": members, "temperature": temperature,
                     "duplicates_dropped": len(dataset.splits[args.split]) - len(evaluated)})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for m in members:
         print(f"member {m['model']} ({m['image_size']} px): ROC AUC {m['roc_auc']:.3f}")

@@ -26,7 +26,7 @@ import numpy as np
 from model.bundle import CLASS_NAMES, card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
-from train.cli import command
+from train.cli import command, writable
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
 from train.report import write_report
@@ -122,6 +122,7 @@ def write_predictions(path: Path, paths, root: Path, p: np.ndarray, y: np.ndarra
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    out = writable(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
     bundle = load_bundle(args.model)
     predictor = Predictor(bundle, runtime=args.runtime)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=args.split == data_mod.ALL)
@@ -156,8 +157,6 @@ def main(argv=None) -> dict:
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
                     "data_hash": data_hash, "runtime": predictor.runtime,
                     "copies_of_training_images": {**seen, "left_out": bool(copies) and not args.keep_duplicates}})
-    out = Path(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     np.savez(out / "predictions.npz", probability_malignant=p, label=y)
     write_predictions(out / "predictions.csv", paths, dataset.root, p, y, predictor.threshold, diagnoses)

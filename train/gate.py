@@ -37,7 +37,7 @@ from model.runtime import make_forward
 from model.turn import parse_turns, turn
 from train import data as data_mod
 from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
-from train.cli import command
+from train.cli import command, writable
 from train.robustness import dermoscope_ring
 from train.shipcheck import Limits
 
@@ -337,7 +337,7 @@ def main(argv=None) -> dict:
     dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
     if moved:
         log.info("%d training images moved to validation, as when the bundle trained (--val-from-train)", moved)
-    out = Path(args.out or f"runs/gate_{Path(args.model).stem}")
+    out = writable(args.out or f"runs/gate_{Path(args.model).stem}")
     if args.fit and args.select:
         from train.nonlesion import build
 

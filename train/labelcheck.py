@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import CLASS_NAMES
+from train.cli import writable
+from train.data import DataError
 from train.metrics import bootstrap_intervals, roc_auc
 
 
@@ -51,6 +53,8 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise PredictionsError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error):
+        rows = []  # not a CSV at all: said below
     needed = {"image", "label", "probability_malignant"}
     if not rows or not needed <= set(rows[0]):
         raise PredictionsError(f"{path} is not a predictions file of python -m train.evaluate: it needs the columns "
@@ -191,13 +195,12 @@ def main(argv=None) -> dict:
     path = Path(args.predictions)
     try:
         names, y, p = read_predictions(path)
-    except PredictionsError as e:
+        out = writable(args.out if args.out else path.parent)
+    except (PredictionsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     report = check(names, y, p, args.per_block, args.near)
     report["predictions"] = str(path)
-    out = Path(args.out) if args.out else path.parent
-    out.mkdir(parents=True, exist_ok=True)
     (out / "labelcheck.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report, str(path)))
     print(f"\nwritten: {out / 'labelcheck.json'}")

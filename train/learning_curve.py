@@ -26,6 +26,8 @@ import numpy as np
 from scipy import stats
 
 from model.bundle import BundleError, load_card
+from train.cli import writable
+from train.data import DataError
 from train.plots import learning_curve_chart
 
 
@@ -136,12 +138,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
+        out = writable(args.out)
         result = learning_curve(args.model, args.target_auc)
-    except (CurveError, BundleError) as e:
+    except (CurveError, BundleError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "learning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     learning_curve_chart(result, out / "learning_curve.png")
     print("| training images | bundle | test ROC AUC [95% CI] | validation ROC AUC |")

@@ -27,7 +27,7 @@ from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.cli import command
+from train.cli import command, writable
 from train.metrics import expected_calibration_error, paired_auc_interval
 from train.plots import robustness_chart
 
@@ -184,6 +184,7 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    out = writable(args.out or f"runs/robustness_{args.split}")
     whole = args.split == data_mod.ALL
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=whole)
     if not whole:
@@ -206,8 +207,6 @@ def main(argv=None) -> dict:
         key = str(model_path)
         log.info("%s: %d images of %s under %d shifts", key, len(images), args.split, len(args.shifts))
         results[key] = evaluate_shifts(Predictor(bundle, runtime=args.runtime), images, y, args.shifts, args.bootstrap)
-    out = Path(args.out or f"runs/robustness_{args.split}")
-    out.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "split": args.split, "n": int(len(y)), "n_malignant": int(y.sum()),
               "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split),
               "data_hash": data_hash, "copies_of_training_images_left_out": 0 if args.keep_duplicates else len(copies),

@@ -25,7 +25,7 @@ import numpy as np
 from model.bundle import load_bundle
 from model.inference import Predictor
 from train import data as data_mod
-from train.cli import command
+from train.cli import command, writable
 from train.evaluate import predict_split
 from train.metrics import threshold_for_sensitivity
 
@@ -89,14 +89,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    out = writable(args.out)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
     dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
     rows = study(args.model, dataset, args.target_sensitivity)
     result = {"target_sensitivity": args.target_sensitivity, "data": str(args.data), "rows": rows,
               "summary": summary(rows, args.target_sensitivity)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| bundle | empirical rule: test sens / spec | unbiased rule: test sens / spec |")
     print("| --- | --- | --- |")

@@ -39,6 +39,7 @@ from model.preprocessing import PreprocessSpec
 from model.turn import parse_turns
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
+from train.cli import writable
 from train.augment import BLUR_KINDS, build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
@@ -748,7 +749,9 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     if not is_chief():  # every worker trains; only the chief writes the bundle
         run_dir = run_dir / f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
         args.output = None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable(run_dir, "--run-dir")
+    if args.output:  # where the bundle is copied after training: checked before it, not after 30 minutes
+        writable(Path(args.output).parent, "--output", args.output)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     if (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()

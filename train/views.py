@@ -31,7 +31,7 @@ from model.preprocessing import fill_dark_frame
 from model.turn import turn
 from train import data as data_mod
 from train.calibrate import validation_split
-from train.cli import command
+from train.cli import command, writable
 from train.metrics import paired_auc_interval
 
 log = logging.getLogger("train.views")
@@ -139,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    out = Path(args.out or f"runs/views_{args.split}.json")
+    writable(out.parent, given=out)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     if args.split == "test":
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
@@ -163,8 +165,6 @@ def main(argv=None) -> dict:
             changes = [r["views"][text]["auc_change"] for r in results.values()]
             print(f"view {text}: mean change {np.mean(changes):+.4f} over {len(changes)} bundles, higher than upright "
                   f"on {sum(c > 0 for c in changes)}")
-    out = Path(args.out or f"runs/views_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"command": "python -m train.views " + " ".join(argv if argv is not None else sys.argv[1:]),
               "split": args.split, "data": str(args.data), "results": results}
     out.write_text(json.dumps(report, indent=2))
