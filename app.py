@@ -19,7 +19,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from model.bundle import DEFAULT_BUNDLE
-from web import errors, uploads
+from web import errors, settings, uploads
 from web.service import ModelService
 from web.views import api, pages
 
@@ -56,6 +56,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_prefixed_env("MELANOMA")
     if test_config:
         app.config.update(test_config)
+    try:
+        settings.check(app.config)
+    except settings.SettingError as exc:  # the server cannot start: say why in one line, not a traceback
+        raise SystemExit(f"error: {exc}.") from None
     configure_logging(app)
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = instance_secret(Path(app.instance_path))

@@ -425,6 +425,42 @@ def test_config_from_environment(monkeypatch, benign_jpeg):
     assert upload(client, "/api/v1/predict", [(f"{i}.jpg", benign_jpeg) for i in range(3)]).status_code == 200
 
 
+BAD_SETTINGS = [
+    # (variable, value, the words of the sentence); before web.settings each was a traceback at startup, a 500 at
+    # the first request, a crash in TensorFlow (threads -2) or, for KEEP_UPLOADS, a word read as yes
+    ("MAX_FILES", "abc", "MELANOMA_MAX_FILES is a whole number, 1 or more; received 'abc'."),
+    ("MAX_FILES", "2.5", "MELANOMA_MAX_FILES is a whole number, 1 or more; received 2.5."),
+    ("MAX_CONTENT_LENGTH", "20MB", "MELANOMA_MAX_CONTENT_LENGTH is a whole number, 1 or more; received '20MB'."),
+    ("TTA_VIEWS", "3", "MELANOMA_TTA_VIEWS is 1, 2, 4 or 8 views, or 0 for the bundle's own; received 3."),
+    ("RUNTIME", "gpu", "MELANOMA_RUNTIME is one of auto, openvino, tensorflow; received 'gpu'."),
+    ("INFERENCE_THREADS", "-2", "MELANOMA_INFERENCE_THREADS is a whole number, 0 or more; received -2."),
+    ("KEEP_UPLOADS", "perhaps", "MELANOMA_KEEP_UPLOADS is true or false (1/0, yes/no, on/off); received 'perhaps'."),
+    ("MICRO_BATCHING", "maybe", "MELANOMA_MICRO_BATCHING is true or false"),
+    ("UPLOAD_RETENTION_HOURS", "never", "MELANOMA_UPLOAD_RETENTION_HOURS is a number of hours above 0"),
+    ("LOG_LEVEL", "LOUD", "MELANOMA_LOG_LEVEL is one of DEBUG, INFO, WARNING, ERROR, CRITICAL; received 'LOUD'."),
+    ("SECRET_KEY", "short", "MELANOMA_SECRET_KEY is a long random text (16 characters or more"),
+]
+
+
+@pytest.mark.parametrize("name, value, words", BAD_SETTINGS, ids=[f"{n}={v}" for n, v, _ in BAD_SETTINGS])
+def test_a_setting_of_the_wrong_kind_stops_the_server_with_one_sentence(monkeypatch, name, value, words):
+    monkeypatch.setenv(f"MELANOMA_{name}", value)
+    monkeypatch.setattr("web.service.load_bundle", lambda path: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"TESTING": True})
+    assert str(stopped.value).startswith(f"error: {words}")
+
+
+def test_settings_in_words_are_read_as_meant(monkeypatch):
+    for name, value in (("KEEP_UPLOADS", "no"), ("MICRO_BATCHING", "Off"), ("LOG_LEVEL", "warning"),
+                        ("UPLOAD_RETENTION_HOURS", "12"), ("SECRET_KEY", "1234567890123456789012")):
+        monkeypatch.setenv(f"MELANOMA_{name}", value)
+    app = create_app({"TESTING": True})
+    assert app.config["KEEP_UPLOADS"] is False and app.config["MICRO_BATCHING"] is False
+    assert app.config["LOG_LEVEL"] == "WARNING" and app.config["UPLOAD_RETENTION_HOURS"] == 12.0
+    assert app.config["SECRET_KEY"] == "1234567890123456789012"  # all digits: Flask read it as a number
+
+
 def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, benign_jpeg, malignant_jpeg):
     """The fixture naevus ISIC_0012414 carries two purple ink marks; the fixture melanoma, seen through a contact
     dermoscope's ring, has dark corners. Both are judged, with a caution that gives the card's training counts."""
