@@ -212,7 +212,6 @@ OUTPUT_COMMANDS = [  # (module, its arguments but the output, the output's flag,
     ("train.gate", ["--model", "{bundle}", "--data", "{data}"], "--out", False),
     ("train.audit", ["--data", "{data}"], "--out", False),
     ("train.baselines", ["--data", "{data}"], "--out", False),
-    ("train.learning_curve", ["--model", "{bundle}"], "--out", False),
     ("train.labelcheck", ["--predictions", "{predictions}"], "--out", False),
     ("train.bundlediff", ["{bundle}", "{bundle}"], "--out", True),
     ("train", ["--data", "{data}", "--weights", "none", "--image-size", "32", "--epochs", "1"], "--run-dir", False),
@@ -242,3 +241,12 @@ def test_an_output_that_cannot_be_written_is_one_sentence_before_the_work(name, 
     assert refused.value.code == 2
     err = capsys.readouterr().err + caplog.text  # python -m train logs its sentence
     assert f"cannot write {flag} {target}: " in err and "Traceback" not in err
+
+
+def test_writable_tries_and_leaves_nothing_behind(tmp_path):
+    from train.cli import writable
+    assert writable(tmp_path / "x" / "y" / "z") == tmp_path / "x" / "y" / "z"
+    assert list(tmp_path.iterdir()) == []  # a command that stops later on a mistake leaves no empty folders
+    (tmp_path / "kept").mkdir()
+    writable(tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir()  # what was there stays

@@ -128,3 +128,14 @@ def test_a_missing_bundle_gets_a_sentence(tmp_path, capsys):
         main(["--model", str(tmp_path / "nowhere.keras"), "--model", str(tmp_path / "b.keras")])
     assert exit_info.value.code == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_gets_a_sentence(tmp_path, capsys):
+    """Checked after the curve, which reads cards only, so a failed curve leaves no folder behind (above)."""
+    models = [_bundle(tmp_path, name, n, auc) for name, n, auc in (("a", 500, 0.78), ("b", 1000, 0.81))]
+    (tmp_path / "a_file").write_text("a file, where the output's folder would be")
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg for m in models for arg in ("--model", m)] + ["--out", str(tmp_path / "a_file" / "curve")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write --out {tmp_path / 'a_file' / 'curve'}: " in err and "Traceback" not in err

@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     result = audit(dataset, args.alpha)
     result["data"] = str(args.data)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| cue | split | images with it (malignant) | malignant share with it / overall | odds ratio | Fisher p |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -174,6 +174,7 @@ def run(args) -> dict:
     if args.stack:
         report["models"][f"{Path(args.stack).stem} + handcrafted (stacked)"] = stacked(args, bundle, report, features)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     comparison_chart(report, out / "comparison.png")
     print_summary(report)

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(describe(result)))
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0 if result["identical"] else 1
 

@@ -15,16 +15,22 @@ PERSON_CAN_FIX = (DataError, BundleError, WeightsError)
 
 
 def writable(folder, flag: str = "--out", given=None) -> Path:
-    """`folder`, created with its parents, once a file can be written in it: called before a command's work, so a
-    place it cannot write ends the command at once with one sentence, not with a traceback after minutes of work.
-    `given`: what the person gave `flag`, where that is a file in `folder`."""
+    """`folder`, once a file could be written in it: called before a command's work, so a place it cannot write ends
+    the command at once with one sentence, not with a traceback after minutes of work. It leaves nothing behind (the
+    folders it made to try are removed again); the command makes the folder when it writes. `given`: what the person
+    gave `flag`, where that is a file in `folder`."""
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise DataError(f"cannot write {flag} {given or folder}: {e.strerror or e}") from None
+    finally:
+        for p in made:
+            if p.is_dir():
+                p.rmdir()
     return folder
 
 

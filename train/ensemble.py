@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     metrics = classification_metrics(p, y, threshold)
     metrics.update({"split": args.split, "members": members, "temperature": temperature,
                     "duplicates_dropped": len(dataset.splits[args.split]) - len(evaluated)})
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for m in members:
         print(f"member {m['model']} ({m['image_size']} px): ROC AUC {m['roc_auc']:.3f}")

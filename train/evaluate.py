@@ -157,6 +157,7 @@ def main(argv=None) -> dict:
     metrics.update({"model": str(args.model), "model_version": bundle.version, "data": str(args.data),
                     "data_hash": data_hash, "runtime": predictor.runtime,
                     "copies_of_training_images": {**seen, "left_out": bool(copies) and not args.keep_duplicates}})
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     np.savez(out / "predictions.npz", probability_malignant=p, label=y)
     write_predictions(out / "predictions.csv", paths, dataset.root, p, y, predictor.threshold, diagnoses)

@@ -201,6 +201,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2) from None
     report = check(names, y, p, args.per_block, args.near)
     report["predictions"] = str(path)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "labelcheck.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report, str(path)))
     print(f"\nwritten: {out / 'labelcheck.json'}")

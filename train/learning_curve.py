@@ -138,11 +138,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
+        result = learning_curve(args.model, args.target_auc)  # reads cards only: seconds, so the check can follow
         out = writable(args.out)
-        result = learning_curve(args.model, args.target_auc)
     except (CurveError, BundleError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "learning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     learning_curve_chart(result, out / "learning_curve.png")
     print("| training images | bundle | test ROC AUC [95% CI] | validation ROC AUC |")

@@ -207,6 +207,7 @@ def main(argv=None) -> dict:
         key = str(model_path)
         log.info("%s: %d images of %s under %d shifts", key, len(images), args.split, len(args.shifts))
         results[key] = evaluate_shifts(Predictor(bundle, runtime=args.runtime), images, y, args.shifts, args.bootstrap)
+    out.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "split": args.split, "n": int(len(y)), "n_malignant": int(y.sum()),
               "duplicates_dropped": len(dataset.split(args.split, drop_duplicates=False)) - len(split),
               "data_hash": data_hash, "copies_of_training_images_left_out": 0 if args.keep_duplicates else len(copies),

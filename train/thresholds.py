@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
     rows = study(args.model, dataset, args.target_sensitivity)
     result = {"target_sensitivity": args.target_sensitivity, "data": str(args.data), "rows": rows,
               "summary": summary(rows, args.target_sensitivity)}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| bundle | empirical rule: test sens / spec | unbiased rule: test sens / spec |")
     print("| --- | --- | --- |")

@@ -752,6 +752,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     writable(run_dir, "--run-dir")
     if args.output:  # where the bundle is copied after training: checked before it, not after 30 minutes
         writable(Path(args.output).parent, "--output", args.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     if (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()

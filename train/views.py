@@ -167,6 +167,7 @@ def main(argv=None) -> dict:
                   f"on {sum(c > 0 for c in changes)}")
     report = {"command": "python -m train.views " + " ".join(argv if argv is not None else sys.argv[1:]),
               "split": args.split, "data": str(args.data), "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"written: {out}")
     return report
