@@ -9,9 +9,18 @@ copies of this server behind a proxy (README, "Serving beyond one process").
 """
 import os
 
+
+def whole(name: str, default: str) -> int:
+    """The environment variable `name` as a whole number of 1 or more; else the server stops with one sentence."""
+    text = os.environ.get(name, default)
+    if not text.strip().isdigit() or int(text) < 1:
+        raise SystemExit(f"error: {name} is a whole number, 1 or more; received {text!r}.")
+    return int(text)
+
+
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("MELANOMA_WORKERS", "1"))
-threads = int(os.environ.get("MELANOMA_THREADS", "8"))
+workers = whole("MELANOMA_WORKERS", "1")
+threads = whole("MELANOMA_THREADS", "8")
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)

@@ -461,6 +461,25 @@ def test_settings_in_words_are_read_as_meant(monkeypatch):
     assert app.config["SECRET_KEY"] == "1234567890123456789012"  # all digits: Flask read it as a number
 
 
+def gunicorn_settings(monkeypatch, env: dict) -> dict:
+    import os
+    import runpy
+    monkeypatch.setattr(os, "environ", dict(env))  # the config file reads and sets os.environ: a copy here
+    settings = runpy.run_path(str(Path(__file__).parent.parent / "gunicorn.conf.py"))
+    return {**settings, "environ": os.environ}
+
+
+def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
+    default = gunicorn_settings(monkeypatch, {})
+    assert (default["bind"], default["workers"], default["threads"]) == ("127.0.0.1:8000", 1, 8)
+    two = gunicorn_settings(monkeypatch, {"MELANOMA_WORKERS": "2"})  # the cores shared between the workers
+    assert two["workers"] == 2 and two["environ"]["MELANOMA_INFERENCE_STREAMS"] == "1"
+    for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5")):
+        with pytest.raises(SystemExit) as stopped:  # was a ValueError traceback from gunicorn's config loader
+            gunicorn_settings(monkeypatch, {name: value})
+        assert str(stopped.value) == f"error: {name} is a whole number, 1 or more; received {value!r}."
+
+
 def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, benign_jpeg, malignant_jpeg):
     """The fixture naevus ISIC_0012414 carries two purple ink marks; the fixture melanoma, seen through a contact
     dermoscope's ring, has dark corners. Both are judged, with a caution that gives the card's training counts."""
