@@ -158,7 +158,7 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
         raise ImageError("not_an_image", "The file is not an image that can be read. Upload a JPEG, PNG, BMP, "
                                          "TIFF or WebP image of the lesion.") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as exc:
-        # TypeError and struct.error: what Pillow raises on some damaged TIFF headers (a missing width, a float offset)
+        # TypeError and struct.error: what Pillow raises on some damaged TIFF and EXIF headers (a float offset)
         raise ImageError("corrupt_image", "The image file is damaged or truncated and cannot be read. Export or "
                                           "copy the image again and upload the new file.") from exc
     if min(img.size) < MIN_SIDE:
