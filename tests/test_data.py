@@ -131,6 +131,12 @@ def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(t
     assert ds.layout == "csv_split"
     assert [p.stem for p in ds.splits["val"].paths] == ids[1::3]
     assert len(discover(tmp_path / "labels.csv", tmp_path / "images", whole=True).split("all")) == 30
+    (tmp_path / "straddling.csv").write_text("image_id,lesion_id,melanoma,split\n" + "".join(
+        f"{x},L{i // 2},{i % 2},{['train', 'val', 'test'][i % 3]}\n" for i, x in enumerate(ids)))
+    with pytest.raises(DataError, match="has images in the"):
+        discover(tmp_path / "straddling.csv", tmp_path / "images")
+    # evaluated whole (--split all) or added with --extra-train, its own splits do not count
+    assert len(discover(tmp_path / "straddling.csv", tmp_path / "images", whole=True).split("all")) == 30
 
 
 def test_ham10000_lesions_never_straddle_splits(tmp_path):

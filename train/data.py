@@ -287,15 +287,16 @@ def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test
                             f"leave the split column out for a seeded, stratified split.")
     splits = {s: Split() for s in SPLITS}
     split_of = {}
+    whole = val_fraction is None  # every image evaluated, or added to training: the file's own splits do not count
     for (n, _), path, label, group, s in zip(rows, pooled.paths, pooled.labels, pooled.groups, fixed):
-        if split_of.setdefault(group, (s, n))[0] != s:
+        if split_of.setdefault(group, (s, n))[0] != s and not whole:
             raise DataError(f"Lesion {group!r} has images in the {split_of[group][0]} split ({csv_path} line "
                             f"{split_of[group][1]}) and the {s} split (line {n}): images of one lesion belong in one "
                             f"split, or the evaluation scores copies of what it trained on.")
         splits[s].paths.append(path)
         splits[s].labels.append(label)
         splits[s].groups.append(group)
-    if val_fraction is not None:  # not when every image is evaluated (whole)
+    if not whole:
         for name, split in splits.items():
             if len(set(split.labels)) < 2:
                 raise DataError(f"The {name} split of {csv_path} needs images of both classes; it has "
