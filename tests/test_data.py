@@ -123,6 +123,25 @@ def test_mistakes_in_a_label_csv_are_a_sentence_naming_the_line(tmp_path, build,
         discover(tmp_path / "labels.csv", tmp_path / "images")
 
 
+def test_a_csv_names_images_by_path_where_two_files_share_a_name(tmp_path):
+    """Two folders with an `img_0.png` each: an ID that fits both is an error naming them (before, one file silently
+    stood for both, with one label), and paths under the image folder tell them apart."""
+    for folder, dark in (("clinic_a", 0.1), ("clinic_b", 0.9)):
+        (tmp_path / folder).mkdir()
+        for i in range(15):
+            synthetic_lesion(40, seed=i + (50 if dark > 0.5 else 0), dark=dark).save(tmp_path / folder / f"img_{i}.png")
+    (tmp_path / "by_id.csv").write_text("image_id,label\n" + "".join(f"img_{i},benign\n" for i in range(15)))
+    with pytest.raises(DataError, match=r"^Image 'img_0' \(.*line 2\) could be any of 2 files under .*: "
+                                        r"clinic_a/img_0\.png, clinic_b/img_0\.png\. Name it by its path"):
+        discover(tmp_path / "by_id.csv")
+    (tmp_path / "by_path.csv").write_text("image,label\n" + "".join(
+        f"{folder}/img_{i}.png,{label}\n" for folder, label in (("clinic_a", "benign"), ("clinic_b", "malignant"))
+        for i in range(15)))
+    ds = discover(tmp_path / "by_path.csv").split("all")
+    assert len(ds) == 30 and len(set(ds.paths)) == 30
+    assert all((p.parent.name == "clinic_b") == bool(y) for p, y in zip(ds.paths, ds.labels))
+
+
 def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(tmp_path):
     ids = isic_images(tmp_path / "images")
     (tmp_path / "labels.csv").write_text("image_id,melanoma,split\n" + "".join(

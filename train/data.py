@@ -243,6 +243,21 @@ def _melanoma_flag(raw: str, where: str) -> int:
     return int(value)
 
 
+def _image_for(image_id: str, images: Path, index: dict[str, list[Path]], where: str) -> Path:
+    """The image a label CSV names: by its path under `images` (`benign/img1.jpg`), by its ID (`ISIC_0000000`, the
+    file name without suffix) or its file name; a DataError when none or several files fit."""
+    if image_id and (images / image_id).is_file() and (images / image_id).suffix.lower() in IMAGE_SUFFIXES:
+        return images / image_id
+    found = index.get(image_id) or index.get(Path(image_id).stem) or []
+    if not found:
+        raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
+    if len(found) > 1:
+        raise DataError(f"Image {image_id!r} ({where}) could be any of {len(found)} files under {images}: "
+                        f"{', '.join(relative_path(p, images) for p in found[:3])}. Name it by its path under "
+                        f"{images} in the CSV.")
+    return found[0]
+
+
 def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test_fraction: float) -> Dataset:
     columns, rows = read_csv_rows(csv_path)
     if not rows:
@@ -251,7 +266,9 @@ def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test
         raise DataError(f"{csv_path} needs an image_id column. Received columns: {sorted(columns)}")
     if not {"dx", "melanoma", "label"} & set(columns):
         raise DataError(f"{csv_path} needs a dx, melanoma or label column. Received columns: {sorted(columns)}")
-    index = {p.stem: p for p in _images_in(images)}
+    index: dict[str, list[Path]] = {}
+    for p in _images_in(images):
+        index.setdefault(p.stem, []).append(p)
     if not index:
         raise DataError(f"No images were found under {images} for the labels in {csv_path}.")
     pooled, fixed, first_line = Split(), [], {}
@@ -267,15 +284,12 @@ def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test
             label = _melanoma_flag(row["melanoma"], where)
         else:
             label = normalise_label(row["label"], where)
-        if image_id not in index and Path(image_id).stem in index:  # a file name or path, not an ID
-            image_id = Path(image_id).stem
-        if image_id not in index:
-            raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
-        if image_id in first_line:
-            raise DataError(f"Image {image_id!r} is listed twice in {csv_path}, on lines {first_line[image_id]} and "
+        path = _image_for(image_id, images, index, where)
+        if path in first_line:
+            raise DataError(f"Image {image_id!r} is listed twice in {csv_path}, on lines {first_line[path]} and "
                             f"{n}. List each image once.")
-        first_line[image_id] = n
-        pooled.paths.append(index[image_id])
+        first_line[path] = n
+        pooled.paths.append(path)
         pooled.labels.append(label)
         pooled.groups.append(row.get("lesion_id") or image_id)
         fixed.append(row.get("split", "").lower())
