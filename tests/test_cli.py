@@ -223,7 +223,8 @@ OUTPUT_COMMANDS = [  # (module, its arguments but the output, the output's flag,
 @pytest.mark.parametrize("name, args, flag, is_file", OUTPUT_COMMANDS,
                          ids=[f"{c[0]} {c[2]}" for c in OUTPUT_COMMANDS])
 def test_an_output_that_cannot_be_written_is_one_sentence_before_the_work(name, args, flag, is_file, tiny_data,
-                                                                          tmp_path, capsys, caplog, monkeypatch):
+                                                                          tmp_path, capsys, caplog,
+                                                                          monkeypatch):
     """Each command checks where it writes before it works (robustness, thresholds and training take minutes to
     hours), and a place it cannot write is one sentence and status 2: before, most wrote at the end and raised
     FileNotFoundError or NotADirectoryError there, the work lost."""
@@ -250,3 +251,29 @@ def test_writable_tries_and_leaves_nothing_behind(tmp_path):
     (tmp_path / "kept").mkdir()
     writable(tmp_path / "kept")
     assert (tmp_path / "kept").is_dir()  # what was there stays
+
+
+def test_an_input_file_read_after_the_work_is_checked_before_it(tiny_data, tmp_path, capsys, monkeypatch):
+    """train.gate's --nonlesion folder, train.baselines' --network-metrics and train.shipcheck's --robustness: a wrong
+    one was a FileNotFoundError traceback (the first two after minutes of work) or "Expecting value: line 1 column
+    1"."""
+    from train import baselines, gate, shipcheck
+    monkeypatch.setattr("model.inference.Predictor.__init__", lambda *a, **k: pytest.fail("the work began"))
+    monkeypatch.setattr(baselines, "run", lambda args: pytest.fail("the features were computed"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.json").write_text("not json")
+    with pytest.raises(SystemExit) as refused:
+        gate.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--nonlesion", str(tmp_path / "empty")])
+    assert refused.value.code == 2
+    assert f"--nonlesion {tmp_path / 'empty'} has no MANIFEST.csv: make the folder with python -m train.nonlesion" \
+           in capsys.readouterr().err
+    for metrics in (tmp_path / "missing.json", tmp_path / "notes.json"):
+        with pytest.raises(SystemExit) as refused:
+            baselines.main(["--data", str(tiny_data), "--network-metrics", str(metrics), "--out", str(tmp_path / "b")])
+        assert refused.value.code == 2
+        assert f"--network-metrics {metrics} is not a metrics.json" in capsys.readouterr().err
+    for report, reason in ((tmp_path / "missing.json", "No such file or directory"),
+                           (tmp_path / "notes.json", "not JSON")):
+        assert shipcheck.main(["--baseline", str(DEFAULT_BUNDLE), "--candidate", str(DEFAULT_BUNDLE),
+                               "--robustness", str(report)]) == 2
+        assert f"cannot read --robustness {report} ({reason}): give the robustness.json" in capsys.readouterr().err

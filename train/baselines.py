@@ -240,6 +240,13 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=42, help="(default: 42)")
     p.add_argument("--out", default="runs/baselines", help="output folder (default: runs/baselines)")
     args = p.parse_args(argv)
+    if args.network_metrics:  # read after minutes of features: checked first
+        try:
+            if not isinstance(json.loads(Path(args.network_metrics).read_text()), dict):
+                raise ValueError
+        except (OSError, ValueError):
+            p.error(f"--network-metrics {args.network_metrics} is not a metrics.json that python -m train.evaluate "
+                    f"writes")
     writable(args.out)
     return run(args)
 

@@ -333,6 +333,9 @@ def main(argv=None) -> dict:
     unknown = [v for v in views if v not in BANK_VIEWS]
     if unknown:
         parser.error(f"unknown bank view {', '.join(unknown)}; choose from {', '.join(BANK_VIEWS)}, or none")
+    if args.nonlesion and not (Path(args.nonlesion) / "MANIFEST.csv").is_file():
+        parser.error(f"--nonlesion {args.nonlesion} has no MANIFEST.csv: make the folder with python -m "
+                     f"train.nonlesion --out {args.nonlesion}")
     dataset = data_mod.discover(args.data)
     dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
     if moved:

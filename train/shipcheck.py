@@ -232,6 +232,12 @@ def main(argv=None) -> int:
                     args.min_test_sensitivity, args.min_test_specificity, args.shift_rule)
     try:
         report = json.loads(Path(args.robustness).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+        print(f"python -m train.shipcheck: cannot read --robustness {args.robustness} ({reason}): give the "
+              f"robustness.json that python -m train.robustness writes for the two bundles", file=sys.stderr)
+        return 2
+    try:
         cards = {"baseline": load_card(args.baseline), "candidate": load_card(args.candidate)}
         base_rows, cand_rows = _model_results(report, args.baseline), _model_results(report, args.candidate)
         paired = (score_paired(args.baseline, args.candidate, args.data, args.images, bootstrap=args.bootstrap)
