@@ -277,3 +277,19 @@ def test_an_input_file_read_after_the_work_is_checked_before_it(tiny_data, tmp_p
         assert shipcheck.main(["--baseline", str(DEFAULT_BUNDLE), "--candidate", str(DEFAULT_BUNDLE),
                                "--robustness", str(report)]) == 2
         assert f"cannot read --robustness {report} ({reason}): give the robustness.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, flag, value", [
+    ("train.robustness", "--bootstrap", "0"), ("train.views", "--bootstrap", "-5"),
+    ("train.shipcheck", "--bootstrap", "x"),
+    ("train.thresholds", "--target-sensitivity", "1.5"), ("train.baselines", "--target-sensitivity", "0"),
+    ("train.ensemble", "--target-sensitivity", "90")])
+def test_numbers_outside_their_range_are_refused_by_the_parser(name, flag, value, capsys):
+    """Before, --bootstrap 0 wrote NaN intervals and --target-sensitivity 1.5 a threshold study for an impossible
+    target, without a word."""
+    args = {"train.shipcheck": ["--baseline", "b.keras", "--candidate", "c.keras", "--robustness", "r.json"],
+            "train.baselines": ["--data", "d"]}.get(name, ["--model", "m.keras", "--data", "d"])
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(name).main(args + [flag, value])
+    assert refused.value.code == 2
+    assert f"argument {flag}: " in capsys.readouterr().err

@@ -2,6 +2,7 @@
 not right: one sentence on stderr and exit status 2, as argparse answers a bad option; no traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import tempfile
@@ -12,6 +13,28 @@ from model.bundle import BundleError
 from train.data import DataError
 
 PERSON_CAN_FIX = (DataError, BundleError, WeightsError)
+
+
+def resamples(text: str) -> int:
+    """argparse type of --bootstrap: a whole number of resamples, 10 or more (fewer gives no 95% interval: NaN)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 10:
+        raise argparse.ArgumentTypeError(f"a whole number of resamples, 10 or more (e.g. 1000), not {text!r}")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type of --target-sensitivity: a share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1 (e.g. 0.9), not {text!r}")
+    return value
 
 
 def writable(folder, flag: str = "--out", given=None) -> Path:

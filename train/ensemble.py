@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from model.bundle import load_bundle
 from model.inference import Predictor, average_views, calibrated_malignant_probability
 from train import data as data_mod
-from train.cli import command, writable
+from train.cli import command, share, writable
 from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
 
 log = logging.getLogger("train.ensemble")
@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", action="append", required=True, help="a member bundle (repeat for each)")
     parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate (default: test)")
-    parser.add_argument("--target-sensitivity", type=float, default=0.9)
+    parser.add_argument("--target-sensitivity", type=share, default=0.9)
     parser.add_argument("--out", default="runs/ensemble", help="output folder (default: runs/ensemble)")
     args = parser.parse_args(argv)
     out = writable(args.out)

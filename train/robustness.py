@@ -27,7 +27,7 @@ from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.cli import command, writable
+from train.cli import command, resamples, writable
 from train.metrics import expected_calibration_error, paired_auc_interval
 from train.plots import robustness_chart
 
@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "all (default: test)")
     parser.add_argument("--shifts", default=",".join(SHIFTS),
                         help=f"comma-separated shifts, from: {', '.join(SHIFTS)} (default: all)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
+    parser.add_argument("--bootstrap", type=resamples, default=1000,
                         help="paired bootstrap resamples for the AUC change (default: 1000)")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images (default: drop them)")

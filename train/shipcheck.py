@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model.bundle import load_card
+from train.cli import resamples
 from train.metrics import paired_auc_difference
 
 
@@ -215,7 +216,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--paired-margin", type=float, default=d.paired_margin,
                         help="with --data: the upper end of the 95%% interval of candidate minus baseline AUC must "
                              f"be at least minus this (default: {d.paired_margin})")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="with --data: bootstrap resamples (default: 2000)")
+    parser.add_argument("--bootstrap", type=resamples, default=2000,
+                        help="with --data: bootstrap resamples (default: 2000)")
     return parser.parse_args(argv)
 
 
