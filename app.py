@@ -58,6 +58,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(test_config)
     try:
         settings.check(app.config)
+        settings.check_upload_folder(app.config)
     except settings.SettingError as exc:  # the server cannot start: say why in one line, not a traceback
         raise SystemExit(f"error: {exc}.") from None
     configure_logging(app)

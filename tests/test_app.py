@@ -451,6 +451,16 @@ def test_a_setting_of_the_wrong_kind_stops_the_server_with_one_sentence(monkeypa
     assert str(stopped.value).startswith(f"error: {words}")
 
 
+def test_an_upload_folder_that_cannot_be_written_stops_the_server_when_uploads_are_kept(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("a file, where the folder would be")
+    monkeypatch.setattr("web.service.load_bundle", lambda path: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as stopped:  # was a 500 at the first upload
+        create_app({"TESTING": True, "KEEP_UPLOADS": True, "UPLOAD_FOLDER": str(tmp_path / "a_file" / "kept")})
+    assert str(stopped.value).startswith(f"error: MELANOMA_UPLOAD_FOLDER {tmp_path / 'a_file' / 'kept'} cannot be "
+                                         f"written (")
+    assert str(stopped.value).endswith("), and MELANOMA_KEEP_UPLOADS keeps the uploads there.")
+
+
 def test_settings_in_words_are_read_as_meant(monkeypatch):
     for name, value in (("KEEP_UPLOADS", "no"), ("MICRO_BATCHING", "Off"), ("LOG_LEVEL", "warning"),
                         ("UPLOAD_RETENTION_HOURS", "12"), ("SECRET_KEY", "1234567890123456789012")):

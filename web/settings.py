@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 RUNTIMES = ("auto", "openvino", "tensorflow")
 TTA_CHOICES = (0, 1, 2, 4, 8)  # 0: the bundle's own setting
@@ -42,6 +44,21 @@ def _flag(config: dict, key: str, allow_none: bool = False) -> bool | None:
         return False
     unset = ", or unset for the default" if allow_none else ""
     raise SettingError(f"{_name(key)} is true or false (1/0, yes/no, on/off{unset}); received {value!r}")
+
+
+def check_upload_folder(config: dict) -> None:
+    """With KEEP_UPLOADS, a SettingError unless a file can be written in UPLOAD_FOLDER (made if missing): found at
+    startup, not as a 500 at the first upload."""
+    if not config["KEEP_UPLOADS"]:
+        return
+    folder = Path(config["UPLOAD_FOLDER"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SettingError(f"{_name('UPLOAD_FOLDER')} {folder} cannot be written ({e.strerror or e}), and "
+                           f"{_name('KEEP_UPLOADS')} keeps the uploads there") from None
 
 
 def check(config: dict) -> None:
