@@ -406,6 +406,19 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     assert b"SecretCam" not in kept[0].read_bytes() and not Image.open(kept[0]).getexif()
 
 
+def test_an_upload_that_cannot_be_kept_still_gets_its_verdict_and_a_line_in_the_log(tmp_path, malignant_jpeg,
+                                                                                    monkeypatch, caplog):
+    app = create_app({"TESTING": True, "KEEP_UPLOADS": True, "UPLOAD_FOLDER": str(tmp_path / "kept")})
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("web.uploads.keep", disk_full)
+    res = upload(app.test_client(), "/api/v1/predict", [("lesion.jpg", malignant_jpeg)])
+    assert res.status_code == 200 and res.get_json()["predictions"][0]["label"] == "malignant"  # was a 500
+    assert "upload 'lesion.jpg' not kept in" in caplog.text and "No space left on device" in caplog.text
+
+
 def test_model_is_loaded_once_at_startup(app, client, malignant_jpeg, monkeypatch):
     import keras
 

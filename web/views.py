@@ -69,7 +69,10 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
         folder = Path(current_app.config["UPLOAD_FOLDER"])
         for r in results:
             if r.image is not None:
-                uploads.keep(r.image, folder, current_app.config["UPLOAD_RETENTION_HOURS"])
+                try:
+                    uploads.keep(r.image, folder, current_app.config["UPLOAD_RETENTION_HOURS"])
+                except OSError as exc:  # a full disk: the clinician still gets the verdict; the log says what was lost
+                    current_app.logger.error("upload %r not kept in %s: %s", r.filename, folder, exc)
     return results
 
 
