@@ -271,6 +271,26 @@ def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(
         context.close()
 
 
+def test_a_long_file_name_does_not_widen_the_page(live_server, page, tmp_path):
+    """A camera's export can name a file with one long word; the page broke out of a phone's width with it (1,677 px
+    wide on a 390 px screen), and the verdict sat off screen."""
+    import shutil
+
+    long_name = tmp_path / ("lesion_photo_from_the_dermatoscope_export_" + "x" * 150 + ".jpg")
+    shutil.copy(lesion_fixtures("malignant")[0], long_name)
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    try:
+        page.goto(live_server + "/")
+        page.set_input_files("#image", str(long_name))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the drop zone names the file
+        page.click("#submit")
+        page.wait_for_selector("#verdict")
+        assert long_name.name in page.inner_text(".hint")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        page.set_viewport_size({"width": 1100, "height": 900})
+
+
 def test_upload_a_text_file_and_see_the_error(live_server, page, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n" * 10)
