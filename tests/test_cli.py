@@ -217,6 +217,9 @@ OUTPUT_COMMANDS = [  # (module, its arguments but the output, the output's flag,
     ("train", ["--data", "{data}", "--weights", "none", "--image-size", "32", "--epochs", "1"], "--run-dir", False),
     ("train", ["--data", "{data}", "--weights", "none", "--image-size", "32", "--epochs", "1",
                "--run-dir", "{tmp}/run"], "--output", True),
+    ("train.nonlesion", ["--no-browser"], "--out", False),
+    ("bench", ["--skip-usual"], "--out", False),
+    ("bench.train_step", [], "--out", False),
 ]
 
 
@@ -234,7 +237,8 @@ def test_an_output_that_cannot_be_written_is_one_sentence_before_the_work(name, 
     target = tmp_path / "a_file" / ("out.json" if is_file else "out")
     values = {"bundle": DEFAULT_BUNDLE, "data": tiny_data, "predictions": tmp_path / "predictions.csv", "tmp": tmp_path}
     argv = [a.format(**values) for a in args] + [flag, str(target)]
-    module = importlib.import_module(name if name != "train" else "train.train")
+    module = importlib.import_module({"train": "train.train", "bench": "bench.__main__"}.get(name, name))
+    monkeypatch.setattr("train.nonlesion.build", lambda *a, **k: pytest.fail("the work began"))
     monkeypatch.setattr("model.inference.Predictor.__init__", lambda *a, **k: pytest.fail("the work began"))
     with pytest.raises(SystemExit) as refused:
         status = module.main(argv)
