@@ -52,8 +52,10 @@ def writable(folder, flag: str = "--out", given=None) -> Path:
         raise DataError(f"cannot write {flag} {given or folder}: {e.strerror or e}") from None
     finally:
         for p in made:
-            if p.is_dir():
+            try:
                 p.rmdir()
+            except OSError:  # not made after all, or another process put something in it meanwhile: left as it is
+                continue
     return folder
 
 
