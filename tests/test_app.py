@@ -75,6 +75,21 @@ def test_about_page_says_most_alarms_are_false_only_when_they_are(tmp_path):
     assert "of the 102\n    test lesions it called suspicious, 94 (92%) were melanomas" in html
 
 
+def test_about_page_of_a_card_that_records_only_what_serving_needs_says_so(tmp_path):
+    """A card from elsewhere, with what serving needs and no more: the about page was a 500; now it says what the
+    card does not record, and the app serves the bundle as before."""
+    needed = ("class_names", "backbone", "threshold", "preprocessing", "gate", "temperature", "version", "name")
+    client = client_with_card(tmp_path, lambda card: {k: card[k] for k in needed})
+    res = client.get("/about")
+    assert res.status_code == 200
+    html = res.get_data(as_text=True)
+    assert ("Its model card does not record data, test, validation, created, target_sensitivity, intended_use, so "
+            "how it was trained") in " ".join(html.split())
+    assert "at least 9.0%" in html and "Intended use" in html and "Known limits" not in html
+    one_missing = client_with_card(tmp_path / "b", lambda card: {**card, "test": {**card["test"], "ece": None}})
+    assert "does not record test.ece, so" in " ".join(one_missing.get("/about").get_data(as_text=True).split())
+
+
 def test_about_page_says_when_images_are_judged_through_a_turned_view(client, tmp_path):
     assert "turned by" not in client.get("/about").get_data(as_text=True)  # the shipped bundle: upright
     turned = client_with_card(tmp_path, lambda card: {**card, "view_turns": [45.0]})

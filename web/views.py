@@ -21,6 +21,26 @@ CUE_NAMES = {"skin_marker_ink": "purple skin-marker ink", "dark_corners": "a con
 ISIC_2017 = re.compile(r"isic[-_ ]?2017", re.IGNORECASE)
 
 
+# What the about page reads from a card beyond what serving needs (model.bundle.check_card): python -m train writes
+# them all; a card from elsewhere may lack some, and the page then says so instead of failing (a 500 before).
+ABOUT_FIELDS = {"data": ("counts", "test_images_dropped_as_duplicates"),
+                "test": ("n", "n_malignant", "roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "accuracy", "ece",
+                         "confusion_matrix"),
+                "validation": ("n_malignant",), "created": (), "target_sensitivity": (), "intended_use": ()}
+
+
+def unrecorded(card: dict) -> list[str]:
+    """The fields the about page needs that the card lacks, as `test.roc_auc` or `data`."""
+    missing = []
+    for key, inner in ABOUT_FIELDS.items():
+        value = card.get(key)
+        if value in (None, "", {}):
+            missing.append(key)
+        elif inner:
+            missing += [f"{key}.{k}" for k in inner if not isinstance(value, dict) or value.get(k) is None]
+    return missing
+
+
 def about_facts(card: dict) -> dict:
     """What the about page says of a bundle, read from its card: the page must not describe the shipped model's
     data when a developer serves a bundle trained on their own."""
@@ -36,6 +56,7 @@ def about_facts(card: dict) -> dict:
         "isic2017_only": isic2017 and not extra,  # and so is everything it learnt from
         "sources": [PurePath(source).name or "its training data"] + ([PurePath(extra).name] if extra else []),
         "rare_cues": [name for code, name in CUE_NAMES.items() if code in rare],
+        "unrecorded": unrecorded(card),
     }
 
 
