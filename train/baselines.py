@@ -93,17 +93,20 @@ def stack_cv_gain(network: np.ndarray, handcrafted: np.ndarray, y: np.ndarray, r
     return {"mean": float(np.mean(gains)), "sd": float(np.std(gains)), "repeats": repeats, "folds": 5}
 
 
-def stacked(args, bundle, report: dict, features) -> dict:
-    """The network and the best handcrafted model together (see the module's docstring): the report's row."""
+def stacked(args, bundle, report: dict, features, base: data_mod.Dataset) -> dict:
+    """The network and the best handcrafted model together (see the module's docstring): the report's row. `base`:
+    the data as `run` read it, with its duplicates; redrawn only where the bundle's seed draws other splits."""
     from model.inference import Predictor
     from train.evaluate import predict_split
 
     card = bundle.card
     seed = int(card.get("training", {}).get("arguments", {}).get("seed", args.seed))
-    dataset = data_mod.discover(args.data, args.images, seed=seed)
+    own_splits = base.layout in ("split_folders", "csv_split")  # no seed draws them
+    dataset = base if own_splits or seed == args.seed else data_mod.discover(args.data, args.images, seed=seed)
     dataset, moved = data_mod.dataset_as_trained(dataset, card, args.data)
-    known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
-    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
+    if dataset is not base and not dataset.duplicates:  # dataset_as_trained finds them when it moves images
+        known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
+        dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
     splits = {name: dataset.split(name) for name in data_mod.SPLITS}
     y = {name: np.asarray(s.labels) for name, s in splits.items()}
     x = {name: features(s.paths) for name, s in splits.items()}
@@ -172,7 +175,7 @@ def run(args) -> dict:
         name = f"efficientnet ({Path(net['model']).stem})" if net.get("model") else "efficientnet"  # the bundle scored
         report["models"][name] = {"params": {"model": net.get("model")}, "test": net}
     if args.stack:
-        report["models"][f"{Path(args.stack).stem} + handcrafted (stacked)"] = stacked(args, bundle, report, features)
+        report["models"][f"{Path(args.stack).stem} + handcrafted (stacked)"] = stacked(args, bundle, report, features, dataset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

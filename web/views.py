@@ -126,7 +126,9 @@ def predict_page():
 @pages.get("/about")
 def about():
     card = service().card
-    return render_template("about.html", card=card, model=service().describe(), facts=about_facts(card))
+    predictor = service().predictor  # the calibration as served, its defaults for older cards included
+    return render_template("about.html", card=card, model=service().describe(), facts=about_facts(card),
+                           calibration=predictor)
 
 
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
