@@ -43,11 +43,24 @@ def is_hidden(name: str) -> bool:
 
 def image_files_under(folder: str | os.PathLike) -> list[Path]:
     """Every file under `folder`, at any depth, with an image or HEIC suffix (any case), sorted; hidden files and
-    folders (`is_hidden`) left out."""
+    folders (`is_hidden`) left out. Linked folders are followed (each real folder read once, so a link back up ends),
+    and a link to a file that is not there is listed, so that reading it names it rather than a class quietly
+    shrinking; anything else that is not a plain file (a pipe, a device) is left out."""
     wanted = IMAGE_SUFFIXES | HEIC_SUFFIXES
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file()
-                  and not any(is_hidden(part) for part in p.relative_to(folder).parts))
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        for name in files:
+            path = os.path.join(root, name)
+            if (not is_hidden(name) and os.path.splitext(name)[1].lower() in wanted
+                    and (os.path.isfile(path) or not os.path.exists(path))):
+                found.append(Path(path))
+    return sorted(found)
 
 
 class ImageError(ValueError):
@@ -117,8 +130,8 @@ def decode(data: bytes | str | os.PathLike, draft_size: int | None = None) -> Im
         try:
             with open(data, "rb") as f:
                 head = f.read(132)
-        except OSError:
-            head = b""  # Pillow names the problem below
+        except OSError as exc:  # not there (a link to nothing, a file moved away), a folder, not allowed
+            raise ImageError("unreadable_file", f"The file could not be read ({exc.strerror or exc}).") from None
     if is_heic(head):
         # Pillow has no HEVC decoder; its AVIF reader would take some of these for damaged files.
         raise ImageError("unsupported_format", HEIC_MESSAGE)

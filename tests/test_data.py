@@ -232,6 +232,32 @@ def test_what_macos_leaves_beside_images_is_not_taken_for_images_or_classes(tmp_
     find_duplicates(mac)  # every file it lists reads
 
 
+def test_linked_folders_are_read_and_a_link_to_nothing_is_named(tmp_path):
+    """A class folder may gather images by links (`ln -s /data/clinic_a benign/clinic_a`): the linked folder's images
+    are read as copies would be, a link back up does not go round for ever, and a link whose file is gone stops
+    training with its name instead of a class quietly losing the image."""
+    make_class_folders(tmp_path / "copied", n=10)
+    make_class_folders(tmp_path / "elsewhere", n=10)
+    for label in ("benign", "malignant"):
+        (tmp_path / "linked" / label).mkdir(parents=True)
+        (tmp_path / "linked" / label / "clinic_a").symlink_to(tmp_path / "elsewhere" / label)
+        (tmp_path / "linked" / label / "clinic_a" / "again").symlink_to(tmp_path / "linked" / label)
+        shutil.move(tmp_path / "copied" / label, tmp_path / "copied" / "tmp")
+        (tmp_path / "copied" / label).mkdir()
+        shutil.move(tmp_path / "copied" / "tmp", tmp_path / "copied" / label / "clinic_a")
+    copied, linked = discover(tmp_path / "copied"), discover(tmp_path / "linked")
+    for name in ("train", "val", "test"):
+        assert [p.relative_to(tmp_path / "linked") for p in linked.splits[name].paths] == [
+            p.relative_to(tmp_path / "copied") for p in copied.splits[name].paths]
+        assert linked.splits[name].labels == copied.splits[name].labels
+    find_duplicates(linked)  # every file it lists reads
+    (tmp_path / "linked" / "malignant" / "gone.png").symlink_to(tmp_path / "moved_away.png")
+    with pytest.raises(DataError, match=r"^1 link\(s\) under .*linked/malignant point to no file \(for example "
+                                        r".*linked/malignant/gone.png, a link to .*moved_away.png\)\. Put the files "
+                                        r"back or remove the links\.$"):
+        discover(tmp_path / "linked")
+
+
 def test_unreadable_image_is_named(tmp_path):
     make_class_folders(tmp_path, n=10)
     (tmp_path / "benign" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

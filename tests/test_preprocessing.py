@@ -147,6 +147,14 @@ def test_bad_bytes_raise_image_error(data, code):
     assert info.value.code == code and info.value.message.endswith(".")
 
 
+def test_a_file_that_cannot_be_opened_is_named_so_not_called_damaged(tmp_path):
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved_away.jpg")
+    for path, why in ((tmp_path / "gone.jpg", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ImageError) as err:
+            decode(path)
+        assert (err.value.code, err.value.message) == ("unreadable_file", f"The file could not be read ({why}).")
+
+
 def test_truncated_jpeg_is_corrupt(benign_jpeg):
     with pytest.raises(ImageError) as info:
         decode(benign_jpeg[: len(benign_jpeg) // 2])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def _images_in(folder: Path) -> list[Path]:
         raise DataError(f"{len(heic)} HEIC photo(s) under {folder} (for example {heic[0].name}) cannot be read here and "
                         "would be left out. Convert them to JPEG (on a Mac: sips -s format jpeg PHOTO.heic --out "
                         "PHOTO.jpg; on Linux: heif-convert PHOTO.heic PHOTO.jpg) or move them out of the folder.")
+    gone = [p for p in files if not p.exists()]
+    if gone:  # a link to a file moved or deleted: named, not skipped
+        raise DataError(f"{len(gone)} link(s) under {folder} point to no file (for example {gone[0]}, a link to "
+                        f"{os.readlink(gone[0])}). Put the files back or remove the links.")
     return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
