@@ -257,6 +257,17 @@ def test_no_file(client, url):
     assert "No image was uploaded" in res.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("url", ["/api/v1/predict", "/predict"])
+def test_a_file_in_another_field_is_named_in_the_answer(client, malignant_jpeg, url):
+    res = client.post(url, data={"file": [(io.BytesIO(malignant_jpeg), "m.jpg")]}, content_type="multipart/form-data")
+    assert res.status_code == 400
+    if url.startswith("/api"):
+        assert res.get_json()["code"] == "no_file" and res.get_json()["error"].endswith(
+            "in the 'image' field (for example curl -F image=@lesion.jpg). This request sent a file in the 'file' field.")
+    else:
+        assert "field. This request sent a file in the &#39;file&#39; field." in res.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("value", ["ture", "2", "", "on please"])
 def test_a_mistyped_explain_flag_is_refused_not_read_as_no(client, malignant_jpeg, value):
     res = upload(client, f"/api/v1/predict?explain={value}", [("m.jpg", malignant_jpeg)])

@@ -70,6 +70,9 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
     if not files:
         how = ("Send a {} file as multipart/form-data in the 'image' field (for example curl -F image=@lesion.jpg)."
                if request.blueprint == "api" else "Choose a {} file in the 'image' field.")
+        elsewhere = sorted(name for name, f in request.files.items(multi=True) if name != "image" and f.filename)
+        if elsewhere:  # a client's own field name (file, upload): say which it sent, not only which is wanted
+            how += f" This request sent a file in the '{elsewhere[0][:40]}' field."
         raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
     if len(files) > max_files:
         message = (f"At most {max_files} images can be sent at once; received {len(files)}."
