@@ -37,7 +37,7 @@ from sklearn.svm import SVC
 
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
-from train.cli import command, share, writable
+from train.cli import command, ranged, share, writable
 from train.features import handcrafted
 from train.metrics import classification_metrics, format_table, paired_auc_difference, threshold_for_sensitivity
 
@@ -234,7 +234,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="data folder or label CSV, as for training")
     p.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
-    p.add_argument("--image-size", type=int, default=256, help="preprocessed size (default: 256, as the network)")
+    p.add_argument("--image-size", type=ranged(int, lambda v: v >= 32, "a side in pixels, 32 or more (e.g. 256)"),
+                   default=256, help="preprocessed size (default: 256, as the network)")
     p.add_argument("--target-sensitivity", type=share, default=0.90, help="(default: 0.90, as the network)")
     p.add_argument("--network-metrics", default=None, help="metrics.json of python -m train.evaluate, to compare")
     p.add_argument("--stack", default=None, metavar="BUNDLE",

@@ -15,26 +15,24 @@ from train.data import DataError
 PERSON_CAN_FIX = (DataError, BundleError, WeightsError)
 
 
-def resamples(text: str) -> int:
-    """argparse type of --bootstrap: a whole number of resamples, 10 or more (fewer gives no 95% interval: NaN)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 10:
-        raise argparse.ArgumentTypeError(f"a whole number of resamples, 10 or more (e.g. 1000), not {text!r}")
-    return value
+def ranged(convert, inside, what: str):
+    """An argparse type: `convert` (int or float) of the text, refused with "`what`, not 'TEXT'" where it does not
+    convert or `inside(value)` is false (NaN never is inside)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not inside(value):
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
+        return value
+    return parse
 
 
-def share(text: str) -> float:
-    """argparse type of --target-sensitivity: a share strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"a share between 0 and 1 (e.g. 0.9), not {text!r}")
-    return value
+# --bootstrap: fewer than 10 resamples give no 95% interval (NaN)
+resamples = ranged(int, lambda v: v >= 10, "a whole number of resamples, 10 or more (e.g. 1000)")
+# --target-sensitivity
+share = ranged(float, lambda v: 0.0 < v < 1.0, "a share between 0 and 1 (e.g. 0.9)")
 
 
 def writable(folder, flag: str = "--out", given=None) -> Path:

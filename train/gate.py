@@ -37,7 +37,7 @@ from model.runtime import make_forward
 from model.turn import parse_turns, turn
 from train import data as data_mod
 from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
-from train.cli import command, writable
+from train.cli import command, ranged, writable
 from train.robustness import dermoscope_ring
 from train.shipcheck import Limits
 
@@ -314,8 +314,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--select", action="store_true",
                         help="with --fit: choose --layer and --percentile by the selection rule, as python -m train "
                              "does, on the non-lesion set of train.nonlesion --seed 0 --no-browser (built under --out)")
-    parser.add_argument("--k", type=int, default=10, help="k of the k-th nearest neighbour (default: 10)")
-    parser.add_argument("--percentile", type=float, default=99.5,
+    parser.add_argument("--k", type=ranged(int, lambda v: v >= 1, "a whole number, 1 or more (e.g. 10)"), default=10,
+                        help="k of the k-th nearest neighbour (default: 10)")
+    parser.add_argument("--percentile", default=99.5,
+                        type=ranged(float, lambda v: 0 < v <= 100, "a percentile in (0, 100] (e.g. 99.5)"),
                         help="training-image distance percentile used as threshold (default: 99.5)")
     parser.add_argument("--layer", default=DEFAULT_GATE_LAYER,
                         help=f"layer whose globally pooled output the gate compares (default: {DEFAULT_GATE_LAYER})")
@@ -323,7 +325,8 @@ def main(argv=None) -> dict:
                         help="with --fit: views of each training image stored beside it, from: "
                              f"{', '.join(BANK_VIEWS)}; none = the images as they are only "
                              f"(default: {','.join(DEFAULT_BANK_VIEWS)})")
-    parser.add_argument("--band-fraction", type=float, default=0.15,
+    parser.add_argument("--band-fraction", type=ranged(float, lambda v: 0 <= v < 1, "a share in [0, 1) (e.g. 0.15)"),
+                        default=0.15,
                         help="fraction of validation images inside the indeterminate band (default: 0.15)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/gate_<bundle>)")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from model.bundle import BundleError, load_card
-from train.cli import writable
+from train.cli import ranged, writable
 from train.data import DataError
 from train.plots import learning_curve_chart
 
@@ -130,7 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.learning_curve", description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True,
                         help="a bundle .keras file with its card (repeat; two training-set sizes at least)")
-    parser.add_argument("--target-auc", type=float, default=0.90, help="(default: 0.90)")
+    parser.add_argument("--target-auc", default=0.90, help="(default: 0.90)",
+                        type=ranged(float, lambda v: 0.5 < v < 1, "an AUC between 0.5 and 1 (e.g. 0.9)"))
     parser.add_argument("--out", default="runs/learning_curve", help="output folder (default: runs/learning_curve)")
     return parser.parse_args(argv)
 
