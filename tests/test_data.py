@@ -140,6 +140,17 @@ def test_a_csv_names_images_by_path_where_two_files_share_a_name(tmp_path):
     ds = discover(tmp_path / "by_path.csv").split("all")
     assert len(ds) == 30 and len(set(ds.paths)) == 30
     assert all((p.parent.name == "clinic_b") == bool(y) for p, y in zip(ds.paths, ds.labels))
+    # a CSV written on Windows: backslashes between folders, or the whole path on another machine's drive
+    (tmp_path / "windows.csv").write_text("image,label\n" + "".join(
+        f"{folder}\\img_{i}.png,{label}\n" for folder, label in (("clinic_a", "benign"), ("clinic_b", "malignant"))
+        for i in range(14)) + "C:\\Users\\me\\clinic_a\\img_14.png,benign\nD:\\clinic_b\\img_14.png,malignant\n")
+    with pytest.raises(DataError, match=r"^Image 'C:\\\\Users\\\\me\\\\clinic_a\\\\img_14.png' \(.*line 30\) could be any "
+                                        r"of 2 files"):
+        discover(tmp_path / "windows.csv")
+    text = (tmp_path / "windows.csv").read_text().replace("C:\\Users\\me\\", "")
+    (tmp_path / "windows.csv").write_text(text.replace("D:\\", ""))
+    windows = discover(tmp_path / "windows.csv").split("all")
+    assert sorted(zip(windows.paths, windows.labels)) == sorted(zip(ds.paths, ds.labels))
 
 
 def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(tmp_path):

@@ -250,10 +250,12 @@ def _melanoma_flag(raw: str, where: str) -> int:
 
 def _image_for(image_id: str, images: Path, index: dict[str, list[Path]], where: str) -> Path:
     """The image a label CSV names: by its path under `images` (`benign/img1.jpg`), by its ID (`ISIC_0000000`, the
-    file name without suffix) or its file name; a DataError when none or several files fit."""
-    if image_id and (images / image_id).is_file() and (images / image_id).suffix.lower() in IMAGE_SUFFIXES:
-        return images / image_id
-    found = index.get(image_id) or index.get(Path(image_id).stem) or []
+    file name without suffix) or its file name; a DataError when none or several files fit. A path written on Windows
+    (`benign\\img1.jpg`, `C:\\data\\img1.jpg`) is read with its backslashes as folder separators."""
+    name = image_id if (images / image_id).is_file() else image_id.replace("\\", "/")
+    if name and (images / name).is_file() and (images / name).suffix.lower() in IMAGE_SUFFIXES:
+        return images / name
+    found = index.get(name) or index.get(Path(name).stem) or []
     if not found:
         raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
     if len(found) > 1:
