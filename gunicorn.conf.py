@@ -21,6 +21,7 @@ def whole(name: str, default: str) -> int:
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
 workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
+read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds a request's body may stop arriving (a lost network)
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)
@@ -28,3 +29,14 @@ if workers > 1:
     os.environ.setdefault("MELANOMA_INFERENCE_STREAMS", "1")
 timeout = 60
 accesslog = "-"
+
+
+def pre_request(worker, req):
+    """A client that stops sending in the middle of its upload (a phone that lost its network, a closed laptop) holds
+    one of the worker's threads while the body is read; without a limit it held it for ever, and `threads` such
+    clients stopped the server. The socket now gives up after `read_timeout` seconds without a byte, and the app
+    answers 408 (app.py)."""
+    sock = getattr(req.unreader, "sock", None)
+    if sock is not None:
+        sock.settimeout(read_timeout)
+

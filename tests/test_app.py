@@ -397,6 +397,32 @@ def test_form_needs_a_csrf_token(malignant_jpeg):
     assert upload(client, "/api/v1/predict", [("lesion.jpg", malignant_jpeg)]).status_code == 200
 
 
+def cut_short(image: bytes, token: str = "") -> dict:
+    """The WSGI environ of an upload whose body ends (a network lost, or gunicorn's read timeout) before the length its
+    Content-Length header promised."""
+    field = f'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'.encode() if token else b""
+    body = field + b'--b\r\nContent-Disposition: form-data; name="image"; filename="l.jpg"\r\n\r\n' + image[:2000]
+    return {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body) + len(image)),
+            "CONTENT_TYPE": "multipart/form-data; boundary=b"}
+
+
+def test_an_upload_cut_short_is_asked_for_again(malignant_jpeg):
+    """Was a 400, "The request could not be understood", for the clinician whose network dropped mid-upload."""
+    app = create_app({"TESTING": True})  # with the form's CSRF check, which reads the body first
+    client = app.test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    words = ("The upload stopped before the whole image arrived. Check the network connection and upload the image "
+             "again.")
+    res = client.post("/api/v1/predict", environ_overrides=cut_short(malignant_jpeg))
+    assert (res.status_code, res.get_json()) == (408, {"code": "upload_incomplete", "error": words})
+    res = client.post("/predict", environ_overrides=cut_short(malignant_jpeg, token))
+    page = res.get_data(as_text=True)
+    assert res.status_code == 408 and words in page and "Traceback" not in page
+    whole = client.post("/predict", data={"csrf_token": token, "image": (io.BytesIO(malignant_jpeg), "l.jpg")},
+                        content_type="multipart/form-data")
+    assert whole.status_code == 200  # the same upload, whole
+
+
 def test_uploads_are_not_kept_by_default(client, malignant_jpeg, tmp_path, app):
     assert app.config["KEEP_UPLOADS"] is False
     before = set((app.config["UPLOAD_FOLDER"] and __import__("os").listdir(app.config["UPLOAD_FOLDER"])) or [])
@@ -520,10 +546,12 @@ def gunicorn_settings(monkeypatch, env: dict) -> dict:
 
 def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     default = gunicorn_settings(monkeypatch, {})
-    assert (default["bind"], default["workers"], default["threads"]) == ("127.0.0.1:8000", 1, 8)
+    assert (default["bind"], default["workers"], default["threads"], default["read_timeout"]) == (
+        "127.0.0.1:8000", 1, 8, 30)
     two = gunicorn_settings(monkeypatch, {"MELANOMA_WORKERS": "2"})  # the cores shared between the workers
     assert two["workers"] == 2 and two["environ"]["MELANOMA_INFERENCE_STREAMS"] == "1"
-    for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5")):
+    for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5"),
+                        ("MELANOMA_READ_TIMEOUT", "-5")):
         with pytest.raises(SystemExit) as stopped:  # was a ValueError traceback from gunicorn's config loader
             gunicorn_settings(monkeypatch, {name: value})
         assert str(stopped.value) == f"error: {name} is a whole number, 1 or more; received {value!r}."

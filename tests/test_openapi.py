@@ -11,7 +11,7 @@ from referencing.jsonschema import DRAFT202012
 
 from model.cues import CUES
 from tests.conftest import ROOT, encode
-from tests.test_app import HEIC, upload
+from tests.test_app import HEIC, cut_short, upload
 from web.views import OPENAPI
 
 DOC = json.loads(OPENAPI.read_text())
@@ -66,7 +66,8 @@ def test_refusals_and_a_bad_file_among_good_ones_conform(client, benign_jpeg):
     (lambda c: upload(c, "/api/v1/predict", [("lesion.heic", HEIC.read_bytes())]), 415),
     (lambda c: upload(c, "/api/v1/predict", [("big.png", bytes(21 * 2**20))]), 413),
     (lambda c: c.get("/api/v1/predict"), 405),
-], ids=["no file", "text file", "heic", "too large", "get"])
+    (lambda c: c.post("/api/v1/predict", environ_overrides=cut_short(HEIC.read_bytes())), 408),
+], ids=["no file", "text file", "heic", "too large", "get", "cut short"])
 def test_errors_conform_with_the_status_the_document_gives(client, request_, status):
     res = request_(client)
     assert res.status_code == status

@@ -5,7 +5,7 @@ import logging
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from web.batching import Overloaded
 
@@ -54,6 +54,14 @@ def register(app: Flask) -> None:
     @app.errorhandler(Overloaded)
     def overloaded(exc: Overloaded):
         return respond("busy", str(exc), 503)
+
+    @app.errorhandler(ClientDisconnected)
+    def upload_cut_short(exc: ClientDisconnected):
+        """The body ended, or stopped arriving for the server's read timeout (gunicorn.conf.py), before its length: a
+        network lost mid-upload. Whoever is still there is told to send it again (was a 400, "could not be
+        understood")."""
+        return respond("upload_incomplete", "The upload stopped before the whole image arrived. Check the network "
+                                            "connection and upload the image again.", 408)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -1,0 +1,47 @@
+"""The production server (gunicorn with gunicorn.conf.py) itself, started as the README starts it."""
+import http.client
+import os
+import socket
+import time
+
+import pytest
+
+from bench.__main__ import free_port, start_server, stop, wait_ready
+from model.bundle import DEFAULT_BUNDLE
+
+pytestmark = pytest.mark.slow
+
+
+def stalled_upload(port: int) -> socket.socket:
+    """A client that sends its headers and the start of a 100 kB upload, then nothing more (its network lost)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
+                 b"filename=\"l.jpg\"\r\n\r\n\xff\xd8")
+    return sock
+
+
+def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch):
+    """Before, each held one of the worker's threads for ever: as many of them as threads (8 by default), and the
+    server answered no one. With a read timeout of 2 s and 2 threads, 3 stalled uploads get a 408 and the server
+    answers the next request."""
+    port = free_port()
+    for name, value in (("MELANOMA_READ_TIMEOUT", "2"), ("MELANOMA_THREADS", "2")):
+        monkeypatch.setitem(os.environ, name, value)
+    server = start_server("app", DEFAULT_BUNDLE, port)
+    try:
+        wait_ready(port)
+        stalled = [stalled_upload(port) for _ in range(3)]
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        waited = time.monotonic() - started
+        assert waited < 15, waited
+        for sock in stalled:
+            sock.settimeout(30)
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":"upload_incomplete"' in answer
+            sock.close()
+    finally:
+        stop(server)
