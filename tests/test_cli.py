@@ -257,6 +257,23 @@ def test_writable_tries_and_leaves_nothing_behind(tmp_path):
     assert (tmp_path / "kept").is_dir()  # what was there stays
 
 
+def test_writable_never_removes_a_folder_another_process_made_meanwhile(tmp_path, monkeypatch):
+    """The two workers of a multi-worker training share --run-dir and check it at the same time: before, one
+    worker's check removed the run folder the other had made between that check's look and its clean-up, and the
+    other's args.json had nowhere to go (FileNotFoundError; seen in the full suite)."""
+    import tempfile
+    from train.cli import writable
+    real = tempfile.TemporaryFile
+
+    def meanwhile(*args, **kwargs):  # the other worker, while this one tries its file
+        (tmp_path / "run").mkdir(exist_ok=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", meanwhile)
+    writable(tmp_path / "run", "--run-dir")
+    assert (tmp_path / "run").is_dir()
+
+
 def test_an_input_file_read_after_the_work_is_checked_before_it(tiny_data, tmp_path, capsys, monkeypatch):
     """train.gate's --nonlesion folder, train.baselines' --network-metrics and train.shipcheck's --robustness: a wrong
     one was a FileNotFoundError traceback (the first two after minutes of work) or "Expecting value: line 1 column

@@ -3,7 +3,9 @@ not right: one sentence on stderr and exit status 2, as argparse answers a bad o
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,24 +38,22 @@ share = ranged(float, lambda v: 0.0 < v < 1.0, "a share between 0 and 1 (e.g. 0.
 
 
 def writable(folder, flag: str = "--out", given=None) -> Path:
-    """`folder`, once a file could be written in it: called before a command's work, so a place it cannot write ends
-    the command at once with one sentence, not with a traceback after minutes of work. It leaves nothing behind (the
-    folders it made to try are removed again); the command makes the folder when it writes. `given`: what the person
-    gave `flag`, where that is a file in `folder`."""
+    """`folder`, once a file could be written where it is to be: called before a command's work, so a place it cannot
+    write ends the command at once with one sentence, not with a traceback after minutes of work. It tries a temporary
+    file in the deepest part of the path that exists, which must be a folder; the command makes the missing folders
+    when it writes. So it leaves nothing behind and never makes or removes a folder that another process may be using
+    (the workers of one multi-worker training share --run-dir: the check removed the folder another worker had just
+    made, and that worker's args.json had nowhere to go). `given`: what the person gave `flag`, where that is a file
+    in `folder`."""
     folder = Path(folder)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    there = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # '.' or '/' at the latest
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not there.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(there))
+        with tempfile.TemporaryFile(dir=there):
             pass
     except OSError as e:
         raise DataError(f"cannot write {flag} {given or folder}: {e.strerror or e}") from None
-    finally:
-        for p in made:
-            try:
-                p.rmdir()
-            except OSError:  # not made after all, or another process put something in it meanwhile: left as it is
-                continue
     return folder
 
 
