@@ -215,6 +215,13 @@ def test_too_few_images_to_split_is_a_sentence_and_whole_data_is_not_split(tmp_p
     split = discover(tmp_path / "ten")
     assert {name: s.counts() for name, s in split.splits.items()}["val"] == {"benign": 1, "malignant": 1}
     assert sorted(map(str, split.split("all").paths)) == sorted(map(str, (tmp_path / "ten").rglob("*.png")))
+    # plenty of one class, three of the other: scikit-learn only warned, and the validation split had no melanoma
+    make_class_folders(tmp_path / "rare", n=60)
+    for extra in sorted((tmp_path / "rare" / "malignant").iterdir())[3:]:
+        extra.unlink()
+    with pytest.raises(DataError, match=r"^Too few images to split \{'benign': 60, 'malignant': 3\} into training, "
+                                        r"validation and test sets with both classes in each"):
+        discover(tmp_path / "rare")
 
 
 def test_heic_photos_are_named_not_left_out(tmp_path):

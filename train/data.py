@@ -13,6 +13,7 @@ import csv
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,17 +185,25 @@ def _split(pooled: Split, seed: int, val_fraction: float | None, test_fraction: 
                         f"found only {pooled.counts()}.")
     n_test = max(2, round(1 / test_fraction))
     n_val = max(2, round((1 - test_fraction) / val_fraction))
+    too_few = DataError(
+        f"Too few images to split {pooled.counts()} into training, validation and test sets with both classes in "
+        f"each ({1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%}, stratified): each "
+        f"class needs about {n_val + 2} images or more. Add images or give train/, val/ and test/ folders; to "
+        f"score a bundle on every image, use python -m train.evaluate --split all.")
     try:
-        rest, test = next(StratifiedGroupKFold(n_test, shuffle=True, random_state=seed).split(labels, labels, groups))
-        tr, va = next(StratifiedGroupKFold(n_val, shuffle=True, random_state=seed).split(labels[rest], labels[rest],
-                                                                                          groups[rest]))
-    except ValueError:  # scikit-learn: more folds than images of a class
-        raise DataError(
-            f"Too few images to split {pooled.counts()} into training, validation and test sets with both classes in "
-            f"each ({1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%}, stratified): each "
-            f"class needs about {n_val + 2} images or more. Add images or give train/, val/ and test/ folders; to "
-            f"score a bundle on every image, use python -m train.evaluate --split all.") from None
+        with warnings.catch_warnings():  # fewer images of a class than folds: checked below, in a sentence
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            rest, test = next(StratifiedGroupKFold(n_test, shuffle=True, random_state=seed).split(labels, labels,
+                                                                                                   groups))
+            tr, va = next(StratifiedGroupKFold(n_val, shuffle=True, random_state=seed).split(
+                labels[rest], labels[rest], groups[rest]))
+    except ValueError:  # scikit-learn: more folds than groups
+        raise too_few from None
     index = {"train": rest[tr], "val": rest[va], "test": test}
+    if any(len(set(labels[idx].tolist())) < 2 for idx in index.values()):
+        # scikit-learn only warns where a class has fewer images than folds, and a split went without it: a
+        # validation split without melanomas has no AUC to checkpoint on and no threshold to set
+        raise too_few
     return {
         name: Split([pooled.paths[i] for i in idx], [pooled.labels[i] for i in idx], [pooled.groups[i] for i in idx])
         for name, idx in index.items()
