@@ -108,6 +108,9 @@ def test_command_passes_results_and_other_errors_through(capsys):
     with pytest.raises(SystemExit) as refused:
         command(lambda argv: (_ for _ in ()).throw(DataError("The data folder is empty: /d")))()
     assert refused.value.code == 2 and capsys.readouterr().err == "error: The data folder is empty: /d\n"
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line and the shell's status for it
+        command(lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()))()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "stopped (Ctrl-C) before the end.\n"
     with pytest.raises(ZeroDivisionError):  # a bug stays a traceback, for whoever fixes it
         command(lambda argv: 1 / 0)()
 

@@ -91,3 +91,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_ctrl_c_stops_training_with_a_sentence_and_status_130(tiny_data, tmp_path):
+    """A person stopping a long run with Ctrl-C got TensorFlow's traceback; now one sentence on what is left."""
+    import signal
+
+    run = tmp_path / "run"
+    proc = run_train(["--data", str(tiny_data), *TINY, "--epochs", "60", "--run-dir", str(run)])
+    seen = []
+    for line in proc.stdout:  # until it is training
+        seen.append(line)
+        if "head epoch 1:" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    log = "".join(seen) + rest
+    assert proc.returncode == 130, log[-3000:]
+    assert f"run folder {run}" in log and "Traceback" not in log
+    assert ("stopped (Ctrl-C) before the end: no bundle was written; the run folder (logged at the start) keeps the "
+            "arguments and the history of the epochs finished.") in log
+    assert (run / "args.json").is_file() and sorted(p.name for p in run.iterdir() if p.suffix == ".keras") == []

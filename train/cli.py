@@ -66,4 +66,7 @@ def command(main):
         except PERSON_CAN_FIX as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:  # a person stopping it: one line, the shell's status for it, no traceback
+            print("stopped (Ctrl-C) before the end.", file=sys.stderr)
+            raise SystemExit(130) from None
     return wrapped

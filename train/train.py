@@ -754,6 +754,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
         writable(Path(args.output).parent, "--output", args.output)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    log.info("run folder %s", run_dir)
     if (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()
     command = "python -m train " + shlex.join(_args_to_argv(args) if argv is None else argv)
@@ -1007,3 +1008,7 @@ def main(argv=None):
     except (data_mod.DataError, WeightsError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # a person stopping a long run: a sentence on what is left, not TensorFlow's traceback
+        log.error("stopped (Ctrl-C) before the end: no bundle was written; the run folder (logged at the start) keeps "
+                  "the arguments and the history of the epochs finished.")
+        raise SystemExit(130) from None
