@@ -124,13 +124,18 @@ def main(argv=None) -> list[dict]:
         writer = csv.DictWriter(out, fieldnames=FIELDS) if out else None
         if writer:
             writer.writeheader()
-        for chunk in judge(Predictor(bundle, runtime=args.runtime), files, heatmaps):
-            rows += chunk
-            if writer:
-                writer.writerows(chunk)
-                out.flush()
-            if len(files) > CHUNK:
-                print(f"{len(rows):,} of {len(files):,} files judged", file=sys.stderr, flush=True)
+        try:
+            for chunk in judge(Predictor(bundle, runtime=args.runtime), files, heatmaps):
+                rows += chunk
+                if writer:
+                    writer.writerows(chunk)
+                    out.flush()
+                if len(files) > CHUNK:
+                    print(f"{len(rows):,} of {len(files):,} files judged", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:  # Ctrl-C: what was judged is in the CSV, a line says so, no traceback
+            kept = f"; {args.out} keeps their rows" if args.out else ""
+            print(f"stopped (Ctrl-C) after {len(rows):,} of {len(files):,} files{kept}.", file=sys.stderr)
+            raise SystemExit(130) from None
     print(f"{bundle.name} {bundle.version}, threshold {bundle.card['threshold']:.3f}")
     print(table(rows))
     if args.out:

@@ -111,10 +111,12 @@ def test_rows_are_written_as_they_come_so_an_interrupted_run_keeps_them(folder, 
 
     monkeypatch.setattr(Predictor, "assess", assess_then_stop)
     out = tmp_path / "rows.csv"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:
         main([str(folder / "lesions"), "--out", str(out)])
     assert len(list(csv.DictReader(open(out)))) == 6  # two chunks of three, each written when judged
-    assert "3 of 8 files judged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 of 8 files judged" in err and stopped.value.code == 130  # Ctrl-C's status, and a line, no traceback
+    assert err.endswith(f"stopped (Ctrl-C) after 6 of 8 files; {out} keeps their rows.\n")
 
 
 @pytest.mark.parametrize("case, words", [
