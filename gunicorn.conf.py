@@ -35,8 +35,7 @@ def pre_request(worker, req):
     """A client that stops sending in the middle of its upload (a phone that lost its network, a closed laptop) holds
     one of the worker's threads while the body is read; without a limit it held it for ever, and `threads` such
     clients stopped the server. The socket now gives up after `read_timeout` seconds without a byte, and the app
-    answers 408 (app.py)."""
+    answers 408 upload_incomplete (web/errors.py)."""
     sock = getattr(req.unreader, "sock", None)
     if sock is not None:
         sock.settimeout(read_timeout)
-
