@@ -36,6 +36,6 @@ def pre_request(worker, req):
     one of the worker's threads while the body is read; without a limit it held it for ever, and `threads` such
     clients stopped the server. The socket now gives up after `read_timeout` seconds without a byte, and the app
     answers 408 upload_incomplete (web/errors.py)."""
-    sock = getattr(req.unreader, "sock", None)
+    sock = getattr(getattr(req, "unreader", None), "sock", None)  # HTTP/1 over a socket; else left as it is
     if sock is not None:
         sock.settimeout(read_timeout)

@@ -98,7 +98,7 @@ def test_ctrl_c_stops_training_with_a_sentence_and_status_130(tiny_data, tmp_pat
     import signal
 
     run = tmp_path / "run"
-    proc = run_train(["--data", str(tiny_data), *TINY, "--epochs", "60", "--run-dir", str(run)])
+    proc = run_train(["--data", str(tiny_data), *TINY, "--epochs", "500", "--patience", "500", "--run-dir", str(run)])
     seen = []
     for line in proc.stdout:  # until it is training
         seen.append(line)
