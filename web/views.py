@@ -96,7 +96,8 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
                 try:
                     uploads.keep(r.image, folder, current_app.config["UPLOAD_RETENTION_HOURS"])
                 except OSError as exc:  # a full disk: the clinician still gets the verdict; the log says what was lost
-                    current_app.logger.error("upload %r not kept in %s: %s", r.filename, folder, exc)
+                    # not its file name, which may name the patient: kept uploads get random names for that reason
+                    current_app.logger.error("an upload was not kept in %s: %s", folder, exc)
     return results
 
 
