@@ -153,6 +153,17 @@ def test_a_csv_names_images_by_path_where_two_files_share_a_name(tmp_path):
     assert sorted(zip(windows.paths, windows.labels)) == sorted(zip(ds.paths, ds.labels))
 
 
+def test_a_csv_typed_with_accents_finds_files_a_mac_named(tmp_path):
+    """macOS writes "mélanome" as e + a combining accent; a spreadsheet typed on Windows or Linux writes é: before,
+    every accented ID was "not found"."""
+    for i in range(30):
+        synthetic_lesion(40, seed=i).save(tmp_path / f"le\u0301sion_{i}.png")  # decomposed, as a Mac names it
+    (tmp_path / "labels.csv").write_text("image_id,melanoma\n" + "".join(f"l\u00e9sion_{i},{int(i % 3 == 0)}\n"
+                                                                          for i in range(30)), encoding="utf-8")
+    ds = discover(tmp_path / "labels.csv").split("all")
+    assert len(ds) == 30 and ds.counts() == {"benign": 20, "malignant": 10}
+
+
 def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(tmp_path):
     ids = isic_images(tmp_path / "images")
     (tmp_path / "labels.csv").write_text("image_id,melanoma,split\n" + "".join(

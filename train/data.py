@@ -13,6 +13,7 @@ import csv
 import hashlib
 import logging
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +258,12 @@ def _melanoma_flag(raw: str, where: str) -> int:
     return int(value)
 
 
+def nfc(name: str) -> str:
+    """`name` in Unicode's composed form: macOS writes file names decomposed (e + a combining accent), a spreadsheet
+    typed elsewhere composed (é), and the two must name the same image."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _image_for(image_id: str, images: Path, index: dict[str, list[Path]], where: str) -> Path:
     """The image a label CSV names: by its path under `images` (`benign/img1.jpg`), by its ID (`ISIC_0000000`, the
     file name without suffix) or its file name; a DataError when none or several files fit. A path written on Windows
@@ -264,7 +271,7 @@ def _image_for(image_id: str, images: Path, index: dict[str, list[Path]], where:
     name = image_id if (images / image_id).is_file() else image_id.replace("\\", "/")
     if name and (images / name).is_file() and (images / name).suffix.lower() in IMAGE_SUFFIXES:
         return images / name
-    found = index.get(name) or index.get(Path(name).stem) or []
+    found = index.get(nfc(name)) or index.get(nfc(Path(name).stem)) or []
     if not found:
         raise DataError(f"Image {image_id!r} ({where}) was not found under {images}.")
     if len(found) > 1:
@@ -284,7 +291,7 @@ def _from_csv(csv_path: Path, images: Path, seed: int, val_fraction: float, test
         raise DataError(f"{csv_path} needs a dx, melanoma or label column. Received columns: {sorted(columns)}")
     index: dict[str, list[Path]] = {}
     for p in _images_in(images):
-        index.setdefault(p.stem, []).append(p)
+        index.setdefault(nfc(p.stem), []).append(p)
     if not index:
         raise DataError(f"No images were found under {images} for the labels in {csv_path}.")
     pooled, fixed, first_line = Split(), [], {}
