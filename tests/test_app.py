@@ -282,6 +282,14 @@ def test_the_explain_flag_takes_yes_and_no_in_words_or_digits(client, malignant_
     assert res.status_code == 200 and ("heatmap" in res.get_json()["predictions"][0]) == heatmap
 
 
+@pytest.mark.parametrize("mimetype", ["image/jpeg", "application/octet-stream"])
+def test_an_image_sent_as_the_whole_body_is_told_to_send_a_form(client, malignant_jpeg, mimetype):
+    res = client.post("/api/v1/predict", data=malignant_jpeg, content_type=mimetype)  # curl --data-binary @lesion.jpg
+    assert res.status_code == 400 and res.get_json()["code"] == "no_file"
+    assert res.get_json()["error"].endswith(f"(for example curl -F image=@lesion.jpg). This request sent its body as "
+                                            f"{mimetype}, not as a form.")
+
+
 def test_an_api_client_sending_json_is_told_to_send_multipart(client):
     res = client.post("/api/v1/predict", json={"image": "aGVsbG8="})  # base64 in JSON is not how images come in
     assert res.status_code == 400 and res.get_json()["code"] == "no_file"

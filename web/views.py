@@ -73,6 +73,8 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
         elsewhere = sorted(name for name, f in request.files.items(multi=True) if name != "image" and f.filename)
         if elsewhere:  # a client's own field name (file, upload): say which it sent, not only which is wanted
             how += f" This request sent a file in the '{elsewhere[0][:40]}' field."
+        elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+            how += f" This request sent its body as {request.mimetype[:40]}, not as a form."  # curl --data-binary
         raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
     if len(files) > max_files:
         message = (f"At most {max_files} images can be sent at once; received {len(files)}."
