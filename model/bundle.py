@@ -73,10 +73,22 @@ def copy_bundle(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
+def bundle_in(folder: Path) -> Path:
+    """The .keras file of the one bundle in `folder` (a .keras file with its card beside it); a BundleError where
+    there is none, or several (before, the first by name was taken without a word, a checkpoint as soon as a bundle)."""
+    found = sorted(p for p in folder.glob("*.keras") if card_path(p).is_file())
+    if not found:
+        raise BundleNotFound(f"No bundle in {folder}: a bundle is a .keras file with its model card (.json) beside it")
+    if len(found) > 1:
+        raise BundleError(f"{len(found)} bundles in {folder} ({', '.join(p.name for p in found[:4])}"
+                          f"{', ...' if len(found) > 4 else ''}): give the .keras file of the one meant.")
+    return found[0]
+
+
 def load_card(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = next(iter(sorted(path.glob("*.keras"))), path / "missing.keras")
+        path = bundle_in(path)
     card = card_path(path)
     if not card.is_file():
         if path.suffix == ".keras" and not path.exists():
@@ -142,10 +154,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     """Load a bundle from its .keras file (or a folder holding one); the card must sit beside it."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.glob("*.keras"))
-        if not found:
-            raise BundleNotFound(f"No .keras file in {path}")
-        path = found[0]
+        path = bundle_in(path)
     if not path.is_file():
         raise BundleNotFound(f"Model bundle not found: {path}")
     card = load_card(path)

@@ -86,6 +86,26 @@ def test_the_shipped_card_passes_and_a_list_is_no_card(tmp_path):
         check_card([], tmp_path / "b.keras")
 
 
+def test_a_folder_is_read_as_the_one_bundle_in_it(tmp_path):
+    """MELANOMA_MODEL_PATH, --model and --like take a folder: its one .keras file with a card beside it. Before, the
+    first .keras file by name was taken, a checkpoint or copy without a card as soon as the bundle."""
+    import shutil
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for suffix in (".keras", ".json", ".gate.npz"):
+        shutil.copyfile(DEFAULT_BUNDLE.with_suffix(suffix), folder / f"melanoma_efficientnet{suffix}")
+    shutil.copyfile(DEFAULT_BUNDLE, folder / "a_checkpoint.keras")  # no card: not a bundle
+    assert load_bundle(folder).path == folder / "melanoma_efficientnet.keras"
+    assert load_card(folder) == load_card(DEFAULT_BUNDLE)
+    shutil.copyfile(DEFAULT_BUNDLE.with_suffix(".json"), folder / "a_checkpoint.json")
+    for load in (load_bundle, load_card):
+        with pytest.raises(BundleError, match=r"^2 bundles in .*run \(a_checkpoint\.keras, melanoma_efficientnet\."
+                                              r"keras\): give the \.keras file of the one meant\.$"):
+            load(folder)
+        with pytest.raises(BundleNotFound, match=r"^No bundle in .*: a bundle is a \.keras file with its model card"):
+            load(tmp_path)
+
+
 def test_the_server_with_a_damaged_bundle_stops_with_one_sentence(tmp_path):
     from app import create_app
     card = json.loads(DEFAULT_BUNDLE.with_suffix(".json").read_text())
