@@ -329,7 +329,8 @@ def test_an_input_file_read_after_the_work_is_checked_before_it(tiny_data, tmp_p
     ("train.thresholds", "--target-sensitivity", "1.5"), ("train.baselines", "--target-sensitivity", "0"),
     ("train.ensemble", "--target-sensitivity", "90"), ("train.gate", "--k", "0"), ("train.gate", "--percentile", "150"),
     ("train.gate", "--band-fraction", "1.5"), ("train.gate", "--percentile", "nan"), ("train.audit", "--alpha", "5"),
-    ("train.baselines", "--image-size", "8"), ("train.learning_curve", "--target-auc", "90")])
+    ("train.baselines", "--image-size", "8"), ("train.learning_curve", "--target-auc", "90"),
+    ("train.calibrate", "--target-sensitivity", "1.5")])
 def test_numbers_outside_their_range_are_refused_by_the_parser(name, flag, value, capsys):
     """Before, --bootstrap 0 wrote NaN intervals and --target-sensitivity 1.5 a threshold study for an impossible
     target, without a word."""
