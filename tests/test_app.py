@@ -261,6 +261,9 @@ def test_no_file(client, url):
 def test_a_file_in_another_field_is_named_in_the_answer(client, malignant_jpeg, url):
     res = client.post(url, data={"file": [(io.BytesIO(malignant_jpeg), "m.jpg")]}, content_type="multipart/form-data")
     assert res.status_code == 400
+    braces = client.post(url, data={"{0}{x}": [(io.BytesIO(malignant_jpeg), "m.jpg")]},
+                         content_type="multipart/form-data")  # the name is the client's: never a format string
+    assert braces.status_code == 400 and "sent a file in the" in braces.get_data(as_text=True)
     if url.startswith("/api"):
         assert res.get_json()["code"] == "no_file" and res.get_json()["error"].endswith(
             "in the 'image' field (for example curl -F image=@lesion.jpg). This request sent a file in the 'file' field.")

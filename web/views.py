@@ -68,14 +68,15 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
     """The files of the `image` field, read into memory; ApiError if there are none or too many."""
     files = [f for f in request.files.getlist("image") if f and (f.filename or f.content_length)]
     if not files:
-        how = ("Send a {} file as multipart/form-data in the 'image' field (for example curl -F image=@lesion.jpg)."
-               if request.blueprint == "api" else "Choose a {} file in the 'image' field.")
+        how = (f"Send a {ACCEPTED} file as multipart/form-data in the 'image' field (for example curl -F "
+               f"image=@lesion.jpg)." if request.blueprint == "api" else
+               f"Choose a {ACCEPTED} file in the 'image' field.")
         elsewhere = sorted(name for name, f in request.files.items(multi=True) if name != "image" and f.filename)
         if elsewhere:  # a client's own field name (file, upload): say which it sent, not only which is wanted
             how += f" This request sent a file in the '{elsewhere[0][:40]}' field."
         elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
             how += f" This request sent its body as {request.mimetype[:40]}, not as a form."  # curl --data-binary
-        raise ApiError("no_file", "No image was uploaded. " + how.format(ACCEPTED), 400)
+        raise ApiError("no_file", "No image was uploaded. " + how, 400)  # `how` holds what the client sent: no format()
     if len(files) > max_files:
         message = (f"At most {max_files} images can be sent at once; received {len(files)}."
                    if request.blueprint == "api" else
