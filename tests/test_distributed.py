@@ -112,3 +112,26 @@ def test_ctrl_c_stops_training_with_a_sentence_and_status_130(tiny_data, tmp_pat
     assert ("stopped (Ctrl-C) before the end: no bundle was written; the run folder (logged at the start) keeps the "
             "arguments and the history of the epochs finished.") in log
     assert (run / "args.json").is_file() and sorted(p.name for p in run.iterdir() if p.suffix == ".keras") == []
+
+
+@pytest.mark.parametrize("value, words", [
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}', "TF_CONFIG is not JSON ("),
+    ('["a:1", "b:2"]', "TF_CONFIG is a JSON object, for example"),
+    ('{"cluster": {"worker": "a:1,b:2"}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG's cluster lists each kind of task's \"host:port\" addresses"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "TF_CONFIG's task names this process: a type among its cluster's (worker) and an index among"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "TF_CONFIG's task names"),
+], ids=["not JSON", "a list", "addresses in one string", "index past the workers", "a type not in the cluster"])
+def test_a_mistake_in_tf_config_is_one_sentence_before_tensorflow_reads_it(monkeypatch, value, words):
+    """Each was a traceback from the JSON reader, TensorFlow's cluster resolver or train.train's worker folder."""
+    import argparse
+
+    from train.distributed import is_chief, make_strategy
+
+    monkeypatch.setenv("TF_CONFIG", value)
+    args = argparse.Namespace(distribute="multi-worker", aux_diagnosis=None, ema=0.0)
+    for call in (lambda: make_strategy(args), is_chief):
+        with pytest.raises(SystemExit) as stopped:
+            call()
+        assert words in str(stopped.value) and "for example {" in str(stopped.value)

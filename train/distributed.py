@@ -82,6 +82,7 @@ def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
         if not os.environ.get("TF_CONFIG"):
             raise SystemExit("--distribute multi-worker needs TF_CONFIG naming the workers and this process's "
                              "index (README, 'Several machines').")
+        cluster_config()  # a mistake in it is one sentence here, not a traceback from TensorFlow's reader
         return tf.distribute.MultiWorkerMirroredStrategy()
     if args.distribute == "mirrored":
         if args.cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
@@ -93,9 +94,42 @@ def make_strategy(args: argparse.Namespace) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                     '"index": 0}}')
+
+
+def cluster_config() -> dict:
+    """TF_CONFIG, read and checked: a JSON object whose `cluster` lists each kind of task's "host:port" addresses and
+    whose `task` names this process's kind and its index among them; else SystemExit with a sentence and an example.
+    Empty or unset: {} (one process)."""
+    text = os.environ.get("TF_CONFIG") or "{}"
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"TF_CONFIG is not JSON ({exc}); it is a JSON object, for example "
+                         f"{TF_CONFIG_EXAMPLE}") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"TF_CONFIG is a JSON object, for example {TF_CONFIG_EXAMPLE}; received {text[:80]!r}")
+    if not config:
+        return config
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in cluster.values()):
+        raise SystemExit(f"TF_CONFIG's cluster lists each kind of task's \"host:port\" addresses, for example "
+                         f"{TF_CONFIG_EXAMPLE}; received {json.dumps(cluster)[:80]}")
+    kinds = cluster if isinstance(task, dict) else {}
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    if (task.get("type") if isinstance(task, dict) else None) not in kinds or not isinstance(index, int) or not (
+            0 <= index < len(kinds[task["type"]])):
+        raise SystemExit(f"TF_CONFIG's task names this process: a type among its cluster's ({', '.join(cluster)}) "
+                         f"and an index among that type's addresses, for example {TF_CONFIG_EXAMPLE}; received "
+                         f"{json.dumps(task)[:80]}")
+    return config
+
+
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process as a worker other than the first (or as a non-chief)."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = cluster_config()
     task = config.get("task") or {}
     if not task:
         return True

@@ -44,7 +44,7 @@ from train.augment import BLUR_KINDS, build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
 from train.evaluate import evaluate_split, write_predictions
-from train.distributed import fit_multi_worker, is_chief, make_strategy
+from train.distributed import cluster_config, fit_multi_worker, is_chief, make_strategy
 from train.losses import training_loss
 from train.optimizers import SharpnessAware, clip_norm, fine_tune_optimizer
 from train.gate import fit as fit_gate
@@ -747,7 +747,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
         tf_config.disable_op_determinism()
     run_dir = Path(args.run_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}_{args.backbone}")
     if not is_chief():  # every worker trains; only the chief writes the bundle
-        run_dir = run_dir / f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
+        run_dir = run_dir / f"worker_{cluster_config()['task']['index']}"
         args.output = None
     writable(run_dir, "--run-dir")
     if args.output:  # where the bundle is copied after training: checked before it, not after 30 minutes
