@@ -1,3 +1,4 @@
+import re
 import shutil
 from pathlib import Path
 
@@ -144,8 +145,8 @@ def test_a_csv_names_images_by_path_where_two_files_share_a_name(tmp_path):
     (tmp_path / "windows.csv").write_text("image,label\n" + "".join(
         f"{folder}\\img_{i}.png,{label}\n" for folder, label in (("clinic_a", "benign"), ("clinic_b", "malignant"))
         for i in range(14)) + "C:\\Users\\me\\clinic_a\\img_14.png,benign\nD:\\clinic_b\\img_14.png,malignant\n")
-    with pytest.raises(DataError, match=r"^Image 'C:\\\\Users\\\\me\\\\clinic_a\\\\img_14.png' \(.*line 30\) could be any "
-                                        r"of 2 files"):
+    with pytest.raises(DataError, match=r"^Image 'C:\\\\Users\\\\me\\\\clinic_a\\\\img_14.png' \(.*line 30\) could be "
+                                        r"any of 2 files"):
         discover(tmp_path / "windows.csv")
     text = (tmp_path / "windows.csv").read_text().replace("C:\\Users\\me\\", "")
     (tmp_path / "windows.csv").write_text(text.replace("D:\\", ""))
@@ -162,6 +163,15 @@ def test_a_csv_typed_with_accents_finds_files_a_mac_named(tmp_path):
                                                                           for i in range(30)), encoding="utf-8")
     ds = discover(tmp_path / "labels.csv").split("all")
     assert len(ds) == 30 and ds.counts() == {"benign": 20, "malignant": 10}
+
+
+def test_an_images_folder_that_is_not_there_is_named(tmp_path):
+    ids = isic_images(tmp_path / "images")
+    (tmp_path / "labels.csv").write_text("image_id,melanoma\n" + csv_rows(ids))
+    for images in (tmp_path / "imgaes", tmp_path / "labels.csv"):  # a typo; the CSV itself
+        with pytest.raises(DataError, match=rf"^{re.escape(str(images))}, given as the image folder of the label "
+                                            r"CSV .*labels\.csv \(--images or --extra-images\), is not a folder"):
+            discover(tmp_path / "labels.csv", images)
 
 
 def test_a_split_column_is_kept_and_ignored_only_when_every_image_is_evaluated(tmp_path):

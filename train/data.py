@@ -159,6 +159,9 @@ def discover(source: str | Path, images: str | Path | None = None, seed: int = 4
         raise DataError(f"{source} is an image. The data is a folder (with train/, val/ and test/, or benign/ and "
                         f"malignant/ subfolders) or a label CSV; python -m model.predict judges single images.")
     if source.is_file():
+        if images and not Path(images).is_dir():  # was "no images were found under" it, as if it were an empty folder
+            raise DataError(f"{images}, given as the image folder of the label CSV {source} (--images or "
+                            f"--extra-images), is not a folder: give the folder that holds the images the CSV names.")
         return _from_csv(source, Path(images) if images else source.parent, seed, val_fraction, test_fraction)
     if all((source / s).is_dir() for s in SPLITS):
         splits = {s: _class_folders(source / s) for s in SPLITS}
