@@ -122,7 +122,9 @@ def test_ctrl_c_stops_training_with_a_sentence_and_status_130(tiny_data, tmp_pat
     ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
      "TF_CONFIG's task names this process: a type among its cluster's (worker) and an index among"),
     ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "TF_CONFIG's task names"),
-], ids=["not JSON", "a list", "addresses in one string", "index past the workers", "a type not in the cluster"])
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": ["worker"], "index": 0}}', "TF_CONFIG's task names"),
+], ids=["not JSON", "a list", "addresses in one string", "index past the workers", "a type not in the cluster",
+        "a type in a list"])
 def test_a_mistake_in_tf_config_is_one_sentence_before_tensorflow_reads_it(monkeypatch, value, words):
     """Each was a traceback from the JSON reader, TensorFlow's cluster resolver or train.train's worker folder."""
     import argparse

@@ -117,10 +117,9 @@ def cluster_config() -> dict:
             isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in cluster.values()):
         raise SystemExit(f"TF_CONFIG's cluster lists each kind of task's \"host:port\" addresses, for example "
                          f"{TF_CONFIG_EXAMPLE}; received {json.dumps(cluster)[:80]}")
-    kinds = cluster if isinstance(task, dict) else {}
+    kind = task.get("type") if isinstance(task, dict) else None
     index = task.get("index", 0) if isinstance(task, dict) else None
-    if (task.get("type") if isinstance(task, dict) else None) not in kinds or not isinstance(index, int) or not (
-            0 <= index < len(kinds[task["type"]])):
+    if not (isinstance(kind, str) and kind in cluster and isinstance(index, int) and 0 <= index < len(cluster[kind])):
         raise SystemExit(f"TF_CONFIG's task names this process: a type among its cluster's ({', '.join(cluster)}) "
                          f"and an index among that type's addresses, for example {TF_CONFIG_EXAMPLE}; received "
                          f"{json.dumps(task)[:80]}")
