@@ -214,8 +214,7 @@ def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
 def main(argv=None) -> dict:
     from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_card
     from model.machine import cpu_model
-    from train.cli import writable
-    from train.data import DataError
+    from train.cli import writable_or_exit
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
@@ -233,10 +232,7 @@ def main(argv=None) -> dict:
         load_card(args.model)
     except BundleError as exc:
         parser.error(f"--model: {exc}")
-    try:
-        writable(args.out)
-    except DataError as exc:
-        parser.error(str(exc))
+    writable_or_exit(parser, args.out)
 
     report = {"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version()},

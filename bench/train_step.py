@@ -55,12 +55,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1:
         parser.error(f"--batch-size and --steps must be at least 1. Received: {args.batch_size}, {args.steps}")
-    from train.cli import writable
-    from train.data import DataError
-    try:
-        writable(args.out)
-    except DataError as exc:
-        parser.error(str(exc))
+    from train.cli import writable_or_exit
+    writable_or_exit(parser, args.out)
     if args.child:
         print(json.dumps(time_steps(args.batch_size, args.steps)))
         return {}

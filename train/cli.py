@@ -57,6 +57,15 @@ def writable(folder, flag: str = "--out", given=None) -> Path:
     return folder
 
 
+def writable_or_exit(parser: argparse.ArgumentParser, folder, flag: str = "--out") -> Path:
+    """`writable(folder)` for the commands that do not run under `command` (their modules keep TensorFlow out of
+    their imports): a place they cannot write is the parser's own error, its sentence and status 2."""
+    try:
+        return writable(folder, flag)
+    except DataError as exc:
+        parser.error(str(exc))
+
+
 def command(main):
     """Wrap a command's `main(argv=None)` so that `PERSON_CAN_FIX` errors end it with their sentence."""
     @functools.wraps(main)

@@ -222,12 +222,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--no-browser", action="store_true", help="skip the real Chromium screenshots")
     args = parser.parse_args(argv)
-    from train.cli import writable  # here: the module itself needs no TensorFlow
-    from train.data import DataError
-    try:
-        writable(args.out)
-    except DataError as exc:
-        parser.error(str(exc))
+    from train.cli import writable_or_exit  # here: the module itself needs no TensorFlow
+    writable_or_exit(parser, args.out)
     rows = build(Path(args.out), args.seed, not args.no_browser)
     families = {}
     for r in rows:
