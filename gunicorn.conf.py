@@ -7,7 +7,10 @@ side by side (INFERENCE_STREAMS, default one per core), beat two workers with on
 each and micro-batching. The app keeps no state between requests, so more machines means more
 copies of this server behind a proxy (README, "Serving beyond one process").
 """
+import logging
 import os
+import socket
+import struct
 
 
 def whole(name: str, default: str) -> int:
@@ -21,7 +24,7 @@ def whole(name: str, default: str) -> int:
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
 workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
-read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds a request's body may stop arriving (a lost network)
+read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds a request may stop arriving (a lost network)
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)
@@ -39,3 +42,26 @@ def pre_request(worker, req):
     sock = getattr(getattr(req, "unreader", None), "sock", None)  # HTTP/1 over a socket; else left as it is
     if sock is not None:
         sock.settimeout(read_timeout)
+
+
+def when_ready(server):
+    """A client that stops inside its request's headers held a thread for ever too: gunicorn reads the headers before
+    `pre_request`, on a socket without a timeout. The listening socket now has a receive timeout (SO_RCVTIMEO), which
+    each accepted connection inherits (on Linux; `tests/test_server.py`) and keeps across gunicorn's switches between
+    blocking and not, so a read that waits `read_timeout` seconds for a byte fails and gunicorn closes the connection."""
+    for listener in server.LISTENERS:
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", read_timeout, 0))
+
+
+def one_line_for_stalled_headers(record: logging.LogRecord) -> bool:
+    """gunicorn logs such a closed connection as an error with a traceback (a BlockingIOError from `recv`: only the
+    receive timeout above gives one on its blocking sockets); a person reading the log gets one line instead."""
+    if record.exc_info and isinstance(record.exc_info[1], BlockingIOError):
+        record.msg = "A client sent nothing for %d s in the middle of its request's headers; its connection was closed."
+        record.args = (read_timeout,)
+        record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+    return True
+
+
+def post_worker_init(worker):
+    worker.log.error_log.addFilter(one_line_for_stalled_headers)

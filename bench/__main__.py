@@ -141,7 +141,8 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start_server(kind: str, model: str, port: int) -> subprocess.Popen:
+def start_server(kind: str, model: str, port: int, log=subprocess.DEVNULL) -> subprocess.Popen:
+    """The server of `kind` on `port`, in its own process group; its output goes to `log` (a file, or nowhere)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MELANOMA_MODEL_PATH=str(model),
                MELANOMA_BIND=f"127.0.0.1:{port}")
     if kind == "app":
@@ -149,8 +150,7 @@ def start_server(kind: str, model: str, port: int) -> subprocess.Popen:
                "app:create_app()"]
     else:
         cmd = [sys.executable, "-m", "bench.usual_server", "--model", str(model), "--port", str(port)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:

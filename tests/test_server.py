@@ -61,3 +61,37 @@ def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch
             sock.close()
     finally:
         stop(server)
+
+
+def test_clients_that_stop_inside_their_headers_do_not_stop_the_server(monkeypatch, tmp_path):
+    """gunicorn reads a request's headers before any hook, and such a client held a thread for ever (the server
+    answered no one with 2 threads and 3 of them). Now the connection is closed after the read timeout, and the log
+    says so in one line, without a traceback."""
+    port = free_port()
+    for name, value in (("MELANOMA_READ_TIMEOUT", "2"), ("MELANOMA_THREADS", "2")):
+        monkeypatch.setitem(os.environ, name, value)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        server = start_server("app", DEFAULT_BUNDLE, port, log=log)
+    try:
+        wait_ready(port)
+        stalled = []
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Le")
+            stalled.append(sock)
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        waited = time.monotonic() - started
+        assert waited < 15, waited
+        for sock in stalled:
+            sock.settimeout(15)
+            assert sock.recv(100) == b""  # closed by the server
+            sock.close()
+    finally:
+        stop(server)
+    text = log_path.read_text()
+    assert text.count("in the middle of its request's headers; its connection was closed") == 3, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
