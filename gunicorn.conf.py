@@ -48,7 +48,7 @@ def when_ready(server):
     """A client that stops inside its request's headers held a thread for ever too: gunicorn reads the headers before
     `pre_request`, on a socket without a timeout. The listening socket now has a receive timeout (SO_RCVTIMEO), which
     each accepted connection inherits (on Linux; `tests/test_server.py`) and keeps across gunicorn's switches between
-    blocking and not, so a read that waits `read_timeout` seconds for a byte fails and gunicorn closes the connection."""
+    blocking and not: a read that waits `read_timeout` seconds for a byte fails, and gunicorn closes the connection."""
     for listener in server.LISTENERS:
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", read_timeout, 0))
 
