@@ -7,10 +7,12 @@ side by side (INFERENCE_STREAMS, default one per core), beat two workers with on
 each and micro-batching. The app keeps no state between requests, so more machines means more
 copies of this server behind a proxy (README, "Serving beyond one process").
 """
-import logging
 import os
 import socket
-import struct
+import threading
+import time
+
+from gunicorn.workers.gthread import ThreadWorker
 
 
 def whole(name: str, default: str) -> int:
@@ -24,7 +26,7 @@ def whole(name: str, default: str) -> int:
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
 workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
-read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds a request may stop arriving (a lost network)
+read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds for a request's headers, and its body's longest pause
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)
@@ -39,29 +41,50 @@ def pre_request(worker, req):
     one of the worker's threads while the body is read; without a limit it held it for ever, and `threads` such
     clients stopped the server. The socket now gives up after `read_timeout` seconds without a byte, and the app
     answers 408 upload_incomplete (web/errors.py)."""
+    getattr(worker, "headers_read", lambda: None)()  # the worker below; another given with -k has no such limit
     sock = getattr(getattr(req, "unreader", None), "sock", None)  # HTTP/1 over a socket; else left as it is
     if sock is not None:
         sock.settimeout(read_timeout)
 
 
-def when_ready(server):
-    """A client that stops inside its request's headers held a thread for ever too: gunicorn reads the headers before
-    `pre_request`, on a socket without a timeout. The listening socket now has a receive timeout (SO_RCVTIMEO), which
-    each accepted connection inherits (on Linux; `tests/test_server.py`) and keeps across gunicorn's switches between
-    blocking and not: a read that waits `read_timeout` seconds for a byte fails, and gunicorn closes the connection."""
-    for listener in server.LISTENERS:
-        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", read_timeout, 0))
+class Worker(ThreadWorker):
+    """gunicorn's threaded worker, with `read_timeout` seconds for each request's headers.
+
+    gunicorn reads a request's headers before `pre_request`, on a socket without a timeout: a client that stopped in
+    the middle of them, or sent a byte every few seconds, held a thread for ever. Each thread now notes when it began
+    to read a request; once a second (the worker's own housekeeping) a read still in its headers after `read_timeout`
+    seconds has its socket shut for reading, so the read ends, gunicorn closes the connection, and the log says so."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reading = {}  # thread -> (connection, deadline) while that thread reads a request's headers
+        self.reading_lock = threading.Lock()
+
+    def handle(self, conn):
+        with self.reading_lock:
+            self.reading[threading.get_ident()] = (conn, time.monotonic() + read_timeout)
+        try:
+            return super().handle(conn)
+        finally:
+            self.headers_read()
+
+    def headers_read(self):
+        with self.reading_lock:
+            self.reading.pop(threading.get_ident(), None)
+
+    def murder_pending(self):
+        super().murder_pending()
+        now = time.monotonic()
+        with self.reading_lock:  # held while shutting, so that no request past its headers is cut
+            for thread, (conn, deadline) in list(self.reading.items()):
+                if deadline < now and not conn.is_http2:  # an HTTP/2 connection carries many requests
+                    del self.reading[thread]
+                    try:
+                        conn.sock.shutdown(socket.SHUT_RD)
+                    except OSError:  # closed meanwhile
+                        continue
+                    self.log.warning("A client did not send its request's headers within %d s; its connection "
+                                     "was closed.", read_timeout)
 
 
-def one_line_for_stalled_headers(record: logging.LogRecord) -> bool:
-    """gunicorn logs such a closed connection as an error with a traceback (a BlockingIOError from `recv`: only the
-    receive timeout above gives one on its blocking sockets); a person reading the log gets one line instead."""
-    if record.exc_info and isinstance(record.exc_info[1], BlockingIOError):
-        record.msg = "A client sent nothing for %d s in the middle of its request's headers; its connection was closed."
-        record.args = (read_timeout,)
-        record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
-    return True
-
-
-def post_worker_init(worker):
-    worker.log.error_log.addFilter(one_line_for_stalled_headers)
+worker_class = Worker
