@@ -39,16 +39,23 @@ def answer(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch):
-    """Before, each held one of the worker's threads for ever: as many of them as threads (8 by default), and the
-    server answered no one. With a read timeout of 2 s and 2 threads, 3 stalled uploads get a 408 and the server
-    answers the next request."""
+def start_with_two_threads(monkeypatch, log_path) -> tuple:
+    """gunicorn as the README starts it, with a read timeout of 2 s and 2 threads; its log in `log_path`."""
     port = free_port()
     for name, value in (("MELANOMA_READ_TIMEOUT", "2"), ("MELANOMA_THREADS", "2")):
         monkeypatch.setitem(os.environ, name, value)
-    server = start_server("app", DEFAULT_BUNDLE, port)
+    with open(log_path, "wb") as log:
+        server = start_server("app", DEFAULT_BUNDLE, port, log=log)
+    wait_ready(port)
+    return server, port
+
+
+def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch, tmp_path):
+    """Before, each held one of the worker's threads for ever: as many of them as threads (8 by default), and the
+    server answered no one. With a read timeout of 2 s and 2 threads, 3 stalled uploads get a 408 and the server
+    answers the next request."""
+    server, port = start_with_two_threads(monkeypatch, tmp_path / "server.log")
     try:
-        wait_ready(port)
         stalled = [stalled_upload(port) for _ in range(3)]
         started = time.monotonic()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -62,17 +69,7 @@ def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch
             sock.close()
     finally:
         stop(server)
-
-
-def start_with_two_threads(monkeypatch, log_path) -> tuple:
-    """gunicorn as the README starts it, with a read timeout of 2 s and 2 threads; its log in `log_path`."""
-    port = free_port()
-    for name, value in (("MELANOMA_READ_TIMEOUT", "2"), ("MELANOMA_THREADS", "2")):
-        monkeypatch.setitem(os.environ, name, value)
-    with open(log_path, "wb") as log:
-        server = start_server("app", DEFAULT_BUNDLE, port, log=log)
-    wait_ready(port)
-    return server, port
+    assert "Traceback" not in (tmp_path / "server.log").read_text()  # the app's answer, not an error in the log
 
 
 def health_in_background(port: int) -> dict:
