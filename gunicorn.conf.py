@@ -23,7 +23,20 @@ def whole(name: str, default: str) -> int:
     return int(text)
 
 
-bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
+def addresses(name: str, default: str) -> str:
+    """The environment variable `name` as gunicorn's `bind`; a TCP port above 65535 stops the server with one sentence
+    (gunicorn's own check takes a port that is not a number, and gave a traceback for 99999)."""
+    text = os.environ.get(name, default)
+    for address in text.split(","):
+        address = address.strip()
+        port = address.rpartition(":")[2] if not address.startswith(("unix:", "fd://")) else ""
+        if port.isdigit() and int(port) > 65535:
+            raise SystemExit(f"error: {name} gives the port {port}; a port is a number from 0 to 65535 (for example "
+                             f"127.0.0.1:8000).")
+    return text
+
+
+bind = addresses("MELANOMA_BIND", "127.0.0.1:8000")
 workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
 read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds for a request's headers, and its body's longest pause
