@@ -24,13 +24,18 @@ def whole(name: str, default: str) -> int:
 
 
 def addresses(name: str, default: str) -> str:
-    """The environment variable `name` as gunicorn's `bind`; a TCP port above 65535 stops the server with one sentence
-    (gunicorn's own check takes a port that is not a number, and gave a traceback for 99999)."""
+    """The environment variable `name` as gunicorn's `bind`; a TCP port outside 0–65535 stops the server with one
+    sentence (gunicorn's own check takes a port that is not a number, and gave a traceback for 99999 or -1)."""
     text = os.environ.get(name, default)
     for address in text.split(","):
         address = address.strip()
-        port = address.rpartition(":")[2] if not address.startswith(("unix:", "fd://")) else ""
-        if port.isdigit() and int(port) > 65535:
+        if address.startswith(("unix:", "fd://")):
+            continue
+        try:
+            port = int(address.rpartition(":")[2])
+        except ValueError:  # no port (gunicorn's default) or not a number (gunicorn's own check says so)
+            continue
+        if not 0 <= port <= 65535:
             raise SystemExit(f"error: {name} gives the port {port}; a port is a number from 0 to 65535 (for example "
                              f"127.0.0.1:8000).")
     return text
