@@ -9,9 +9,11 @@ copies of this server behind a proxy (README, "Serving beyond one process").
 """
 import os
 import socket
+import sys
 import threading
 import time
 
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 
@@ -77,6 +79,18 @@ class Worker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading = {}  # thread -> (connection, deadline) while that thread reads a request's headers
         self.reading_lock = threading.Lock()
+
+    def load_wsgi(self):
+        """A setting the app refuses (a bundle not found, a MELANOMA_ value of the wrong kind) stops it with one
+        sentence (`SystemExit`); gunicorn took that for an ordinary exit and started the worker again, every few
+        seconds for ever. The worker now exits as one that failed to boot, and gunicorn stops with the sentence."""
+        try:
+            super().load_wsgi()
+        except SystemExit as stop:
+            if not isinstance(stop.code, str):
+                raise
+            print(stop.code, file=sys.stderr, flush=True)
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
 
     def handle(self, conn):
         with self.reading_lock:

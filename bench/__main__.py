@@ -154,11 +154,14 @@ def start_server(kind: str, model: str, port: int, log=subprocess.DEVNULL) -> su
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """Ends the server and its process group: a term, then a kill after 20 s; nothing if it is gone already."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def model_only(model_path: str, repeats: int) -> list[dict]:

@@ -131,3 +131,22 @@ def test_clients_slow_with_their_headers_do_not_stop_the_server(monkeypatch, tmp
     text = (tmp_path / "server.log").read_text()
     assert text.count("did not send its request's headers within 2 s; its connection was closed") == 3, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("setting", [("MELANOMA_MODEL_PATH", "missing.keras"), ("MELANOMA_MAX_FILES", "abc")])
+def test_a_setting_the_app_refuses_stops_the_server_with_its_sentence(monkeypatch, tmp_path, setting):
+    """The app stops on such a setting with one sentence; gunicorn took that for an ordinary exit and started the
+    worker again every few seconds, for ever. Now the server stops once, with the sentence and status 3."""
+    name, value = setting
+    model = tmp_path / "missing.keras" if name == "MELANOMA_MODEL_PATH" else DEFAULT_BUNDLE
+    if name != "MELANOMA_MODEL_PATH":
+        monkeypatch.setitem(os.environ, name, value)
+    with open(tmp_path / "server.log", "wb") as log:
+        server = start_server("app", model, free_port(), log=log)
+    try:
+        assert server.wait(timeout=90) == 3
+    finally:
+        stop(server)
+    text = (tmp_path / "server.log").read_text()
+    assert text.count(f"error: {'Model bundle not found' if name == 'MELANOMA_MODEL_PATH' else name}") == 1, text
+    assert "Worker failed to boot" in text and "Traceback" not in text, text
