@@ -68,7 +68,8 @@ def pre_request(worker, req):
 
 
 class Worker(ThreadWorker):
-    """gunicorn's threaded worker, with `read_timeout` seconds for each request's headers.
+    """gunicorn's threaded worker, with `read_timeout` seconds for each request's headers, and a setting the app
+    refuses stopping the server (`load_wsgi`).
 
     gunicorn reads a request's headers before `pre_request`, on a socket without a timeout: a client that stopped in
     the middle of them, or sent a byte every few seconds, held a thread for ever. Each thread now notes when it began
