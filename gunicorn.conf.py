@@ -73,8 +73,9 @@ class Worker(ThreadWorker):
 
     gunicorn reads a request's headers before `pre_request`, on a socket without a timeout: a client that stopped in
     the middle of them, or sent a byte every few seconds, held a thread for ever. Each thread now notes when it began
-    to read a request; once a second (the worker's own housekeeping) a read still in its headers after `read_timeout`
-    seconds has its socket shut for reading, so the read ends, gunicorn closes the connection, and the log says so."""
+    to read a request; at each turn of the worker's event loop (at least once a second) a read still in its headers
+    after `read_timeout` seconds has its socket shut for reading, so the read ends, gunicorn closes the connection, and
+    the log says so."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
