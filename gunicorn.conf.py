@@ -117,8 +117,9 @@ class Worker(ThreadWorker):
                         conn.sock.shutdown(socket.SHUT_RD)
                     except OSError:  # closed meanwhile
                         continue
-                    self.log.warning("A client did not send its request's headers within %d s; its connection "
-                                     "was closed.", read_timeout)
+                    address = conn.client[0] if isinstance(conn.client, (tuple, list)) else conn.client or "a socket"
+                    self.log.warning("A client at %s did not send its request's headers within %d s; its connection "
+                                     "was closed.", address, read_timeout)  # the address, for a firewall
 
 
 worker_class = Worker

@@ -129,7 +129,8 @@ def test_clients_slow_with_their_headers_do_not_stop_the_server(monkeypatch, tmp
     finally:
         stop(server)
     text = (tmp_path / "server.log").read_text()
-    assert text.count("did not send its request's headers within 2 s; its connection was closed") == 3, text[-3000:]
+    assert text.count("A client at 127.0.0.1 did not send its request's headers within 2 s; its connection was closed"
+                      ) == 3, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
 
 
