@@ -17,11 +17,14 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 
-def whole(name: str, default: str) -> int:
-    """The environment variable `name` as a whole number of 1 or more; else the server stops with one sentence."""
+def whole(name: str, default: str, most: int | None = None) -> int:
+    """The environment variable `name` as a whole number of 1 or more (and at most `most`); else the server stops with
+    one sentence."""
     text = os.environ.get(name, default)
     if not text.strip().isdigit() or int(text) < 1:
         raise SystemExit(f"error: {name} is a whole number, 1 or more; received {text!r}.")
+    if most is not None and int(text) > most:
+        raise SystemExit(f"error: {name} is a whole number from 1 to {most}; received {text!r}.")
     return int(text)
 
 
@@ -46,7 +49,8 @@ def addresses(name: str, default: str) -> str:
 bind = addresses("MELANOMA_BIND", "127.0.0.1:8000")
 workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
-read_timeout = whole("MELANOMA_READ_TIMEOUT", "30")  # seconds for a request's headers, and its body's longest pause
+# seconds for a request's headers, and its body's longest pause; a day at most (10**12 overflowed the socket timeout)
+read_timeout = whole("MELANOMA_READ_TIMEOUT", "30", most=86400)
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)

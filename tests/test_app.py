@@ -567,6 +567,10 @@ def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
         with pytest.raises(SystemExit) as stopped:  # was a ValueError traceback from gunicorn's config loader
             gunicorn_settings(monkeypatch, {name: value})
         assert str(stopped.value) == f"error: {name} is a whole number, 1 or more; received {value!r}."
+    with pytest.raises(SystemExit) as stopped:  # a day at most: 10**12 s overflowed the socket's timeout, a 500 each
+        gunicorn_settings(monkeypatch, {"MELANOMA_READ_TIMEOUT": "1000000000000"})
+    assert str(stopped.value) == ("error: MELANOMA_READ_TIMEOUT is a whole number from 1 to 86400; received "
+                                  "'1000000000000'.")
     for bind in ("127.0.0.1:99999", "[::1]:70000", "0.0.0.0:8000, 127.0.0.1:123456", "127.0.0.1:-1"):  # OverflowError
         with pytest.raises(SystemExit, match=r"^error: MELANOMA_BIND gives the port -?\d+; a port is a number from 0 to"):
             gunicorn_settings(monkeypatch, {"MELANOMA_BIND": bind})
