@@ -511,6 +511,9 @@ BAD_SETTINGS = [
     ("TTA_VIEWS", "3", "MELANOMA_TTA_VIEWS is 1, 2, 4 or 8 views, or 0 for the bundle's own; received 3."),
     ("RUNTIME", "gpu", "MELANOMA_RUNTIME is one of auto, openvino, tensorflow; received 'gpu'."),
     ("INFERENCE_THREADS", "-2", "MELANOMA_INFERENCE_THREADS is a whole number, 0 or more; received -2."),
+    ("INFERENCE_THREADS", "1000000000000", "MELANOMA_INFERENCE_THREADS is a whole number from 0 to 1024; received "
+                                           "1000000000000."),  # was "not a Keras model file this version can load"
+    ("INFERENCE_STREAMS", "5000", "MELANOMA_INFERENCE_STREAMS is a whole number from 0 to 1024; received 5000."),
     ("KEEP_UPLOADS", "perhaps", "MELANOMA_KEEP_UPLOADS is true or false (1/0, yes/no, on/off); received 'perhaps'."),
     ("MICRO_BATCHING", "maybe", "MELANOMA_MICRO_BATCHING is true or false"),
     ("UPLOAD_RETENTION_HOURS", "never", "MELANOMA_UPLOAD_RETENTION_HOURS is a number of hours above 0"),

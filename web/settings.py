@@ -17,17 +17,21 @@ TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off"
 class SettingError(ValueError):
     """A setting the server cannot start with; the message names it (as its environment variable) and what it takes."""
 
+MOST_THREADS = 1024
+
 
 def _name(key: str) -> str:
     return f"MELANOMA_{key}"
 
 
-def _whole(config: dict, key: str, least: int) -> int:
+def _whole(config: dict, key: str, least: int, most: int | None = None) -> int:
     value = config[key]
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise SettingError(f"{_name(key)} is a whole number, {least} or more; received {value!r}")
+    if most is not None and value > most:
+        raise SettingError(f"{_name(key)} is a whole number from {least} to {most}; received {value!r}")
     return value
 
 
@@ -72,8 +76,10 @@ def check(config: dict) -> None:
                            f"{config['TTA_VIEWS']!r}")
     if config["RUNTIME"] not in RUNTIMES:
         raise SettingError(f"{_name('RUNTIME')} is one of {', '.join(RUNTIMES)}; received {config['RUNTIME']!r}")
-    config["INFERENCE_THREADS"] = _whole(config, "INFERENCE_THREADS", 0)
-    config["INFERENCE_STREAMS"] = _whole(config, "INFERENCE_STREAMS", 0)
+    # threads and streams of the forward pass: 10**12 threads was "not a Keras model file this version can load" and
+    # as many streams a fall back to TensorFlow; no machine has more than a few hundred cores
+    config["INFERENCE_THREADS"] = _whole(config, "INFERENCE_THREADS", 0, most=MOST_THREADS)
+    config["INFERENCE_STREAMS"] = _whole(config, "INFERENCE_STREAMS", 0, most=MOST_THREADS)
     config["MICRO_BATCHING"] = _flag(config, "MICRO_BATCHING", allow_none=True)
     config["KEEP_UPLOADS"] = _flag(config, "KEEP_UPLOADS")
     hours = config["UPLOAD_RETENTION_HOURS"]
