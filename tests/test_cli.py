@@ -330,12 +330,16 @@ def test_an_input_file_read_after_the_work_is_checked_before_it(tiny_data, tmp_p
     ("train.ensemble", "--target-sensitivity", "90"), ("train.gate", "--k", "0"), ("train.gate", "--percentile", "150"),
     ("train.gate", "--band-fraction", "1.5"), ("train.gate", "--percentile", "nan"), ("train.audit", "--alpha", "5"),
     ("train.baselines", "--image-size", "8"), ("train.learning_curve", "--target-auc", "90"),
-    ("train.calibrate", "--target-sensitivity", "1.5")])
+    ("train.calibrate", "--target-sensitivity", "1.5"),
+    # a seed NumPy refuses (or, past 2**31 - 1, one that training offsets) was its ValueError traceback
+    ("train.train", "--seed", "99999999999999999999"), ("train.train", "--seed", "2147483648"),
+    ("train.evaluate", "--seed", "-1"), ("train.nonlesion", "--seed", "4294967296"), ("train.audit", "--seed", "x")])
 def test_numbers_outside_their_range_are_refused_by_the_parser(name, flag, value, capsys):
     """Before, --bootstrap 0 wrote NaN intervals and --target-sensitivity 1.5 a threshold study for an impossible
     target, without a word."""
     args = {"train.shipcheck": ["--baseline", "b.keras", "--candidate", "c.keras", "--robustness", "r.json"],
-            "train.baselines": ["--data", "d"], "train.audit": ["--data", "d"],
+            "train.baselines": ["--data", "d"], "train.audit": ["--data", "d"], "train.train": ["--data", "d"],
+            "train.nonlesion": [],
             "train.learning_curve": ["--model", "m.keras"]}.get(name, ["--model", "m.keras", "--data", "d"])
     with pytest.raises(SystemExit) as refused:
         importlib.import_module(name).main(args + [flag, value])

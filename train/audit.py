@@ -34,7 +34,7 @@ from model import cues
 from model.cues import INK_SHARE, dark_corner_share, has_dark_corners, has_ink, ink_share  # noqa: F401 (its API)
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.cli import command, ranged, writable
+from train.cli import command, random_seed, ranged, writable
 
 log = logging.getLogger("train.audit")
 
@@ -106,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.audit", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="data folder or label CSV")
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--alpha", type=ranged(float, lambda v: 0 < v < 1, "a test level between 0 and 1 (e.g. 0.01)"),
                         default=0.01,
                         help="Fisher's exact test level at which a cue counts as linked (default: 0.01)")

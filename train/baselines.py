@@ -37,7 +37,7 @@ from sklearn.svm import SVC
 
 from model.preprocessing import PreprocessSpec
 from train import data as data_mod
-from train.cli import command, ranged, share, writable
+from train.cli import command, random_seed, ranged, share, writable
 from train.features import handcrafted
 from train.metrics import classification_metrics, format_table, paired_auc_difference, threshold_for_sensitivity
 
@@ -241,7 +241,7 @@ def main(argv=None):
     p.add_argument("--stack", default=None, metavar="BUNDLE",
                    help="also stack this bundle's network with the best handcrafted model, fitted on the bundle's "
                         "own validation images, and score the pair on test against the network")
-    p.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    p.add_argument("--seed", type=random_seed, default=42, help="(default: 42)")
     p.add_argument("--out", default="runs/baselines", help="output folder (default: runs/baselines)")
     args = p.parse_args(argv)
     if args.network_metrics:  # read after minutes of features: checked first

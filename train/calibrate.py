@@ -25,7 +25,7 @@ from model.bundle import card_path, load_bundle
 from model.inference import Predictor
 from model.turn import parse_turns
 from train import data as data_mod
-from train.cli import command, share
+from train.cli import command, random_seed, share
 from train.gate import indeterminate_band
 from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
                            threshold_for_sensitivity)
@@ -112,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     parser.add_argument("--target-sensitivity", type=share, default=0.90,
                         help="expected sensitivity for malignant the threshold is fixed for (default: 0.90)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
                         help="temperature: one temperature on the log-odds; platt: a temperature and a bias, for "
                              "bundles trained with --auc-loss (default: temperature)")

@@ -35,6 +35,9 @@ def ranged(convert, inside, what: str):
 resamples = ranged(int, lambda v: v >= 10, "a whole number of resamples, 10 or more (e.g. 1000)")
 # --target-sensitivity
 share = ranged(float, lambda v: 0.0 < v < 1.0, "a share between 0 and 1 (e.g. 0.9)")
+# --seed: NumPy takes 0 to 2**32 - 1, and training adds up to a few thousand to it for its augmentation layers and
+# soup copies; a seed beyond was NumPy's ValueError traceback. 2**31 - 1 trains with every option (checked ad hoc)
+random_seed = ranged(int, lambda v: 0 <= v < 2**31, "a seed, a whole number from 0 to 2147483647 (e.g. 42)")
 
 
 def writable(folder, flag: str = "--out", given=None) -> Path:

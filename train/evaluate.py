@@ -26,7 +26,7 @@ import numpy as np
 from model.bundle import CLASS_NAMES, card_path, load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
-from train.cli import command, writable
+from train.cli import command, random_seed, writable
 from train.metrics import classification_metrics, diagnosis_breakdown, format_diagnosis_table, format_table
 from train.plots import evaluation_figures, sample_grid
 from train.report import write_report
@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images, and copies of the bundle's "
                              "training images (default: drop them)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
     parser.add_argument("--diagnosis", default=None, metavar="CSV",

@@ -217,12 +217,13 @@ def build(out: Path, seed: int = 0, with_browser: bool = True) -> list[dict]:
 
 
 def main(argv=None):
+    from train.cli import random_seed, writable_or_exit  # here: the module itself needs no TensorFlow
+
     parser = argparse.ArgumentParser(prog="python -m train.nonlesion", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/nonlesion", help="output folder (default: runs/nonlesion)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="(default: 0)")
     parser.add_argument("--no-browser", action="store_true", help="skip the real Chromium screenshots")
     args = parser.parse_args(argv)
-    from train.cli import writable_or_exit  # here: the module itself needs no TensorFlow
     writable_or_exit(parser, args.out)
     rows = build(Path(args.out), args.seed, not args.no_browser)
     families = {}

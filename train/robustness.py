@@ -27,7 +27,7 @@ from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from model.preprocessing import ImageError, decode
 from train import data as data_mod
-from train.cli import command, resamples, writable
+from train.cli import command, random_seed, resamples, writable
 from train.metrics import expected_calibration_error, paired_auc_interval
 from train.plots import robustness_chart
 
@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="paired bootstrap resamples for the AUC change (default: 1000)")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images (default: drop them)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/robustness_<split>)")

@@ -25,7 +25,7 @@ import numpy as np
 from model.bundle import load_bundle
 from model.inference import Predictor
 from train import data as data_mod
-from train.cli import command, share, writable
+from train.cli import command, random_seed, share, writable
 from train.evaluate import predict_split
 from train.metrics import threshold_for_sensitivity
 
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="data folder or label CSV with val and test splits")
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     parser.add_argument("--target-sensitivity", type=share, default=0.90, help="(default: 0.90)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--out", default="runs/thresholds", help="output folder (default: runs/thresholds)")
     return parser.parse_args(argv)
 

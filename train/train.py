@@ -39,7 +39,7 @@ from model.preprocessing import PreprocessSpec
 from model.turn import parse_turns
 from train import data as data_mod
 from train.audit import audit, cue_warning, remedy_applied
-from train.cli import writable
+from train.cli import random_seed, writable
 from train.augment import BLUR_KINDS, build_augmenter
 from train.augment import build_consistency_shift as build_shift
 from train.calibrate import CALIBRATIONS, operating_point
@@ -262,7 +262,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "each epoch's end, the slow weights move halfway to where the optimizer took the fast ones, "
                         "and these start again from them; validation, checkpoints and the bundle see the slow "
                         "weights (e.g. 5) (default: 0, off)")
-    g.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    g.add_argument("--seed", type=random_seed, default=42, help="(default: 42)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorFlow's deterministic ops: the same command, seed, data, library versions, kind of "
                         "CPU and number of cores give the same bundle, bit for bit. Without them the augmentation's "

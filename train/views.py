@@ -31,7 +31,7 @@ from model.preprocessing import fill_dark_frame
 from model.turn import turn
 from train import data as data_mod
 from train.calibrate import validation_split
-from train.cli import command, resamples, writable
+from train.cli import command, random_seed, resamples, writable
 from train.metrics import paired_auc_interval
 
 log = logging.getLogger("train.views")
@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         + "; ".join(f"{name} ({what})" for name, what in OPTIONS.items() if name)
                         + f"; e.g. 0:disc or 45:back (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=resamples, default=1000, help="paired bootstrap resamples (default: 1000)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
     args = parser.parse_args(argv)
     args.views = [v.strip() for v in args.views.split(",") if v.strip()]
