@@ -264,6 +264,18 @@ def test_an_unknown_gate_layer_stops_training_before_it_starts(tiny_data, tmp_pa
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
+def test_a_batch_larger_than_the_training_images_stops_training_before_it_starts(tiny_data, tmp_path, caplog):
+    """Batches are whole, so a --batch-size above tiny_data's 24 training images made none: Keras warned that the
+    input ran out of data, the epochs trained on nothing (loss 0, validation AUC 0.5), and a bundle was written."""
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "25",
+                    "--run-dir", str(tmp_path / "run"), "--output", str(tmp_path / "b" / "tiny.keras")])
+    assert info.value.code == 2
+    assert ("--batch-size 25 is more than the 24 training images: not one batch would be full, so nothing would "
+            "train. Use a batch of at most 24.") in caplog.text
+    assert not (tmp_path / "run" / "history.csv").exists() and not (tmp_path / "b").exists()
+
+
 def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     out = trained / "eval"
     metrics = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(tiny_data),

@@ -800,6 +800,10 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     if args.max_train_images and args.max_train_images < len(chosen):
         chosen = np.sort(np.random.default_rng(args.seed).permutation(len(chosen))[: args.max_train_images])
     n_train = len(chosen)
+    if args.batch_size > n_train:  # batches are whole (drop_remainder): none at all, and training ran on nothing
+        given = f"{args.batch_size // replicas} on each of {replicas} replicas" if replicas > 1 else args.batch_size
+        raise data_mod.DataError(f"--batch-size {given} is more than the {n_train} training images: not one batch "
+                                 f"would be full, so nothing would train. Use a batch of at most {n_train // replicas}.")
     x_train = data_mod.load_images([train_split.paths[i] for i in chosen], spec)
     y_train = np.asarray(train_split.labels)[chosen]
     x_val = data_mod.load_images(drawn.splits["val"].paths, spec)
