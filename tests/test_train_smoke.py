@@ -257,8 +257,8 @@ def test_the_gate_layer_is_chosen_by_the_rule_and_the_sweep_is_in_the_card(train
 
 def test_an_unknown_gate_layer_stops_training_before_it_starts(tiny_data, tmp_path, caplog):
     with pytest.raises(SystemExit) as info:
-        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--gate-layer", "block9z_add",
-                    "--run-dir", str(tmp_path / "run")])
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                    "--gate-layer", "block9z_add", "--run-dir", str(tmp_path / "run")])
     assert info.value.code == 2
     assert "--gate-layer block9z_add is not a layer of efficientnet_lite0" in caplog.text
     assert not (tmp_path / "run" / "history.csv").exists()
@@ -544,8 +544,8 @@ def test_auxiliary_diagnosis_head_trains_and_the_bundle_keeps_the_two_way_head(t
 def test_auxiliary_diagnosis_csv_must_cover_the_training_images(tiny_data, tmp_path, caplog):
     (tmp_path / "diagnosis.csv").write_text("image_id,diagnosis\nimg_000,nevus\n")
     with pytest.raises(SystemExit):
-        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--head-epochs", "1",
-                    "--epochs", "0", "--aux-diagnosis", str(tmp_path / "diagnosis.csv"),
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                    "--head-epochs", "1", "--epochs", "0", "--aux-diagnosis", str(tmp_path / "diagnosis.csv"),
                     "--run-dir", str(tmp_path / "run")])
     assert "training images have no diagnosis" in caplog.text
 
