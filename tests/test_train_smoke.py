@@ -3,6 +3,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shlex
 
 import keras
@@ -262,6 +263,21 @@ def test_an_unknown_gate_layer_stops_training_before_it_starts(tiny_data, tmp_pa
     assert info.value.code == 2
     assert "--gate-layer block9z_add is not a layer of efficientnet_lite0" in caplog.text
     assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_training_that_diverges_stops_with_one_sentence_and_no_bundle(tiny_data, tmp_path, caplog):
+    """At an absurd learning rate the weights became NaN in the first epoch; the validation AUC then failed inside
+    scikit-learn ("Input contains NaN", a traceback). Now one sentence names the stage, epoch and the rate to lower."""
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                    "--head-epochs", "1", "--epochs", "1", "--warmup-epochs", "0", "--dense-units", "16",
+                    "--gate-layer", "block5c_add", "--head-lr", "1e30", "--run-dir", str(tmp_path / "run"),
+                    "--output", str(tmp_path / "b" / "tiny.keras")])
+    assert info.value.code == 2
+    assert re.search(r"training diverged in head epoch 1: the network's scores on the validation images are not "
+                     r"numbers \(loss (nan|inf)\)\. Lower the learning rate \(--head-lr\); no bundle was written\.",
+                     caplog.text), caplog.text
+    assert not (tmp_path / "b").exists() and not (tmp_path / "run" / "history.csv").exists()
 
 
 def test_a_batch_larger_than_the_training_images_stops_training_before_it_starts(tiny_data, tmp_path, caplog):

@@ -411,6 +411,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+class DivergedError(Exception):
+    """Training diverged: the network's validation scores are no longer numbers."""
+
+
 class ValidationAUC(keras.callbacks.Callback):
     """Adds val_auc (malignant ROC AUC on the validation split) to each epoch's logs; appends to history.csv."""
 
@@ -428,6 +432,11 @@ class ValidationAUC(keras.callbacks.Callback):
         if self.forward is None:
             self.forward = compiled_forward(self.model)
         probs = predict_probs(self.model, self.x_val, self.batch_size, self.forward)
+        if not np.isfinite(probs).all():  # was scikit-learn's "Input contains NaN" traceback
+            rate = "--head-lr" if self.stage == "head" else "--lr"
+            raise DivergedError(f"training diverged in {self.stage} epoch {epoch + 1}: the network's scores on the "
+                                f"validation images are not numbers (loss {logs.get('loss', float('nan')):.4g}). "
+                                f"Lower the learning rate ({rate}); no bundle was written.")
         logs["val_auc"] = float(roc_auc_score(self.y_val, probs[:, 1]))
         seconds = time.perf_counter() - self._started
         auc = logs.get("auc", next((v for k, v in logs.items() if k.endswith("_auc") and k != "val_auc"), None))
@@ -1009,7 +1018,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args, sys.argv[1:] if argv is None else list(argv))
-    except (data_mod.DataError, WeightsError) as exc:
+    except (data_mod.DataError, WeightsError, DivergedError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # a person stopping a long run: a sentence on what is left, not TensorFlow's traceback
