@@ -12,12 +12,11 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 TTA_CHOICES = (0, 1, 2, 4, 8)  # 0: the bundle's own setting
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+MOST_THREADS = 1024  # INFERENCE_THREADS and INFERENCE_STREAMS: no machine has more than a few hundred cores
 
 
 class SettingError(ValueError):
     """A setting the server cannot start with; the message names it (as its environment variable) and what it takes."""
-
-MOST_THREADS = 1024
 
 
 def _name(key: str) -> str:
@@ -76,8 +75,7 @@ def check(config: dict) -> None:
                            f"{config['TTA_VIEWS']!r}")
     if config["RUNTIME"] not in RUNTIMES:
         raise SettingError(f"{_name('RUNTIME')} is one of {', '.join(RUNTIMES)}; received {config['RUNTIME']!r}")
-    # threads and streams of the forward pass: 10**12 threads was "not a Keras model file this version can load" and
-    # as many streams a fall back to TensorFlow; no machine has more than a few hundred cores
+    # 10**12 threads was "not a Keras model file this version can load"; as many streams fell back to TensorFlow
     config["INFERENCE_THREADS"] = _whole(config, "INFERENCE_THREADS", 0, most=MOST_THREADS)
     config["INFERENCE_STREAMS"] = _whole(config, "INFERENCE_STREAMS", 0, most=MOST_THREADS)
     config["MICRO_BATCHING"] = _flag(config, "MICRO_BATCHING", allow_none=True)
