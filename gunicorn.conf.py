@@ -58,6 +58,11 @@ if workers > 1:
     os.environ.setdefault("MELANOMA_INFERENCE_STREAMS", "1")
 timeout = 60
 accesslog = "-"
+# gunicorn's control socket (for `gunicornc`) only at a path given: by default gunicorn made one at the same path for
+# every server of a user ($HOME/.gunicorn/gunicorn.ctl), each new server took it from the one before, and
+# `gunicornc -c shutdown` stopped whichever server started last
+control_socket = os.environ.get("MELANOMA_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket.strip()
 
 
 def pre_request(worker, req):

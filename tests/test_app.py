@@ -563,6 +563,9 @@ def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     default = gunicorn_settings(monkeypatch, {})
     assert (default["bind"], default["workers"], default["threads"], default["read_timeout"]) == (
         "127.0.0.1:8000", 1, 8, 30)
+    assert default["control_socket_disable"]  # not $HOME/.gunicorn/gunicorn.ctl, shared by every server of a user
+    given = gunicorn_settings(monkeypatch, {"MELANOMA_CONTROL_SOCKET": "/run/melanoma/gunicorn.ctl"})
+    assert (given["control_socket"], given["control_socket_disable"]) == ("/run/melanoma/gunicorn.ctl", False)
     two = gunicorn_settings(monkeypatch, {"MELANOMA_WORKERS": "2"})  # the cores shared between the workers
     assert two["workers"] == 2 and two["environ"]["MELANOMA_INFERENCE_STREAMS"] == "1"
     for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5"),

@@ -151,3 +151,30 @@ def test_a_setting_the_app_refuses_stops_the_server_with_its_sentence(monkeypatc
     text = (tmp_path / "server.log").read_text()
     assert text.count(f"error: {'Model bundle not found' if name == 'MELANOMA_MODEL_PATH' else name}") == 1, text
     assert "Worker failed to boot" in text and "Traceback" not in text, text
+
+
+def test_the_control_socket_is_made_only_where_asked_for(monkeypatch, tmp_path):
+    """gunicorn made its control socket (for `gunicornc`) at $HOME/.gunicorn/gunicorn.ctl for every server of a user:
+    a second server took it from the first, and `gunicornc -c shutdown` stopped the one started last. Now a server
+    makes one only at MELANOMA_CONTROL_SOCKET, and `gunicornc` there reaches that server."""
+    from gunicorn.ctl.client import ControlClient
+
+    monkeypatch.setitem(os.environ, "HOME", str(tmp_path / "home"))
+    ports = free_port(), free_port()
+    with open(tmp_path / "plain.log", "wb") as log:
+        plain = start_server("app", DEFAULT_BUNDLE, ports[0], log=log)
+    monkeypatch.setitem(os.environ, "MELANOMA_CONTROL_SOCKET", str(tmp_path / "asked.ctl"))
+    with open(tmp_path / "asked.log", "wb") as log:
+        asked = start_server("app", DEFAULT_BUNDLE, ports[1], log=log)
+    try:
+        for port in ports:
+            wait_ready(port)
+        with ControlClient(str(tmp_path / "asked.ctl"), timeout=10) as control:
+            listeners = control.send_command("show listeners")
+        assert f"127.0.0.1:{ports[1]}" in str(listeners), listeners
+    finally:
+        stop(plain)
+        stop(asked)
+    assert not (tmp_path / "home" / ".gunicorn").exists()
+    assert "Control socket" not in (tmp_path / "plain.log").read_text()
+    assert not (tmp_path / "asked.ctl").exists()  # removed when its server stopped
