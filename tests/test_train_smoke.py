@@ -292,6 +292,20 @@ def test_a_batch_larger_than_the_training_images_stops_training_before_it_starts
     assert not (tmp_path / "run" / "history.csv").exists() and not (tmp_path / "b").exists()
 
 
+def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_read(tiny_data):
+    """Loading a split holds all its images at once: more than the memory here was numpy's MemoryError traceback
+    (--image-size 100000 on 24 images, 671 GiB). A million images at 1024 px (3 TiB), one file named a million times."""
+    from model.preprocessing import PreprocessSpec
+    from train import data as data_mod
+
+    path = next((tiny_data / "train" / "benign").iterdir())
+    with pytest.raises(DataError, match=r"^1,000,000 images at 1024 x 1024 pixels take 2,929\.7 GiB of memory, more "
+                                        r"than the [\d,.]+ GiB here: use a smaller input size \(--image-size\) or "
+                                        r"fewer images$"):
+        data_mod.load_images([path] * 1_000_000, PreprocessSpec(1024))
+    assert data_mod.load_images([path] * 2, PreprocessSpec(64)).shape == (2, 64, 64, 3)
+
+
 def test_evaluate_command_reproduces_the_card(trained, tiny_data, capsys):
     out = trained / "eval"
     metrics = evaluate_cli.main(["--model", str(trained / "bundle" / "tiny.keras"), "--data", str(tiny_data),
@@ -1393,7 +1407,8 @@ def test_circle_mask_trains_and_every_runtime_serves_it_blind_to_the_corners(foc
 
 
 @pytest.mark.parametrize("option, value, sentence", [
-    ("--image-size", "16", "--image-size is the square input's side in pixels, 32 or more"),
+    ("--image-size", "16", "--image-size is the square input's side in pixels, 32 to 1024 (e.g. 256), not 16"),
+    ("--image-size", "4000", "--image-size is the square input's side in pixels, 32 to 1024 (e.g. 256), not 4000"),
     ("--batch-size", "0", "--batch-size is a count, 1 or more, not 0"),
     ("--epochs", "-1", "--epochs is a count, 0 or more, not -1"),
     ("--head-epochs", "-1", "--head-epochs is a count, 0 or more, not -1"),

@@ -656,10 +656,30 @@ def diagnoses_for(paths: list, by_id: dict[str, str], csv_path: str | Path, what
     return [by_id[Path(p).stem] for p in paths]
 
 
+def memory_bytes() -> int | None:
+    """The memory this process may use: the machine's physical memory, or a container's lower limit (cgroup v2's
+    memory.max); None where the system does not say."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
 def load_images(paths: list[Path], spec) -> np.ndarray:
-    """Every image through the one preprocessing path: (N, size, size, 3) uint8."""
+    """Every image through the one preprocessing path: (N, size, size, 3) uint8; a DataError, before reading any,
+    where they would not fit in memory (`--image-size 100000` was numpy's MemoryError traceback)."""
     from model.preprocessing import preprocess
 
+    need, have = len(paths) * spec.image_size ** 2 * 3, memory_bytes()
+    if have is not None and need > have:
+        raise DataError(f"{len(paths):,} images at {spec.image_size} x {spec.image_size} pixels take "
+                        f"{need / 2**30:,.1f} GiB of memory, more than the {have / 2**30:,.1f} GiB here: use a "
+                        f"smaller input size (--image-size) or fewer images")
     out = np.empty((len(paths), spec.image_size, spec.image_size, 3), np.uint8)
     for i, path in enumerate(paths):
         try:
