@@ -1437,6 +1437,19 @@ def test_no_epoch_in_either_stage_is_refused(tmp_path, capsys):
         capsys.readouterr().err
 
 
+def test_a_warm_up_as_long_as_fine_tuning_is_said_in_one_line(tmp_path, caplog):
+    """`--epochs 1` with the default 2 warm-up epochs trained at a rate that only rose, to half of --lr, and never
+    decayed, without a word."""
+    for epochs, warmup, said in (("1", "2", "--warmup-epochs 2 is not below --epochs 1: the learning rate rises "
+                                             "through the whole of fine-tuning, ends at 50% of --lr and never decays"),
+                                 ("3", "3", "--warmup-epochs 3 is not below --epochs 3: the learning rate rises "
+                                             "through the whole of fine-tuning, ends at 100% of --lr"),
+                                 ("3", "2", None), ("0", "2", None)):
+        caplog.clear()
+        parse_args(["--data", str(tmp_path), "--epochs", epochs, "--warmup-epochs", warmup])
+        assert (said in caplog.text) if said else "--warmup-epochs" not in caplog.text, caplog.text
+
+
 def test_baselines_stack_the_bundle_with_the_handcrafted_model_on_its_own_splits(trained, tiny_data, tmp_path):
     """`python -m train.baselines --stack BUNDLE`: the network's column is the bundle's own test scores (what its
     training run wrote), the stack is fitted on the bundle's validation images, and its row is scored on test."""

@@ -412,6 +412,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.auc_loss > 0 and args.distribute == "multi-worker":
         p.error("--auc-loss compares images across a batch, which the multi-worker loop splits; "
                 "use --distribute none or mirrored")
+    if 0 < args.epochs <= args.warmup_epochs:  # trains, but not as the person may think: said, not refused
+        log.warning("--warmup-epochs %d is not below --epochs %d: the learning rate rises through the whole of "
+                    "fine-tuning, ends at %.0f%% of --lr and never decays; give fewer warm-up epochs for the usual "
+                    "schedule", args.warmup_epochs, args.epochs, 100 * (0.01 + 0.99 * args.epochs / args.warmup_epochs))
     return args
 
 
