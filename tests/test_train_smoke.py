@@ -618,6 +618,23 @@ def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
     assert f"The data folder is empty: {tmp_path / 'empty'}" in caplog.text
 
 
+def test_a_training_stage_gives_no_warning_a_person_sees(tmp_path):
+    """Keras warned at each stage of every run that `shuffle=True` would be ignored for a tf.data dataset (the
+    training batches shuffle themselves): a warning about nothing, in every training log. (Python shows a person
+    UserWarnings; it hides a library's DeprecationWarnings, such as numpy's in Keras's checkpoint saving.)"""
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, 2))).batch(8)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    args = argparse.Namespace(label_smoothing=0.0, patience=5, aux_weight=0.5, batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)  # pytest.ini ignores Keras's UserWarnings
+        fit_stage(model, ds, x, y, "fine_tune", 1, keras.optimizers.Adam(0.01), args, tmp_path)
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, UserWarning)] == []
+
+
 def test_weight_averaging_checkpoints_the_averaged_weights(tmp_path):
     """With --ema the checkpoint (and so the bundle) holds the moving average, not the last step's weights."""
     rng = np.random.default_rng(0)

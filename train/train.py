@@ -577,8 +577,9 @@ def fit_stage(model, ds, x_val, y_val, stage, epochs, optimizer, args, run_dir: 
         else:
             model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc", multi_label=False)])
     verbose = 1 if sys.stdout.isatty() else 2
+    # shuffle=False: `ds` shuffles itself; Keras's default True only warned so at each stage of every run
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                     verbose=verbose)
+                     verbose=verbose, shuffle=False)
 
 
 def make_soup(model: keras.Model, checkpoints: list[Path], x_val: np.ndarray, y_val: np.ndarray) -> dict:
