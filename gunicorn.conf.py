@@ -9,6 +9,7 @@ copies of this server behind a proxy (README, "Serving beyond one process").
 """
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -63,6 +64,11 @@ accesslog = "-"
 # `gunicornc -c shutdown` stopped whichever server started last
 control_socket = os.environ.get("MELANOMA_CONTROL_SOCKET", "")
 control_socket_disable = not control_socket.strip()
+if (not control_socket_disable and os.path.lexists(control_socket)
+        and not stat.S_ISSOCK(os.lstat(control_socket).st_mode)):
+    # gunicorn removes whatever is at the path before it listens there: a file named by mistake would be lost
+    raise SystemExit(f"error: MELANOMA_CONTROL_SOCKET names {control_socket}, which is not a socket; gunicorn would "
+                     f"delete it to make its own. Give a path where nothing is yet (e.g. /run/melanoma/gunicorn.ctl).")
 
 
 def pre_request(worker, req):

@@ -566,6 +566,10 @@ def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     assert default["control_socket_disable"]  # not $HOME/.gunicorn/gunicorn.ctl, shared by every server of a user
     given = gunicorn_settings(monkeypatch, {"MELANOMA_CONTROL_SOCKET": "/run/melanoma/gunicorn.ctl"})
     assert (given["control_socket"], given["control_socket_disable"]) == ("/run/melanoma/gunicorn.ctl", False)
+    for there in (__file__, str(Path(__file__).parent)):  # gunicorn deleted a file there to put its socket in its place
+        with pytest.raises(SystemExit, match=f"^error: MELANOMA_CONTROL_SOCKET names {re.escape(there)}, which is not "
+                                             f"a socket; gunicorn would delete it"):
+            gunicorn_settings(monkeypatch, {"MELANOMA_CONTROL_SOCKET": there})
     two = gunicorn_settings(monkeypatch, {"MELANOMA_WORKERS": "2"})  # the cores shared between the workers
     assert two["workers"] == 2 and two["environ"]["MELANOMA_INFERENCE_STREAMS"] == "1"
     for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5"),
