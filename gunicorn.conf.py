@@ -30,12 +30,19 @@ def whole(name: str, default: str, most: int | None = None) -> int:
 
 
 def addresses(name: str, default: str) -> str:
-    """The environment variable `name` as gunicorn's `bind`; a TCP port outside 0–65535 stops the server with one
-    sentence (gunicorn's own check takes a port that is not a number, and gave a traceback for 99999 or -1)."""
+    """The environment variable `name` as gunicorn's `bind`; a TCP port outside 0–65535, or a Unix socket path where a
+    file or folder is, stops the server with one sentence (gunicorn's own check takes a port that is not a number, and
+    gave a traceback for 99999 or -1, and for such a path)."""
     text = os.environ.get(name, default)
     for address in text.split(","):
         address = address.strip()
-        if address.startswith(("unix:", "fd://")):
+        if address.startswith("unix:"):
+            path = address[len("unix:"):]
+            if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):  # gunicorn's ValueError traceback
+                raise SystemExit(f"error: {name} gives the socket path {path}, where there is already something that "
+                                 f"is not a socket; give a path where nothing is yet (e.g. unix:/run/melanoma.sock).")
+            continue
+        if address.startswith("fd://"):
             continue
         try:
             port = int(address.rpartition(":")[2])

@@ -584,6 +584,10 @@ def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     for bind in ("127.0.0.1:99999", "[::1]:70000", "0.0.0.0:8000, 127.0.0.1:123456", "127.0.0.1:-1"):  # OverflowError
         with pytest.raises(SystemExit, match=r"^error: MELANOMA_BIND gives the port -?\d+; a port is a number from 0 to"):
             gunicorn_settings(monkeypatch, {"MELANOMA_BIND": bind})
+    for bind in (f"unix:{__file__}", f"127.0.0.1:8000,unix:{Path(__file__).parent}"):  # gunicorn's ValueError traceback
+        with pytest.raises(SystemExit, match=r"^error: MELANOMA_BIND gives the socket path .*, where there is already "
+                                             r"something that is not a socket; give a path where nothing is yet"):
+            gunicorn_settings(monkeypatch, {"MELANOMA_BIND": bind})
     for bind in ("0.0.0.0:8080", "[::1]:8000", "unix:/tmp/melanoma.sock", "localhost"):
         assert gunicorn_settings(monkeypatch, {"MELANOMA_BIND": bind})["bind"] == bind
 
