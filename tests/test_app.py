@@ -454,6 +454,10 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     recent = folder / ("1" * 32 + ".png")  # kept 10 minutes ago: within the hour it is kept for
     Image.new("RGB", (40, 40)).save(recent)
     os.utime(recent, (time.time() - 600, time.time() - 600))
+    theirs = [folder / "holiday.png", folder / ("0" * 31 + "g.png"), folder / ("0" * 32 + ".PNG")]
+    for picture in theirs:  # not names the app gives: a person's own, in a folder they share with it; before, deleted
+        Image.new("RGB", (40, 40)).save(picture, format="PNG")
+        os.utime(picture, (time.time() - 3 * 3600, time.time() - 3 * 3600))
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "KEEP_UPLOADS": True,
                       "UPLOAD_FOLDER": str(folder), "UPLOAD_RETENTION_HOURS": 1})
     exif = Image.Exif()
@@ -462,7 +466,10 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     tagged = encode(Image.open(io.BytesIO(malignant_jpeg)), "JPEG", exif=exif.tobytes())
     assert upload(app.test_client(), "/api/v1/predict", [("patient-smith.jpg", tagged)]).status_code == 200
     assert recent.exists() and not old.exists(), "expired upload purged, recent one kept"
+    assert all(picture.exists() for picture in theirs)
     recent.unlink()
+    for picture in theirs:
+        picture.unlink()
     kept = list(folder.iterdir())
     assert len(kept) == 1, "the new upload kept"
     assert "smith" not in kept[0].name and re.fullmatch(r"[0-9a-f]{32}\.png", kept[0].name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -11,6 +12,11 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
+# the names `keep` gives (32 hex digits): the purge deletes no other file, so a folder shared with a person's own
+# pictures (MELANOMA_UPLOAD_FOLDER set to one by mistake) loses none of them; before, every older PNG there went
+KEPT_NAME = re.compile(r"[0-9a-f]{32}\.png")
+
+
 def purge_expired(folder: Path, retention_hours: float) -> int:
     """Delete kept uploads older than the retention period; return how many were deleted."""
     if not folder.is_dir():
@@ -18,6 +24,8 @@ def purge_expired(folder: Path, retention_hours: float) -> int:
     cutoff = time.time() - retention_hours * 3600
     removed = 0
     for path in folder.glob("*.png"):
+        if not KEPT_NAME.fullmatch(path.name):
+            continue
         try:
             if path.stat().st_mtime < cutoff:
                 path.unlink()
