@@ -1,6 +1,7 @@
 """The model bundle: `<name>.keras` plus `<name>.json`, the model card the server reads everything from."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zipfile
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from model import architecture as _architecture  # noqa: F401  registers the pooling layers for load_model
 
@@ -43,7 +45,21 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def weights_digest(model: keras.Model) -> str:
+    """The sha256 of the network's weights (each array's shape and float32 bytes, in Keras's order): what a model card
+    records as `weights_sha256`, so that the card's threshold and calibration are never served with another network.
+    The weights, not the .keras file: Keras stamps each save with its date."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
+    """Save the network as `path` (.keras) and `card` beside it; the card (the dict given, too) records the weights'
+    digest."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"A bundle is saved as a .keras file. Received: path={str(path)!r}")
@@ -53,6 +69,7 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
         lean.set_weights(model.get_weights())
         model = lean
     model.save(path)
+    card["weights_sha256"] = weights_digest(model)
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path
 
@@ -140,6 +157,11 @@ def check_card(card, path: str | Path) -> None:
         ends = [_number(v) for v in band] if isinstance(band, list) and len(band) == 2 else [None]
         if None in ends or not 0.0 <= ends[0] <= ends[1] <= 1.0:
             problems.append(f"indeterminate_band must be two probabilities, low then high (received {band!r})")
+    digest = card.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and set(digest) <= set("0123456789abcdef")):
+        problems.append(f"weights_sha256 must be 64 hexadecimal digits, as python -m train writes it (received "
+                        f"{digest!r})")
     gate = card.get("gate")
     if gate is not None and not isinstance(gate, dict):
         problems.append(f"gate must be an object (received {gate!r})")
@@ -166,4 +188,38 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
         model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError) as exc:
         raise BundleError(f"{path} is not a Keras model file this version can load ({exc})") from None
+    if card.get("weights_sha256") not in (None, weights_digest(model)):
+        raise BundleError(f"{path} is not the network its model card {card_path(path).name} was written for (the "
+                          "card's weights_sha256 differs from the file's weights): its threshold and calibration "
+                          "belong to another network. A .keras file was replaced without its card, or the other way "
+                          "round; keep the two files that python -m train wrote together.")
     return Bundle(model, card, path)
+
+
+def main(argv=None) -> int:
+    """`python -m model.bundle --seal BUNDLE.keras`: record the digest of a bundle's weights in its card, for a bundle
+    saved before cards carried it (python -m train records it itself). From then on, loading the bundle refuses a
+    .keras file that is not the network the card was written for."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m model.bundle", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--seal", required=True, metavar="BUNDLE", help="the bundle's .keras file (or its folder)")
+    args = parser.parse_args(argv)
+    try:
+        bundle = load_bundle(args.seal)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    card = load_card(bundle.path)  # as written, without what loading adds
+    if card.get("weights_sha256"):
+        print(f"{card_path(bundle.path)} already records its weights ({card['weights_sha256'][:12]}...): unchanged")
+        return 0
+    card["weights_sha256"] = weights_digest(bundle.model)
+    card_path(bundle.path).write_text(json.dumps(card, indent=2) + "\n")
+    print(f"{card_path(bundle.path)} now records the weights of {bundle.path.name} ({card['weights_sha256'][:12]}...)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

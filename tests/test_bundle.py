@@ -128,3 +128,55 @@ def test_missing_bundle_and_wrong_classes(tmp_path, tiny_bundle):
     path = save_bundle(model, tiny_card(class_names=["cat", "dog"]), tmp_path / "wrong.keras")
     with pytest.raises(ValueError, match="class_names"):
         load_bundle(path)
+
+
+def test_a_network_replaced_without_its_card_is_refused(tmp_path, tiny_bundle):
+    """The card's threshold and calibration belong to one network: a .keras file copied over a bundle's without its
+    card (a new training run's, by hand) was served with the old card's threshold without a word."""
+    import shutil
+
+    from model.bundle import BundleError, card_path, weights_digest
+
+    model, path = tiny_bundle
+    card = json.loads(card_path(path).read_text())
+    assert card["weights_sha256"] == weights_digest(model) and len(card["weights_sha256"]) == 64
+    bundle = tmp_path / "tiny.keras"
+    shutil.copyfile(path, bundle)
+    shutil.copyfile(card_path(path), card_path(bundle))
+    other = load_bundle(bundle).model
+    kernel = other.get_layer("top_conv").get_weights()
+    kernel[0][0, 0, 0, 0] += 0.001  # one weight of 600,000 changed
+    other.get_layer("top_conv").set_weights(kernel)
+    other.save(bundle)  # saved over it, the card left as it was
+    with pytest.raises(BundleError, match=r"tiny\.keras is not the network its model card tiny\.json was written "
+                                          r"for \(the card's weights_sha256 differs from the file's weights\): its "
+                                          r"threshold and calibration belong to another network"):
+        load_bundle(bundle)
+    card["weights_sha256"] = "not a digest"
+    card_path(bundle).write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="weights_sha256 must be 64 hexadecimal digits"):
+        load_bundle(bundle)
+
+
+def test_seal_records_the_weights_of_a_bundle_saved_before_cards_carried_them(tmp_path, tiny_bundle, capsys):
+    """`python -m model.bundle --seal`: the shipped bundle was sealed so; an older card without the digest loads as
+    before, and sealing it once makes the check above apply."""
+    import shutil
+
+    from model.bundle import DEFAULT_BUNDLE, card_path, main as bundle_main, weights_digest
+
+    shipped = load_bundle(DEFAULT_BUNDLE)
+    assert shipped.card["weights_sha256"] == weights_digest(shipped.model)
+    model, path = tiny_bundle
+    bundle = tmp_path / "old.keras"
+    shutil.copyfile(path, bundle)
+    card = json.loads(card_path(path).read_text())
+    del card["weights_sha256"]
+    card_path(bundle).write_text(json.dumps(card))
+    assert load_bundle(bundle).card.get("weights_sha256") is None  # loads as before
+    assert bundle_main(["--seal", str(bundle)]) == 0
+    assert json.loads(card_path(bundle).read_text()) == {**card, "weights_sha256": weights_digest(model)}
+    assert "now records the weights of old.keras" in capsys.readouterr().out
+    assert bundle_main(["--seal", str(bundle)]) == 0 and "already records its weights" in capsys.readouterr().out
+    assert bundle_main(["--seal", str(tmp_path / "none.keras")]) == 2
+    assert capsys.readouterr().err.startswith("error: Model bundle not found")
