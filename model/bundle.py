@@ -172,6 +172,28 @@ def check_card(card, path: str | Path) -> None:
         raise BundleError(f"{where} cannot be used: " + "; ".join(problems) + ".")
 
 
+def check_gate_file(card: dict, path: Path) -> None:
+    """A BundleError for a gate file that is damaged, or not the one the card was written for: its k and distance
+    threshold are the card's gate.k and gate.distance_threshold, exactly, when `python -m train.gate` writes the two.
+    Another bundle's gate file (left beside a .keras file and card copied over) judged images by another network's
+    features without a word."""
+    gate = card.get("gate") or {}
+    if not gate.get("features_file"):
+        return
+    file = Path(path).parent / str(gate["features_file"])
+    try:
+        with np.load(file) as z:
+            k, threshold = int(z["k"]), float(z["threshold"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"The gate file {file} is damaged or not a gate file ({exc}): copy the bundle again, its "
+                          "three files together.") from None
+    if "distance_threshold" in gate and (k, threshold) != (gate.get("k"), gate.get("distance_threshold")):
+        raise BundleError(f"The gate file {file} is not the one the model card {card_path(path).name} was written for "
+                          f"(k {k} and distance threshold {threshold:.6g}; the card's: {gate.get('k')} and "
+                          f"{gate.get('distance_threshold')}): it belongs to another bundle. Keep the three files that "
+                          "python -m train wrote together.")
+
+
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     """Load a bundle from its .keras file (or a folder holding one); the card must sit beside it."""
     path = Path(path)
@@ -188,6 +210,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
         model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError) as exc:
         raise BundleError(f"{path} is not a Keras model file this version can load ({exc})") from None
+    check_gate_file(card, path)
     if card.get("weights_sha256") not in (None, weights_digest(model)):
         raise BundleError(f"{path} is not the network its model card {card_path(path).name} was written for (the "
                           "card's weights_sha256 differs from the file's weights): its threshold and calibration "

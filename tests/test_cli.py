@@ -345,3 +345,28 @@ def test_numbers_outside_their_range_are_refused_by_the_parser(name, flag, value
         importlib.import_module(name).main(args + [flag, value])
     assert refused.value.code == 2
     assert f"argument {flag}: " in capsys.readouterr().err
+
+
+def test_a_gate_file_damaged_or_from_another_bundle_is_named(tmp_path):
+    """The gate file beside the .keras file and card: an empty one was numpy's EOFError traceback when the app or a
+    command started; another bundle's (left there when a .keras file and card were copied over) judged uploads with
+    another network's features and threshold, without a word."""
+    import shutil
+
+    import numpy as np
+    from app import create_app
+
+    for suffix in (".keras", ".json"):
+        shutil.copyfile(DEFAULT_BUNDLE.with_suffix(suffix), tmp_path / f"melanoma_efficientnet{suffix}")
+    gate = tmp_path / "melanoma_efficientnet.gate.npz"
+    gate.write_bytes(b"")
+    with pytest.raises(BundleError, match=r"^The gate file .*melanoma_efficientnet\.gate\.npz is damaged or not a gate "
+                                          r"file \(.*\): copy the bundle again, its three files together\.$"):
+        load_bundle(tmp_path / "melanoma_efficientnet.keras")
+    with np.load(DEFAULT_BUNDLE.with_suffix(".gate.npz")) as shipped:
+        np.savez_compressed(gate, features=shipped["features"], k=shipped["k"], threshold=0.2)  # another fit's
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"MODEL_PATH": str(tmp_path / "melanoma_efficientnet.keras")})
+    assert re.match(r"error: The gate file .*melanoma_efficientnet\.gate\.npz is not the one the model card "
+                    r"melanoma_efficientnet\.json was written for \(k 10 and distance threshold 0\.2; the card's: 10 "
+                    r"and 0\.166984\d*\): it belongs to another bundle\.", str(stopped.value)), str(stopped.value)
