@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,30 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def write_card(model_path: str | Path, card: dict) -> Path:
+    """Write the model card beside `model_path` whole or not at all: into a new file in the same folder, renamed over
+    the old card once complete. Writing in place emptied the card first, so a full disk or a Ctrl-C in the middle left
+    it cut short, and the bundle could not be loaded."""
+    target = card_path(model_path)
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
+    fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(card, indent=2) + "\n")
+        os.chmod(draft, mode)  # mkstemp makes it readable by this user only
+        os.replace(draft, target)
+    except BaseException:
+        Path(draft).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def weights_digest(model: keras.Model) -> str:
     """The sha256 of the network's weights (each array's shape and float32 bytes, in Keras's order): what a model card
     records as `weights_sha256`, so that the card's threshold and calibration are never served with another network.
@@ -70,7 +96,7 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
         model = lean
     model.save(path)
     card["weights_sha256"] = weights_digest(model)
-    card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    write_card(path, card)
     return path
 
 
@@ -86,7 +112,7 @@ def copy_bundle(src: str | Path, dst: str | Path) -> Path:
     if gate.get("features_file"):
         shutil.copyfile(src.parent / gate["features_file"], dst.with_suffix(".gate.npz"))
         gate["features_file"] = dst.with_suffix(".gate.npz").name
-    card_path(dst).write_text(json.dumps(card, indent=2) + "\n")
+    write_card(dst, card)
     return dst
 
 
@@ -239,7 +265,12 @@ def main(argv=None) -> int:
         print(f"{card_path(bundle.path)} already records its weights ({card['weights_sha256'][:12]}...): unchanged")
         return 0
     card["weights_sha256"] = weights_digest(bundle.model)
-    card_path(bundle.path).write_text(json.dumps(card, indent=2) + "\n")
+    try:
+        write_card(bundle.path, card)
+    except OSError as exc:
+        print(f"error: cannot write {card_path(bundle.path)} ({exc.strerror or exc}); it is left as it was",
+              file=sys.stderr)
+        return 2
     print(f"{card_path(bundle.path)} now records the weights of {bundle.path.name} ({card['weights_sha256'][:12]}...)")
     return 0
 

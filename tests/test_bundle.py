@@ -180,3 +180,35 @@ def test_seal_records_the_weights_of_a_bundle_saved_before_cards_carried_them(tm
     assert bundle_main(["--seal", str(bundle)]) == 0 and "already records its weights" in capsys.readouterr().out
     assert bundle_main(["--seal", str(tmp_path / "none.keras")]) == 2
     assert capsys.readouterr().err.startswith("error: Model bundle not found")
+
+
+def test_a_card_rewrite_cut_short_leaves_the_card_as_it_was(tmp_path, tiny_bundle):
+    """A full disk in the middle of rewriting a card (here a limit of 100 bytes on a file's size): written in place,
+    the card was emptied first and cut at the limit, and the bundle could no longer be loaded. Now it is written
+    beside and renamed over the old one when whole."""
+    import resource
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from model.bundle import card_path
+
+    _, path = tiny_bundle
+    bundle = tmp_path / "old.keras"
+    shutil.copyfile(path, bundle)
+    card = json.loads(card_path(path).read_text())
+    del card["weights_sha256"]
+    card_path(bundle).write_text(json.dumps(card, indent=2) + "\n")
+    before = card_path(bundle).read_bytes()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    done = subprocess.run([sys.executable, "-m", "model.bundle", "--seal", str(bundle)], capture_output=True, text=True,
+                          preexec_fn=small_files, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: cannot write {card_path(bundle)} (File too large); it is left as it was" in done.stderr
+    assert card_path(bundle).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "old.keras"]  # no draft left behind

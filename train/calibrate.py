@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from model.bundle import card_path, load_bundle
+from model.bundle import load_bundle, write_card
 from model.inference import Predictor
 from model.turn import parse_turns
 from train import data as data_mod
@@ -96,7 +95,7 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
         "validation_malignant": int(y_val.sum()),
         "before": before,
     }
-    card_path(model).write_text(json.dumps(card, indent=2) + "\n")
+    write_card(model, card)
     log.info("temperature %.3f -> %.3f, logit bias %.3f -> %.3f, threshold %.4f -> %.4f (target sensitivity %.2f, "
              "%d validation melanomas, %d validation images moved from training)",
              before.get("temperature") or float("nan"), point["temperature"],

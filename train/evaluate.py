@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import CLASS_NAMES, card_path, load_bundle, load_card
+from model.bundle import CLASS_NAMES, card_path, load_bundle, load_card, write_card
 from model.inference import Predictor
 from train import data as data_mod
 from train.cli import command, random_seed, writable
@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
         card = load_card(args.model)
         card["test"] = {k: v for k, v in metrics.items() if k != "reliability_bins"}
         card["test"]["evaluated_by"] = invoked
-        card_path(args.model).write_text(json.dumps(card, indent=2) + "\n")
+        write_card(args.model, card)
         print(f"model card updated: {card_path(args.model)}")
     return metrics
 

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.bundle import card_path, load_bundle, load_card
+from model.bundle import load_bundle, load_card, write_card
 from model.cues import has_dark_corners
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
@@ -277,7 +277,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         card["gate"]["selection"] = selection
     card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, band_fraction)
     card["indeterminate_band_fraction_of_validation"] = band_fraction
-    card_path(bundle_path).write_text(json.dumps(card, indent=2) + "\n")
+    write_card(bundle_path, card)
     log.info("gate fitted: k=%d, distance threshold %.4f; band %s", k, threshold, card["indeterminate_band"])
     return card
 
