@@ -59,8 +59,11 @@ def write_card(model_path: str | Path, card: dict) -> Path:
             f.write(json.dumps(card, indent=2) + "\n")
         os.chmod(draft, mode)  # mkstemp makes it readable by this user only
         os.replace(draft, target)
-    except BaseException:
+    except BaseException as exc:
         Path(draft).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a file-size limit: the commands' one sentence (BundleError)
+            raise BundleError(f"cannot write the model card {target} ({exc.strerror or exc}); it is left as it "
+                              "was") from None
         raise
     return target
 
@@ -267,9 +270,8 @@ def main(argv=None) -> int:
     card["weights_sha256"] = weights_digest(bundle.model)
     try:
         write_card(bundle.path, card)
-    except OSError as exc:
-        print(f"error: cannot write {card_path(bundle.path)} ({exc.strerror or exc}); it is left as it was",
-              file=sys.stderr)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{card_path(bundle.path)} now records the weights of {bundle.path.name} ({card['weights_sha256'][:12]}...)")
     return 0

@@ -1027,7 +1027,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args, sys.argv[1:] if argv is None else list(argv))
-    except (data_mod.DataError, WeightsError, DivergedError) as exc:
+    except (data_mod.DataError, WeightsError, DivergedError, BundleError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # a person stopping a long run: a sentence on what is left, not TensorFlow's traceback
