@@ -104,19 +104,36 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
 
 
 def copy_bundle(src: str | Path, dst: str | Path) -> Path:
-    """Copy a bundle (.keras, card, gate features) to a new path, keeping the card's references right."""
-    import shutil
-
+    """Copy a bundle (.keras, card, gate features) to a new path, keeping the card's references right; each file
+    whole or not at all."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
     card = load_card(src)
+    _copy_whole(src, dst)
     gate = card.get("gate") or {}
     if gate.get("features_file"):
-        shutil.copyfile(src.parent / gate["features_file"], dst.with_suffix(".gate.npz"))
+        _copy_whole(src.parent / gate["features_file"], dst.with_suffix(".gate.npz"))
         gate["features_file"] = dst.with_suffix(".gate.npz").name
     write_card(dst, card)
     return dst
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` whole or not at all (into a new file, renamed over `dst`): a full disk in the middle of
+    copying over a bundle (`python -m train --output model/shipped/...`) cut the old one short."""
+    import shutil
+
+    fd, draft = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, draft)
+        shutil.copymode(src, draft)
+        os.replace(draft, dst)
+    except BaseException as exc:
+        Path(draft).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BundleError(f"cannot write {dst} ({exc.strerror or exc}); what was there is left as it was") from None
+        raise
 
 
 def bundle_in(folder: Path) -> Path:

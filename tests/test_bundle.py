@@ -213,3 +213,35 @@ def test_a_card_rewrite_cut_short_leaves_the_card_as_it_was(tmp_path, tiny_bundl
         done.stderr and "Traceback" not in done.stderr
     assert card_path(bundle).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "old.keras"]  # no draft left behind
+
+
+def test_a_bundle_copy_cut_short_leaves_the_bundle_there_as_it_was(tmp_path, tiny_bundle):
+    """`python -m train --output model/shipped/NAME.keras` copies the new bundle over the old one: a full disk in the
+    middle (here a limit of 1 MB on a file's size) cut the old .keras file short. Now each file is copied beside and
+    renamed over the old one when whole, and the copy stops with a sentence."""
+    import resource
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    _, path = tiny_bundle
+    there = tmp_path / "shipped" / "tiny.keras"
+    there.parent.mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copyfile(path.with_suffix(suffix), there.with_suffix(suffix))
+    before = {p.name: p.read_bytes() for p in there.parent.iterdir()}
+    assert len(before[there.name]) > 2**20
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    code = ("import sys; from model.bundle import BundleError, copy_bundle\n"
+            "try: copy_bundle(sys.argv[1], sys.argv[2])\n"
+            "except BundleError as exc: sys.exit(f'error: {exc}')")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(there)], capture_output=True, text=True,
+                          preexec_fn=small_files, timeout=120)
+    assert done.returncode == 1 and f"error: cannot write {there} (File too large); what was there is left as it was" \
+        in done.stderr, done.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in there.parent.iterdir()} == before  # no draft left, nothing cut
