@@ -109,6 +109,10 @@ def main(argv=None) -> list[dict]:
     except (FileNotFoundError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.out and Path(args.out).resolve() in {f.resolve() for f in files}:  # opened for writing, it was emptied
+        print(f"error: --out {args.out} is one of the images to judge: writing the CSV there would replace the image. "
+              "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
+        raise SystemExit(2)
     out, heatmaps = None, Path(args.heatmaps) if args.heatmaps else None
     try:  # before the first image: the CSV is written chunk by chunk, so an interrupted run keeps its rows
         if heatmaps:

@@ -125,6 +125,7 @@ def test_rows_are_written_as_they_come_so_an_interrupted_run_keeps_them(folder, 
     ("missing bundle", "Model bundle not found"),
     ("CSV that cannot be written", "cannot write"),
     ("heatmap folder that cannot be made", "cannot write"),
+    ("CSV over an image to judge", "is one of the images to judge: writing the CSV there would replace the image"),
 ])
 def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
     (tmp_path / "empty").mkdir()
@@ -132,10 +133,16 @@ def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
             "missing bundle": [str(ISIC_FIXTURES), "--model", str(tmp_path / "none.keras")],
             "CSV that cannot be written": [str(ISIC_FIXTURES), "--out", str(tmp_path / "empty" / "x.csv" / "y.csv")],
             "heatmap folder that cannot be made": [str(ISIC_FIXTURES), "--heatmaps", str(tmp_path / "empty" / "x.csv")],
+            "CSV over an image to judge": [str(tmp_path / "lesion.jpg"), str(tmp_path / "other.jpg"), "--out",
+                                           str(tmp_path / "." / "other.jpg")],  # emptied before, the image lost
             }[case]
+    for name in ("lesion.jpg", "other.jpg"):
+        shutil.copyfile(next(ISIC_FIXTURES.rglob("*.jpg")), tmp_path / name)
+    image = (tmp_path / "other.jpg").read_bytes()
     if case in ("CSV that cannot be written", "heatmap folder that cannot be made"):
         (tmp_path / "empty" / "x.csv").write_text("a file where a folder would have to be")
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.startswith("error: ") and words in err and "Traceback" not in err
+    assert (tmp_path / "other.jpg").read_bytes() == image
