@@ -610,6 +610,31 @@ def test_weights_out_of_reach_stop_training_with_a_sentence_before_the_data_is_r
         assert "The data path does not exist" not in caplog.text and not (tmp_path / "run").exists()
 
 
+def test_a_data_mistake_leaves_an_earlier_run_in_the_run_folder_as_it_was(tmp_path, caplog, tiny_data):
+    """`python -m train --run-dir runs/x` with a mistyped --data replaced runs/x's args.json and deleted its
+    history.csv before it found the mistake: the earlier run's record lost."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text('{"seed": 2}\n')
+    (run / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    (tmp_path / "empty").mkdir()
+    for data in ("no_data", "empty"):
+        with pytest.raises(SystemExit) as info:
+            train_main(["--data", str(tmp_path / data), "--weights", "none", "--run-dir", str(run)])
+        assert info.value.code == 2
+        assert (run / "args.json").read_text() == '{"seed": 2}\n'
+        assert (run / "history.csv").read_text() == "epoch,loss\n1,0.5\n" and sorted(p.name for p in run.iterdir()) == [
+            "args.json", "history.csv"]
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tmp_path / "empty"), "--weights", "none", "--run-dir", str(tmp_path / "fresh")])
+    assert not (tmp_path / "fresh").exists()  # no empty run folder left for a mistake
+    with pytest.raises(SystemExit):  # the data found, a later mistake: the folder is this run's from then on, said so
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "25",
+                    "--run-dir", str(run)])
+    assert f"--run-dir {run} holds an earlier run: this one replaces its files as it writes them" in caplog.text
+
+
 def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as info:

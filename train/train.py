@@ -770,16 +770,20 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     writable(run_dir, "--run-dir")
     if args.output:  # where the bundle is copied after training: checked before it, not after 30 minutes
         writable(Path(args.output).parent, "--output", args.output)
+    command = "python -m train " + shlex.join(_args_to_argv(args) if argv is None else argv)
+
+    # the data first: a mistake in --data (a typo, an empty folder) stops here, before the run folder is touched; it
+    # replaced an earlier run's args.json and deleted its history.csv there
+    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
+    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
+    if (run_dir / "args.json").exists():
+        log.warning("--run-dir %s holds an earlier run: this one replaces its files as it writes them", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     log.info("run folder %s", run_dir)
     if (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()
-    command = "python -m train " + shlex.join(_args_to_argv(args) if argv is None else argv)
-
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
-    known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
-    dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
     (run_dir / "duplicates.json").write_text(json.dumps(dataset.duplicates, indent=2) + "\n")
     log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
     conflicts = [d for d in dataset.duplicates if not d["labels_agree"]]
