@@ -29,6 +29,12 @@ def whole(name: str, default: str, most: int | None = None) -> int:
     return int(text)
 
 
+def taken(path: str) -> bool:
+    """Whether something other than a socket is at `path`: gunicorn deletes an old socket there to listen in its place,
+    and would delete a file too (the control socket) or stop with a traceback (a Unix `bind`)."""
+    return os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
 def addresses(name: str, default: str) -> str:
     """The environment variable `name` as gunicorn's `bind`; a TCP port outside 0–65535, or a Unix socket path where a
     file or folder is, stops the server with one sentence (gunicorn's own check takes a port that is not a number, and
@@ -38,7 +44,7 @@ def addresses(name: str, default: str) -> str:
         address = address.strip()
         if address.startswith("unix:"):
             path = address[len("unix:"):]
-            if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):  # gunicorn's ValueError traceback
+            if taken(path):
                 raise SystemExit(f"error: {name} gives the socket path {path}, where there is already something that "
                                  f"is not a socket; give a path where nothing is yet (e.g. unix:/run/melanoma.sock).")
             continue
@@ -71,9 +77,7 @@ accesslog = "-"
 # `gunicornc -c shutdown` stopped whichever server started last
 control_socket = os.environ.get("MELANOMA_CONTROL_SOCKET", "")
 control_socket_disable = not control_socket.strip()
-if (not control_socket_disable and os.path.lexists(control_socket)
-        and not stat.S_ISSOCK(os.lstat(control_socket).st_mode)):
-    # gunicorn removes whatever is at the path before it listens there: a file named by mistake would be lost
+if not control_socket_disable and taken(control_socket):  # a file named by mistake would be lost
     raise SystemExit(f"error: MELANOMA_CONTROL_SOCKET names {control_socket}, which is not a socket; gunicorn would "
                      f"delete it to make its own. Give a path where nothing is yet (e.g. /run/melanoma/gunicorn.ctl).")
 

@@ -48,24 +48,33 @@ def card_path(model_path: str | Path) -> Path:
 
 
 def write_card(model_path: str | Path, card: dict) -> Path:
-    """Write the model card beside `model_path` whole or not at all: into a new file in the same folder, renamed over
-    the old card once complete. Writing in place emptied the card first, so a full disk or a Ctrl-C in the middle left
-    it cut short, and the bundle could not be loaded."""
+    """Write the model card beside `model_path` whole or not at all (`_write_whole`): written in place, the card was
+    emptied first, so a full disk or a Ctrl-C in the middle left it cut short, and the bundle could not be loaded."""
     target = card_path(model_path)
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
-    fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(card, indent=2) + "\n")
+
+    def fill(draft: Path) -> None:
+        draft.write_text(json.dumps(card, indent=2) + "\n")
         os.chmod(draft, mode)  # mkstemp makes it readable by this user only
+
+    _write_whole(target, fill, f"the model card {target}", "it is left as it was")
+    return target
+
+
+def _write_whole(target: Path, fill, what: str, left: str) -> None:
+    """`fill(draft)` writes a new file beside `target`, renamed over it once complete; a failure leaves `target` as it
+    was, no draft behind, and an OSError (a full disk, a file-size limit) becomes a BundleError, the commands' one
+    sentence: "cannot write `what` (the reason); `left`"."""
+    fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        fill(Path(draft))
         os.replace(draft, target)
     except BaseException as exc:
         Path(draft).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a file-size limit: the commands' one sentence (BundleError)
-            raise BundleError(f"cannot write the model card {target} ({exc.strerror or exc}); it is left as it "
-                              "was") from None
+        if isinstance(exc, OSError):
+            raise BundleError(f"cannot write {what} ({exc.strerror or exc}); {left}") from None
         raise
-    return target
 
 
 def _umask() -> int:
@@ -119,21 +128,15 @@ def copy_bundle(src: str | Path, dst: str | Path) -> Path:
 
 
 def _copy_whole(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` whole or not at all (into a new file, renamed over `dst`): a full disk in the middle of
-    copying over a bundle (`python -m train --output model/shipped/...`) cut the old one short."""
+    """Copy `src` to `dst` whole or not at all (`_write_whole`): a full disk in the middle of copying over a bundle
+    (`python -m train --output model/shipped/...`) cut the old one short."""
     import shutil
 
-    fd, draft = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
+    def fill(draft: Path) -> None:
         shutil.copyfile(src, draft)
         shutil.copymode(src, draft)
-        os.replace(draft, dst)
-    except BaseException as exc:
-        Path(draft).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BundleError(f"cannot write {dst} ({exc.strerror or exc}); what was there is left as it was") from None
-        raise
+
+    _write_whole(dst, fill, str(dst), "what was there is left as it was")
 
 
 def bundle_in(folder: Path) -> Path:
@@ -277,15 +280,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.seal)
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    card = load_card(bundle.path)  # as written, without what loading adds
-    if card.get("weights_sha256"):
-        print(f"{card_path(bundle.path)} already records its weights ({card['weights_sha256'][:12]}...): unchanged")
-        return 0
-    card["weights_sha256"] = weights_digest(bundle.model)
-    try:
+        card = bundle.card
+        if card.get("weights_sha256"):
+            print(f"{card_path(bundle.path)} already records its weights ({card['weights_sha256'][:12]}...): unchanged")
+            return 0
+        card["weights_sha256"] = weights_digest(bundle.model)
         write_card(bundle.path, card)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)

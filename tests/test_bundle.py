@@ -182,13 +182,23 @@ def test_seal_records_the_weights_of_a_bundle_saved_before_cards_carried_them(tm
     assert capsys.readouterr().err.startswith("error: Model bundle not found")
 
 
+def files_at_most(size: int):
+    """A subprocess's `preexec_fn`: files it writes stop at `size` bytes, as on a full disk (a write past the limit
+    fails with EFBIG instead of killing the process)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
 def test_a_card_rewrite_cut_short_leaves_the_card_as_it_was(tmp_path, tiny_bundle):
     """A full disk in the middle of rewriting a card (here a limit of 100 bytes on a file's size): written in place,
     the card was emptied first and cut at the limit, and the bundle could no longer be loaded. Now it is written
     beside and renamed over the old one when whole."""
-    import resource
     import shutil
-    import signal
     import subprocess
     import sys
 
@@ -202,12 +212,8 @@ def test_a_card_rewrite_cut_short_leaves_the_card_as_it_was(tmp_path, tiny_bundl
     card_path(bundle).write_text(json.dumps(card, indent=2) + "\n")
     before = card_path(bundle).read_bytes()
 
-    def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-
     done = subprocess.run([sys.executable, "-m", "model.bundle", "--seal", str(bundle)], capture_output=True, text=True,
-                          preexec_fn=small_files, timeout=120)
+                          preexec_fn=files_at_most(100), timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"error: cannot write the model card {card_path(bundle)} (File too large); it is left as it was" in \
         done.stderr and "Traceback" not in done.stderr
@@ -219,9 +225,7 @@ def test_a_bundle_copy_cut_short_leaves_the_bundle_there_as_it_was(tmp_path, tin
     """`python -m train --output model/shipped/NAME.keras` copies the new bundle over the old one: a full disk in the
     middle (here a limit of 1 MB on a file's size) cut the old .keras file short. Now each file is copied beside and
     renamed over the old one when whole, and the copy stops with a sentence."""
-    import resource
     import shutil
-    import signal
     import subprocess
     import sys
 
@@ -233,15 +237,11 @@ def test_a_bundle_copy_cut_short_leaves_the_bundle_there_as_it_was(tmp_path, tin
     before = {p.name: p.read_bytes() for p in there.parent.iterdir()}
     assert len(before[there.name]) > 2**20
 
-    def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
-
     code = ("import sys; from model.bundle import BundleError, copy_bundle\n"
             "try: copy_bundle(sys.argv[1], sys.argv[2])\n"
             "except BundleError as exc: sys.exit(f'error: {exc}')")
     done = subprocess.run([sys.executable, "-c", code, str(path), str(there)], capture_output=True, text=True,
-                          preexec_fn=small_files, timeout=120)
+                          preexec_fn=files_at_most(2**20), timeout=120)
     assert done.returncode == 1 and f"error: cannot write {there} (File too large); what was there is left as it was" \
         in done.stderr, done.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in there.parent.iterdir()} == before  # no draft left, nothing cut

@@ -782,8 +782,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     log.info("run folder %s", run_dir)
-    if (run_dir / "history.csv").exists():
-        (run_dir / "history.csv").unlink()
+    (run_dir / "history.csv").unlink(missing_ok=True)
     (run_dir / "duplicates.json").write_text(json.dumps(dataset.duplicates, indent=2) + "\n")
     log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
     conflicts = [d for d in dataset.duplicates if not d["labels_agree"]]
