@@ -610,9 +610,10 @@ def test_weights_out_of_reach_stop_training_with_a_sentence_before_the_data_is_r
         assert "The data path does not exist" not in caplog.text and not (tmp_path / "run").exists()
 
 
-def test_a_data_mistake_leaves_an_earlier_run_in_the_run_folder_as_it_was(tmp_path, caplog, tiny_data):
+def test_a_data_mistake_leaves_an_earlier_run_in_the_run_folder_as_it_was(tmp_path, caplog, tiny_data, monkeypatch):
     """`python -m train --run-dir runs/x` with a mistyped --data replaced runs/x's args.json and deleted its
-    history.csv before it found the mistake: the earlier run's record lost."""
+    history.csv before it found the mistake: the earlier run's record lost. So did a mistake found once the data was
+    read (a batch larger than the training split): the folder is written when only training is left to fail."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "args.json").write_text('{"seed": 2}\n')
@@ -629,10 +630,26 @@ def test_a_data_mistake_leaves_an_earlier_run_in_the_run_folder_as_it_was(tmp_pa
     with pytest.raises(SystemExit):
         train_main(["--data", str(tmp_path / "empty"), "--weights", "none", "--run-dir", str(tmp_path / "fresh")])
     assert not (tmp_path / "fresh").exists()  # no empty run folder left for a mistake
-    with pytest.raises(SystemExit):  # the data found, a later mistake: the folder is this run's from then on, said so
-        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "25",
-                    "--run-dir", str(run)])
-    assert f"--run-dir {run} holds an earlier run: this one replaces its files as it writes them" in caplog.text
+    warning = f"--run-dir {run} holds an earlier run: this one replaces its files as it writes them"
+    # the data found, a later mistake
+    for mistake in (["--batch-size", "25"], ["--batch-size", "8", "--gate-layer", "block9z_add"]):
+        with pytest.raises(SystemExit) as info:
+            train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", *mistake,
+                        "--run-dir", str(run)])
+        assert info.value.code == 2
+        assert (run / "args.json").read_text() == '{"seed": 2}\n' and sorted(p.name for p in run.iterdir()) == [
+            "args.json", "history.csv"]
+    assert warning not in caplog.text
+
+    def stopped(*args, **kwargs):  # Ctrl-C at the first epoch: the folder is this run's from then on, said so
+        raise KeyboardInterrupt
+    monkeypatch.setattr("train.train.fit_stage", stopped)
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                    "--seed", "5", "--run-dir", str(run)])
+    assert info.value.code == 130 and warning in caplog.text
+    assert json.loads((run / "args.json").read_text())["seed"] == 5 and not (run / "history.csv").exists()
+    assert {"duplicates.json", "audit.json"} <= {p.name for p in run.iterdir()}
 
 
 def test_bad_data_folder_exits_with_a_message(tmp_path, caplog):

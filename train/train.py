@@ -777,13 +777,10 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
     dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
-    if (run_dir / "args.json").exists():
-        log.warning("--run-dir %s holds an earlier run: this one replaces its files as it writes them", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    log.info("run folder %s", run_dir)
-    (run_dir / "history.csv").unlink(missing_ok=True)
-    (run_dir / "duplicates.json").write_text(json.dumps(dataset.duplicates, indent=2) + "\n")
+    # what the run folder receives before training, written once nothing but training is left to fail: a mistake
+    # found later (an unreadable image, a batch larger than the training split, an unknown --gate-layer) left an
+    # earlier run's args.json replaced and its history.csv deleted
+    notes = {"args.json": vars(args), "duplicates.json": dataset.duplicates}
     log.info("data %s (%s): %s", args.data, dataset.layout, {k: v.counts() for k, v in dataset.splits.items()})
     conflicts = [d for d in dataset.duplicates if not d["labels_agree"]]
     log.info("%d duplicate pairs across splits (labels agree on %d); %d test images dropped from evaluation",
@@ -793,7 +790,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
         log.warning("one image, two labels: %s (%s) and %s (%s); one of them is mislabelled", d["path_a"],
                     d["label_a"], d["path_b"], d["label_b"])
     cues = audit(dataset)
-    (run_dir / "audit.json").write_text(json.dumps(cues, indent=2) + "\n")
+    notes["audit.json"] = cues
     for name, cue in cues["cues"].items():
         if cue["linked_to_malignant_in_training"] and not remedy_applied(cue["remedy"], args):
             log.warning("%s (python -m train.audit)", cue_warning(name, cue))
@@ -803,15 +800,15 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     drawn, moved = dataset, np.array([], dtype=int)  # the splits as this run uses them
     if args.val_from_train:
         drawn, moved = data_mod.with_validation_from_train(dataset, args.val_from_train, args.seed)
-        (run_dir / "val_from_train.json").write_text(json.dumps(
-            [data_mod.relative_path(dataset.splits["train"].paths[i], dataset.root) for i in moved], indent=2) + "\n")
+        notes["val_from_train.json"] = [data_mod.relative_path(dataset.splits["train"].paths[i], dataset.root)
+                                        for i in moved]
         log.info("%d training images (%d malignant) moved to validation: %d validation images, %d malignant",
                  len(moved), sum(dataset.splits["train"].labels[i] for i in moved), len(drawn.splits["val"]),
                  drawn.splits["val"].counts()["malignant"])
     extra_report = None
     if getattr(args, "extra_train", None):  # added after the validation draw, which stays that of --data alone
         extra, extra_report = data_mod.extra_training_images(args.extra_train, args.extra_images, drawn)
-        (run_dir / "extra_train.json").write_text(json.dumps(extra_report, indent=2) + "\n")
+        notes["extra_train.json"] = extra_report
         log.info("%d extra training images from %s %s; %d left out as copies of validation or test images "
                  "(extra_train.json)", len(extra), args.extra_train, extra.counts(),
                  extra_report["left_out_as_copies_of_val_or_test"])
@@ -855,6 +852,14 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     if args.gate_layer != "auto" and args.gate_layer not in {layer.name for layer in model.layers}:
         raise data_mod.DataError(f"--gate-layer {args.gate_layer} is not a layer of {args.backbone}; use auto or a "
                                  f"block output such as block5c_add")
+    if (run_dir / "args.json").exists():
+        log.warning("--run-dir %s holds an earlier run: this one replaces its files as it writes them", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "history.csv").unlink(missing_ok=True)
+    for name, content in notes.items():
+        (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
+    log.info("run folder %s", run_dir)
+
     def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
                                     args.random_crop, getattr(args, "jpeg_augment", 0.0),
