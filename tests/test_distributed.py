@@ -109,7 +109,7 @@ def test_ctrl_c_stops_training_with_a_sentence_and_status_130(tiny_data, tmp_pat
     log = "".join(seen) + rest
     assert proc.returncode == 130, log[-3000:]
     assert f"run folder {run}" in log and "Traceback" not in log
-    assert ("stopped (Ctrl-C) before the end: no bundle was written; the run folder (logged at the start) keeps the "
+    assert (f"stopped (Ctrl-C) before the end: no bundle was written; the run folder {run} keeps the "
             "arguments and the history of the epochs finished.") in log
     assert (run / "args.json").is_file() and sorted(p.name for p in run.iterdir() if p.suffix == ".keras") == []
 

@@ -641,13 +641,21 @@ def test_a_data_mistake_leaves_an_earlier_run_in_the_run_folder_as_it_was(tmp_pa
             "args.json", "history.csv"]
     assert warning not in caplog.text
 
-    def stopped(*args, **kwargs):  # Ctrl-C at the first epoch: the folder is this run's from then on, said so
+    def stopped(*args, **kwargs):  # Ctrl-C
         raise KeyboardInterrupt
-    monkeypatch.setattr("train.train.fit_stage", stopped)
+    monkeypatch.setattr("train.data.load_images", stopped)  # while it reads the images: nothing written, said so
+    with pytest.raises(SystemExit) as info:
+        train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
+                    "--seed", "5", "--run-dir", str(run)])
+    assert info.value.code == 130 and "stopped (Ctrl-C) before training began: nothing was written." in caplog.text
+    assert (run / "args.json").read_text() == '{"seed": 2}\n' and warning not in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr("train.train.fit_stage", stopped)  # at the first epoch: the folder is this run's, said so
     with pytest.raises(SystemExit) as info:
         train_main(["--data", str(tiny_data), "--weights", "none", "--image-size", "64", "--batch-size", "8",
                     "--seed", "5", "--run-dir", str(run)])
     assert info.value.code == 130 and warning in caplog.text
+    assert f"the run folder {run} keeps the arguments" in caplog.text
     assert json.loads((run / "args.json").read_text())["seed"] == 5 and not (run / "history.csv").exists()
     assert {"duplicates.json", "audit.json"} <= {p.name for p in run.iterdir()}
 

@@ -744,10 +744,14 @@ def version_hash(data_hash: str, extra_report: dict | None) -> str:
     return hashlib.sha256(f"{data_hash}\t{extra_report['hash']}".encode()).hexdigest()
 
 
+_written = {"run_dir": None}  # the run folder this process's training has written into: what Ctrl-C leaves behind
+
+
 def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | None:
     """Train, calibrate, evaluate and save a bundle; None on a multi-worker run's non-chief workers. `argv`: the
     command line as given, for the card (without it, one is written out from `args`)."""
     started = time.perf_counter()
+    _written["run_dir"] = None
     check_weights(args.backbone, args.weights)  # before the run folder and minutes of reading data, not after
     code = code_version()  # now: the tree may move while a long run trains
     strategy = make_strategy(args)
@@ -859,6 +863,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
     for name, content in notes.items():
         (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
     log.info("run folder %s", run_dir)
+    _written["run_dir"] = run_dir
 
     def training_data(seed: int) -> tf.data.Dataset:  # the augmented training pipeline, its draws from `seed`
         augmenter = build_augmenter(seed, args.ink_augment, args.ring_augment, args.blur_augment, args.frame_fill,
@@ -1039,6 +1044,9 @@ def main(argv=None):
         log.error("%s", exc)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # a person stopping a long run: a sentence on what is left, not TensorFlow's traceback
-        log.error("stopped (Ctrl-C) before the end: no bundle was written; the run folder (logged at the start) keeps "
-                  "the arguments and the history of the epochs finished.")
+        if _written["run_dir"] is None:  # reading the data or building the network: nothing is written before
+            log.error("stopped (Ctrl-C) before training began: nothing was written.")
+        else:
+            log.error("stopped (Ctrl-C) before the end: no bundle was written; the run folder %s keeps the arguments "
+                      "and the history of the epochs finished.", _written["run_dir"])
         raise SystemExit(130) from None
