@@ -65,6 +65,8 @@ workers = whole("MELANOMA_WORKERS", "1")
 threads = whole("MELANOMA_THREADS", "8")
 # seconds for a request's headers, and its body's longest pause; a day at most (10**12 overflowed the socket timeout)
 read_timeout = whole("MELANOMA_READ_TIMEOUT", "30", most=86400)
+# kB per second an upload must keep up on average, after the read timeout's grace (Worker below)
+upload_rate = whole("MELANOMA_MIN_UPLOAD_RATE", "10", most=10**6)
 if workers > 1:
     # share the cores between the workers, so that they do not fight over them
     per_worker = max(1, (os.cpu_count() or 1) // workers)
@@ -86,26 +88,40 @@ def pre_request(worker, req):
     """A client that stops sending in the middle of its upload (a phone that lost its network, a closed laptop) holds
     one of the worker's threads while the body is read; without a limit it held it for ever, and `threads` such
     clients stopped the server. The socket now gives up after `read_timeout` seconds without a byte, and the app
-    answers 408 upload_incomplete (web/errors.py)."""
-    getattr(worker, "headers_read", lambda: None)()  # the worker below; another given with -k has no such limit
+    answers 408 upload_incomplete (web/errors.py); the body's least average rate is the worker's (`Worker`)."""
     sock = getattr(getattr(req, "unreader", None), "sock", None)  # HTTP/1 over a socket; else left as it is
     if sock is not None:
         sock.settimeout(read_timeout)
+    getattr(worker, "body_begins", lambda req: None)(req)  # the worker below; another given with -k has no such limit
+
+
+def post_request(worker, req, environ, resp):
+    getattr(worker, "done_reading", lambda: None)()
+
+
+def client_address(conn) -> str:
+    """The client's IP address, for a firewall, or the socket's path."""
+    return conn.client[0] if isinstance(conn.client, (tuple, list)) else conn.client or "a socket"
 
 
 class Worker(ThreadWorker):
-    """gunicorn's threaded worker, with `read_timeout` seconds for each request's headers, and a setting the app
-    refuses stopping the server (`load_wsgi`).
+    """gunicorn's threaded worker, with deadlines for reading each request, and a setting the app refuses stopping the
+    server (`load_wsgi`).
 
     gunicorn reads a request's headers before `pre_request`, on a socket without a timeout: a client that stopped in
-    the middle of them, or sent a byte every few seconds, held a thread for ever. Each thread now notes when it began
-    to read a request; at each turn of the worker's event loop (at least once a second) a read still in its headers
-    after `read_timeout` seconds has its socket shut for reading, so the read ends, gunicorn closes the connection, and
-    the log says so."""
+    the middle of them, or sent a byte every few seconds, held a thread for ever. The socket's timeout, set for the
+    body, ends only a pause: an upload sent a byte every few seconds held a thread until its last byte. Each thread now
+    notes a deadline while it reads a request: for its headers, `read_timeout` seconds; for its body, `read_timeout`
+    more plus its length (at most the app's MAX_CONTENT_LENGTH) at `upload_rate` kB/s.
+    - Headers: at each turn of the worker's event loop (at least once a second), a read past its deadline has its
+      socket shut for reading, so the read ends, gunicorn closes the connection, and the log says so.
+    - Body: each read from the socket checks the deadline first and after (`paced`), and past it raises the
+      TimeoutError that the socket's own timeout gives: the app answers 408, and the log says so. The socket's timeout
+      bounds each wait, so a body trickled a byte at a time is cut within `read_timeout` seconds of its deadline."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reading = {}  # thread -> (connection, deadline) while that thread reads a request's headers
+        self.reading = {}  # thread -> (connection, deadline, what it reads) while that thread reads a request
         self.reading_lock = threading.Lock()
 
     def load_wsgi(self):
@@ -122,30 +138,62 @@ class Worker(ThreadWorker):
 
     def handle(self, conn):
         with self.reading_lock:
-            self.reading[threading.get_ident()] = (conn, time.monotonic() + read_timeout)
+            self.reading[threading.get_ident()] = (conn, time.monotonic() + read_timeout, "headers")
         try:
             return super().handle(conn)
         finally:
-            self.headers_read()
+            self.done_reading()
 
-    def headers_read(self):
+    def body_begins(self, req):
+        """The headers are read: from now, the body's deadline, which each read of it checks (`paced`)."""
+        unreader = getattr(req, "unreader", None)
+        limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH") or 20 * 1024 * 1024
+        length = getattr(getattr(getattr(req, "body", None), "reader", None), "length", None)  # Content-Length
+        length = limit if length is None else min(length, limit)  # none (chunked) or more: the app reads to its limit
+        with self.reading_lock:
+            conn = self.reading.get(threading.get_ident(), (None,))[0]
+            if unreader is None or conn is None:  # not HTTP/1 over a socket
+                return
+            self.reading[threading.get_ident()] = (conn, time.monotonic() + read_timeout +
+                                                   length / (upload_rate * 1024), "body")
+        if not getattr(unreader, "paced", False):  # once per connection: it serves each request on it
+            unreader.chunk, unreader.paced = self.paced(unreader.chunk, conn), True
+
+    def paced(self, read, conn):
+        """`read` (a connection's reads from its socket), the body's deadline checked before and after each."""
+        def chunk(*args, **kwargs):
+            self.keep_pace(conn)
+            data = read(*args, **kwargs)
+            self.keep_pace(conn)
+            return data
+        return chunk
+
+    def keep_pace(self, conn):
+        entry = self.reading.get(threading.get_ident())
+        if entry is not None and entry[2] == "body" and time.monotonic() > entry[1]:
+            self.done_reading()
+            self.log.warning("A client at %s sent its upload slower than %d kB/s; it was cut short and answered 408.",
+                             client_address(conn), upload_rate)
+            raise TimeoutError(f"the upload arrived slower than {upload_rate} kB/s")
+
+    def done_reading(self):
         with self.reading_lock:
             self.reading.pop(threading.get_ident(), None)
 
     def murder_pending(self):
         super().murder_pending()
         now = time.monotonic()
-        with self.reading_lock:  # held while shutting, so that no request past its headers is cut
-            for thread, (conn, deadline) in list(self.reading.items()):
-                if deadline < now and not conn.is_http2:  # an HTTP/2 connection carries many requests
+        with self.reading_lock:  # held while shutting, so that no request past its reading is cut
+            for thread, (conn, deadline, what) in list(self.reading.items()):
+                # a body's deadline is checked as it is read (`paced`); an HTTP/2 connection carries many requests
+                if what == "headers" and deadline < now and not conn.is_http2:
                     del self.reading[thread]
                     try:
                         conn.sock.shutdown(socket.SHUT_RD)
                     except OSError:  # closed meanwhile
                         continue
-                    address = conn.client[0] if isinstance(conn.client, (tuple, list)) else conn.client or "a socket"
                     self.log.warning("A client at %s did not send its request's headers within %d s; its connection "
-                                     "was closed.", address, read_timeout)  # the address, for a firewall
+                                     "was closed.", client_address(conn), read_timeout)
 
 
 worker_class = Worker

@@ -568,8 +568,8 @@ def gunicorn_settings(monkeypatch, env: dict) -> dict:
 
 def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     default = gunicorn_settings(monkeypatch, {})
-    assert (default["bind"], default["workers"], default["threads"], default["read_timeout"]) == (
-        "127.0.0.1:8000", 1, 8, 30)
+    assert tuple(default[name] for name in ("bind", "workers", "threads", "read_timeout", "upload_rate")) == (
+        "127.0.0.1:8000", 1, 8, 30, 10)
     assert default["control_socket_disable"]  # not $HOME/.gunicorn/gunicorn.ctl, shared by every server of a user
     given = gunicorn_settings(monkeypatch, {"MELANOMA_CONTROL_SOCKET": "/run/melanoma/gunicorn.ctl"})
     assert (given["control_socket"], given["control_socket_disable"]) == ("/run/melanoma/gunicorn.ctl", False)
@@ -580,7 +580,7 @@ def test_the_gunicorn_settings_and_their_mistakes(monkeypatch):
     two = gunicorn_settings(monkeypatch, {"MELANOMA_WORKERS": "2"})  # the cores shared between the workers
     assert two["workers"] == 2 and two["environ"]["MELANOMA_INFERENCE_STREAMS"] == "1"
     for name, value in (("MELANOMA_WORKERS", "abc"), ("MELANOMA_THREADS", "0"), ("MELANOMA_WORKERS", "1.5"),
-                        ("MELANOMA_READ_TIMEOUT", "-5")):
+                        ("MELANOMA_READ_TIMEOUT", "-5"), ("MELANOMA_MIN_UPLOAD_RATE", "0.5")):
         with pytest.raises(SystemExit) as stopped:  # was a ValueError traceback from gunicorn's config loader
             gunicorn_settings(monkeypatch, {name: value})
         assert str(stopped.value) == f"error: {name} is a whole number, 1 or more; received {value!r}."

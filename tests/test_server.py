@@ -1,6 +1,7 @@
 """The production server (gunicorn with gunicorn.conf.py) itself, started as the README starts it."""
 import http.client
 import os
+import select
 import socket
 import threading
 import time
@@ -70,6 +71,46 @@ def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch
     finally:
         stop(server)
     assert "Traceback" not in (tmp_path / "server.log").read_text()  # the app's answer, not an error in the log
+
+
+def test_uploads_trickled_a_byte_at_a_time_do_not_stop_the_server(monkeypatch, tmp_path):
+    """The read timeout ends a pause, and an upload sent a byte every half second had none: it held a thread until its
+    last byte (3 of them with 2 threads, and the server answered no one for as long). Now a body must arrive at an
+    average of MELANOMA_MIN_UPLOAD_RATE kB/s after the read timeout's grace: 3 kB at 1 kB/s within about 5 s."""
+    monkeypatch.setitem(os.environ, "MELANOMA_MIN_UPLOAD_RATE", "1")
+    server, port = start_with_two_threads(monkeypatch, tmp_path / "server.log")
+    try:
+        slow = []
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+                         b"\r\nContent-Length: 3000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
+                         b"filename=\"l.jpg\"\r\n\r\n\xff\xd8")
+            slow.append(sock)
+        health = health_in_background(port)
+        answered, started = {}, time.monotonic()
+        while len(answered) < len(slow) and time.monotonic() - started < 30:
+            time.sleep(0.5)
+            for i, sock in enumerate(slow):
+                if i in answered:
+                    continue
+                if select.select([sock], [], [], 0)[0]:  # an answer has come
+                    answered[i] = (time.monotonic() - started, answer(sock))
+                else:
+                    sock.send(b"a")
+        health["thread"].join(40)
+        assert health.get("status") == 200 and health["seconds"] < 15, health
+        assert len(answered) == 3 and max(seconds for seconds, _ in answered.values()) < 15, answered
+        for _, response in answered.values():
+            assert response.startswith(b"HTTP/1.1 408 ") and b'"code":"upload_incomplete"' in response, response
+        for sock in slow:
+            sock.close()
+    finally:
+        stop(server)
+    text = (tmp_path / "server.log").read_text()
+    assert text.count("A client at 127.0.0.1 sent its upload slower than 1 kB/s; it was cut short and answered 408."
+                      ) == 3, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
 
 
 def health_in_background(port: int) -> dict:

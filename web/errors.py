@@ -57,9 +57,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ClientDisconnected)
     def upload_cut_short(exc: ClientDisconnected):
-        """The body ended, or stopped arriving for the server's read timeout (gunicorn.conf.py), before its length: a
-        network lost mid-upload. Whoever is still there is told to send it again (was a 400, "could not be
-        understood")."""
+        """The body ended, stopped arriving for the server's read timeout, or came slower than its least upload rate
+        (gunicorn.conf.py), before its length: a network lost mid-upload. Whoever is still there is told to send it
+        again (was a 400, "could not be understood")."""
         return respond("upload_incomplete", "The upload stopped before the whole image arrived. Check the network "
                                             "connection and upload the image again.", 408)
 
