@@ -47,33 +47,42 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def write_card(model_path: str | Path, card: dict) -> Path:
+def write_card(model_path: str | Path, card: dict, also=()) -> Path:
     """Write the model card beside `model_path` whole or not at all (`_write_whole`): written in place, the card was
-    emptied first, so a full disk or a Ctrl-C in the middle left it cut short, and the bundle could not be loaded."""
+    emptied first, so a full disk or a Ctrl-C in the middle left it cut short, and the bundle could not be loaded.
+    `also`: (path, fill) pairs for the bundle's other files written with it, `fill(draft)` writing one: each draft is
+    complete before any file is replaced, so a failure leaves the whole bundle as it was, never one part new."""
     target = card_path(model_path)
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
 
     def fill(draft: Path) -> None:
         draft.write_text(json.dumps(card, indent=2) + "\n")
-        os.chmod(draft, mode)  # mkstemp makes it readable by this user only
 
-    _write_whole(target, fill, f"the model card {target}", "it is left as it was")
+    _write_whole([*also, (target, fill)], f"the bundle {model_path}" if also else f"the model card {target}")
     return target
 
 
-def _write_whole(target: Path, fill, what: str, left: str) -> None:
-    """`fill(draft)` writes a new file beside `target`, renamed over it once complete; a failure leaves `target` as it
-    was, no draft behind, and an OSError (a full disk, a file-size limit) becomes a BundleError, the commands' one
-    sentence: "cannot write `what` (the reason); `left`"."""
-    fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+def _write_whole(pairs, what: str) -> None:
+    """For each (path, fill) pair, `fill(draft)` writes a new file beside `path`; once every draft is complete, each is
+    renamed over its path, in order. Each file keeps the mode of the one it replaces (a new one: the umask's). A
+    failure leaves every file as it was, no draft behind, and an OSError (a full disk, a file-size limit) becomes a
+    BundleError, the commands' one sentence: "cannot write `what` (the reason); it is left as it was"."""
+    drafts = []
     try:
-        fill(Path(draft))
-        os.replace(draft, target)
+        for path, write in pairs:
+            path = Path(path)
+            fd, draft = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(fd)
+            drafts.append(Path(draft))
+            write(drafts[-1])
+            # mkstemp makes it readable by this user only
+            os.chmod(draft, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        for (path, _), draft in zip(pairs, drafts):
+            os.replace(draft, path)
     except BaseException as exc:
-        Path(draft).unlink(missing_ok=True)
+        for draft in drafts:
+            draft.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise BundleError(f"cannot write {what} ({exc.strerror or exc}); {left}") from None
+            raise BundleError(f"cannot write {what} ({exc.strerror or exc}); it is left as it was") from None
         raise
 
 
@@ -113,30 +122,25 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
 
 
 def copy_bundle(src: str | Path, dst: str | Path) -> Path:
-    """Copy a bundle (.keras, card, gate features) to a new path, keeping the card's references right; each file
-    whole or not at all."""
+    """Copy a bundle (.keras, card, gate features) to a new path, keeping the card's references right; the bundle there
+    replaced whole or not at all (`write_card`): a full disk in the middle (`python -m train --output
+    model/shipped/...`) cut the old .keras file short, and a .keras copied without its card was another network's."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     card = load_card(src)
-    _copy_whole(src, dst)
+    files = [(dst, copier(src))]
     gate = card.get("gate") or {}
     if gate.get("features_file"):
-        _copy_whole(src.parent / gate["features_file"], dst.with_suffix(".gate.npz"))
+        files.append((dst.with_suffix(".gate.npz"), copier(src.parent / gate["features_file"])))
         gate["features_file"] = dst.with_suffix(".gate.npz").name
-    write_card(dst, card)
+    write_card(dst, card, also=files)
     return dst
 
 
-def _copy_whole(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` whole or not at all (`_write_whole`): a full disk in the middle of copying over a bundle
-    (`python -m train --output model/shipped/...`) cut the old one short."""
+def copier(src: Path):
+    """A `fill` for `write_card`'s `also`: copies `src`."""
     import shutil
-
-    def fill(draft: Path) -> None:
-        shutil.copyfile(src, draft)
-        shutil.copymode(src, draft)
-
-    _write_whole(dst, fill, str(dst), "what was there is left as it was")
+    return lambda draft: shutil.copyfile(src, draft)
 
 
 def bundle_in(folder: Path) -> Path:

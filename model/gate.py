@@ -119,7 +119,9 @@ class FeatureNeighbours:
         return out
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, features=self.bank.astype(np.float16), k=self.k, threshold=self.threshold)
+        """Written to `path` as it is (numpy adds .npz to a name without it; a draft of `write_card` has none)."""
+        with open(path, "wb") as f:
+            np.savez_compressed(f, features=self.bank.astype(np.float16), k=self.k, threshold=self.threshold)
 
     @classmethod
     def load(cls, path: Path) -> "FeatureNeighbours":

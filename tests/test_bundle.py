@@ -242,6 +242,36 @@ def test_a_bundle_copy_cut_short_leaves_the_bundle_there_as_it_was(tmp_path, tin
             "except BundleError as exc: sys.exit(f'error: {exc}')")
     done = subprocess.run([sys.executable, "-c", code, str(path), str(there)], capture_output=True, text=True,
                           preexec_fn=files_at_most(2**20), timeout=120)
-    assert done.returncode == 1 and f"error: cannot write {there} (File too large); what was there is left as it was" \
+    assert done.returncode == 1 and f"error: cannot write the bundle {there} (File too large); it is left as it was" \
         in done.stderr, done.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in there.parent.iterdir()} == before  # no draft left, nothing cut
+
+
+def test_a_gate_fit_that_stops_leaves_the_bundle_as_it_was(tmp_path, tiny_data, capsys):
+    """`python -m train.gate --fit` wrote the new gate file first and the card last: a mistake in between (here an
+    unreadable validation image) left the new gate file beside the old card, and the bundle was refused from then on
+    ("belongs to another bundle"). Now the gate file and the card are replaced together, once both are complete."""
+    import shutil
+
+    from model.bundle import DEFAULT_BUNDLE, load_card
+    from train import gate
+
+    bundle = tmp_path / "bundle" / DEFAULT_BUNDLE.name
+    shutil.copytree(DEFAULT_BUNDLE.parent, bundle.parent)
+    for p in bundle.parent.iterdir():
+        p.chmod(0o640)  # kept by what replaces them
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "val" / "benign" / "img_zzz.png").write_bytes(b"not a png")
+    before = {p.name: p.read_bytes() for p in bundle.parent.iterdir()}
+    with pytest.raises(SystemExit) as info:
+        gate.main(["--model", str(bundle), "--data", str(data), "--fit"])
+    assert info.value.code == 2 and "error: Unreadable image" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in bundle.parent.iterdir()} == before  # nothing new, no draft left
+
+    (data / "val" / "benign" / "img_zzz.png").unlink()
+    gate.main(["--model", str(bundle), "--data", str(data), "--fit"])
+    after = {p.name: p.read_bytes() for p in bundle.parent.iterdir()}
+    assert after.keys() == before.keys() and after != before and load_card(bundle)["gate"]["bank_images"] == 24
+    load_bundle(bundle)  # the new gate file and card belong together
+    assert {p.stat().st_mode & 0o777 for p in bundle.parent.iterdir()} == {0o640}

@@ -259,7 +259,8 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
     loo = FeatureNeighbours.leave_one_out_scores(feats, k, len(train.paths))
     threshold = float(np.percentile(loo, percentile))
     features_file = bundle_path.with_suffix(".gate.npz").name
-    FeatureNeighbours(feats, k, threshold).save(bundle_path.parent / features_file)
+    neighbours = FeatureNeighbours(feats, k, threshold)  # written with the card at the end, not before: a mistake in
+    # between (an unreadable validation image) left the new gate file beside the old card, and the bundle refused
     x_val = data_mod.load_images(dataset.splits["val"].paths, predictor.spec)
     p_val = predictor.probability(x_val)
     card = bundle.card
@@ -277,7 +278,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
         card["gate"]["selection"] = selection
     card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, band_fraction)
     card["indeterminate_band_fraction_of_validation"] = band_fraction
-    write_card(bundle_path, card)
+    write_card(bundle_path, card, also=[(bundle_path.parent / features_file, neighbours.save)])
     log.info("gate fitted: k=%d, distance threshold %.4f; band %s", k, threshold, card["indeterminate_band"])
     return card
 
