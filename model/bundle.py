@@ -70,7 +70,7 @@ def _write_whole(pairs, what: str) -> None:
     try:
         for path, write in pairs:
             path = Path(path)
-            fd, draft = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, draft = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)  # Keras: .keras
             os.close(fd)
             drafts.append(Path(draft))
             write(drafts[-1])
@@ -115,9 +115,8 @@ def save_bundle(model: keras.Model, card: dict, path: str | Path) -> Path:
         lean = keras.Model.from_config(model.get_config())
         lean.set_weights(model.get_weights())
         model = lean
-    model.save(path)
     card["weights_sha256"] = weights_digest(model)
-    write_card(path, card)
+    write_card(path, card, also=[(path, model.save)])  # the .keras file and its card replaced together
     return path
 
 
