@@ -622,6 +622,24 @@ def test_cautions_for_real_skin_marker_ink_and_a_dermoscope_ring(client, app, be
     assert 'id="cautions"' not in upload(client, "/predict", [("plain.jpg", malignant_jpeg)]).get_data(as_text=True)
 
 
+def test_a_secret_key_the_server_cannot_keep_is_one_sentence(tmp_path, monkeypatch):
+    """Served as a user who cannot write the checkout (code owned by root, a service user: checked with setpriv, a
+    PermissionError), the server stopped at start with a traceback from making instance/; here `instance` is a file,
+    which refuses the folder the same way. Now one sentence says what to set; with MELANOMA_SECRET_KEY it starts."""
+    import app as app_module
+
+    monkeypatch.setattr(app_module, "ROOT", tmp_path)
+    (tmp_path / "instance").write_text("not a folder")
+    with pytest.raises(SystemExit) as stopped:
+        create_app({"TESTING": True})
+    assert str(stopped.value) == (
+        f"error: the server keeps its secret key in {tmp_path / 'instance' / 'secret_key'}, which this user cannot "
+        f"write (File exists). Set MELANOMA_SECRET_KEY instead (the same on every server: python3 -c 'import secrets; "
+        f"print(secrets.token_hex(32))'), or let this user read and write that folder.")
+    monkeypatch.setenv("MELANOMA_SECRET_KEY", "a" * 64)
+    assert create_app({"TESTING": True}).config["SECRET_KEY"] == "a" * 64
+
+
 def test_workers_starting_together_share_one_whole_secret_key(tmp_path, monkeypatch):
     """Two workers start on a fresh machine: the second looks for the key while the first is still making it. It
     must get the first's key or its own, whole, and both must end with the same one (an empty key broke every page's
