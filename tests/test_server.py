@@ -23,6 +23,14 @@ def stalled_upload(port: int) -> socket.socket:
     return sock
 
 
+def clients(port: int, start: bytes, n: int = 3) -> list[socket.socket]:
+    """`n` connections to the server, each having sent `start`."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for sock in socks:
+        sock.sendall(start)
+    return socks
+
+
 def answer(sock: socket.socket) -> bytes:
     """The whole HTTP response on `sock`: its head, then as many bytes as its Content-Length (it may come in parts)."""
     sock.settimeout(30)
@@ -80,13 +88,9 @@ def test_uploads_trickled_a_byte_at_a_time_do_not_stop_the_server(monkeypatch, t
     monkeypatch.setitem(os.environ, "MELANOMA_MIN_UPLOAD_RATE", "1")
     server, port = start_with_two_threads(monkeypatch, tmp_path / "server.log")
     try:
-        slow = []
-        for _ in range(3):
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
-                         b"\r\nContent-Length: 3000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
-                         b"filename=\"l.jpg\"\r\n\r\n\xff\xd8")
-            slow.append(sock)
+        slow = clients(port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                             b"boundary=b\r\nContent-Length: 3000\r\n\r\n--b\r\nContent-Disposition: form-data; "
+                             b"name=\"image\"; filename=\"l.jpg\"\r\n\r\n\xff\xd8")
         health = health_in_background(port)
         answered, started = {}, time.monotonic()
         while len(answered) < len(slow) and time.monotonic() - started < 30:
@@ -140,11 +144,7 @@ def test_clients_slow_with_their_headers_do_not_stop_the_server(monkeypatch, tmp
     so in one line, without a traceback."""
     server, port = start_with_two_threads(monkeypatch, tmp_path / "server.log")
     try:
-        slow = []
-        for _ in range(3):
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Le")
-            slow.append(sock)
+        slow = clients(port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Le")
         health = health_in_background(port)
         closed_after, started = {}, time.monotonic()
         while len(closed_after) < len(slow) and time.monotonic() - started < 30:
