@@ -70,7 +70,8 @@ def create_app(test_config: dict | None = None) -> Flask:
                 f"error: the server keeps its secret key in {Path(app.instance_path) / 'secret_key'}, which this "
                 f"user cannot {'read' if Path(app.instance_path, 'secret_key').exists() else 'write'} "
                 f"({exc.strerror or exc}). Set MELANOMA_SECRET_KEY instead (the same on every server: "
-                f"python3 -c 'import secrets; print(secrets.token_hex(32))'), or let this user read and write that folder."
+                f"python3 -c 'import secrets; print(secrets.token_hex(32))'), or let this user read and write that "
+                f"folder."
             ) from None
 
     csrf.init_app(app)

@@ -119,7 +119,7 @@ class FeatureNeighbours:
         return out
 
     def save(self, path: Path) -> None:
-        """Written to `path` as it is (numpy adds .npz to a name without it; a draft of `write_card` has none)."""
+        """Written to `path` exactly: numpy adds .npz to a file name without it."""
         with open(path, "wb") as f:
             np.savez_compressed(f, features=self.bank.astype(np.float16), k=self.k, threshold=self.threshold)
 
