@@ -154,6 +154,17 @@ def bundle_in(folder: Path) -> Path:
     return found[0]
 
 
+def readable(file: Path) -> Path:
+    """`file`, or a BundleError where this user may not read it (a bundle copied by root with mode 600, served by a
+    service account): it was a PermissionError traceback for the card, and "damaged" for the .keras and gate files."""
+    try:
+        with open(file, "rb"):
+            return file
+    except PermissionError as exc:
+        raise BundleError(f"{file} cannot be read by this user ({exc.strerror}): give the user who runs this read "
+                          f"access to the bundle's files (for example chmod a+r on them).") from None
+
+
 def load_card(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -164,7 +175,7 @@ def load_card(path: str | Path) -> dict:
             raise BundleNotFound(f"Model bundle not found: {path}")
         raise BundleNotFound(f"The model card {card} is missing: a bundle is the .keras file and its card beside it")
     try:
-        return json.loads(card.read_text())
+        return json.loads(readable(card).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"The model card {card} is not valid JSON ({exc})") from None
 
@@ -233,6 +244,8 @@ def check_gate_file(card: dict, path: Path) -> None:
     if not gate.get("features_file"):
         return
     file = Path(path).parent / str(gate["features_file"])
+    if file.exists():  # a missing one is said below
+        readable(file)
     try:
         with np.load(file) as z:
             k, threshold = int(z["k"]), float(z["threshold"])
@@ -255,7 +268,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
         raise BundleNotFound(f"Model bundle not found: {path}")
     card = load_card(path)
     check_card(card, path)
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(readable(path)):
         raise BundleError(f"{path} is damaged or not a .keras file (a .keras file is a zip archive): copy the bundle "
                           "again.")
     try:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,30 @@ def test_a_gate_fit_that_stops_leaves_the_bundle_as_it_was(tmp_path, tiny_data, 
     assert after.keys() == before.keys() and after != before and load_card(bundle)["gate"]["bank_images"] == 24
     load_bundle(bundle)  # the new gate file and card belong together
     assert {p.stat().st_mode & 0o777 for p in bundle.parent.iterdir()} == {0o640}
+
+
+@pytest.mark.parametrize("unreadable", [".json", ".keras", ".gate.npz"])
+def test_a_bundle_file_this_user_may_not_read_is_one_sentence(tmp_path, monkeypatch, unreadable):
+    """A bundle copied by root with mode 600 and served by a service account (checked as uid 65534): the card was a
+    PermissionError traceback, and the .keras and gate files were called damaged, with "copy the bundle again". Here
+    the operating system's refusal is stood in for by the one `open` that model.bundle calls to find it out."""
+    import shutil
+
+    import model.bundle as bundle_module
+    from model.bundle import DEFAULT_BUNDLE, BundleError
+
+    bundle = tmp_path / DEFAULT_BUNDLE.name
+    for p in DEFAULT_BUNDLE.parent.iterdir():
+        shutil.copyfile(p, tmp_path / p.name)
+    refused = bundle.with_name(bundle.name.replace(".keras", unreadable))
+
+    def open_as_another_user(file, *args, **kwargs):
+        if Path(file) == refused:
+            raise PermissionError(13, "Permission denied", str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "open", open_as_another_user, raising=False)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle)
+    assert str(info.value) == (f"{refused} cannot be read by this user (Permission denied): give the user who runs "
+                               f"this read access to the bundle's files (for example chmod a+r on them).")
