@@ -154,6 +154,12 @@ def bundle_in(folder: Path) -> Path:
     return found[0]
 
 
+def bundle_files(path: str | Path) -> set[Path]:
+    """The resolved paths of the files of the bundle at `path`: its .keras file, its card and its gate file."""
+    path = Path(path)
+    return {path.resolve(), *(path.with_suffix(suffix).resolve() for suffix in (".json", ".gate.npz"))}
+
+
 def readable(file: Path) -> Path:
     """`file`, or a BundleError where this user may not read it (a bundle copied by root with mode 600, served by a
     service account): it was a PermissionError traceback for the card, and "damaged" for the .keras and gate files."""

@@ -19,7 +19,7 @@ import csv
 import sys
 from pathlib import Path
 
-from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from model.bundle import DEFAULT_BUNDLE, BundleError, bundle_files, load_bundle
 from model.explain import GradCAM, shown_heatmap
 from model.inference import Predictor
 from model.preprocessing import IMAGE_SUFFIXES, ImageError, image_files_under
@@ -111,6 +111,10 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(2) from None
     if args.out and Path(args.out).resolve() in {f.resolve() for f in files}:  # opened for writing, it was emptied
         print(f"error: --out {args.out} is one of the images to judge: writing the CSV there would replace the image. "
+              "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
+        raise SystemExit(2)
+    if args.out and Path(args.out).resolve() in bundle_files(bundle.path):  # the card, a CSV: the bundle lost
+        print(f"error: --out {args.out} is a file of the bundle {bundle.path}: writing the CSV there would replace it. "
               "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
         raise SystemExit(2)
     out, heatmaps = None, Path(args.heatmaps) if args.heatmaps else None

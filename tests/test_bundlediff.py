@@ -52,6 +52,19 @@ def test_two_saves_of_one_model_are_identical_though_the_run_fields_differ(tmp_p
         "training.code.commit", "training.code.modified", "training.arguments.run_dir"}
 
 
+@pytest.mark.parametrize("which", ["tiny.json", "tiny.keras", "tiny.gate.npz"])
+def test_out_naming_a_file_of_either_bundle_is_refused_before_anything_is_written(tmp_path, capsys, which):
+    """`--out A.json` wrote the comparison over bundle A's card, and A was refused from then on (checked on the
+    shipped bundle: "The model card must list class_names")."""
+    first, second = write_bundle(tmp_path / "a"), write_bundle(tmp_path / "b")
+    for bundle in (first, second):
+        before = {p.name: p.read_bytes() for p in bundle.parent.iterdir()}
+        assert bundlediff.main([str(first), str(second), "--out", str(bundle.parent / which)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {bundle.parent / which} is a file of the bundle {bundle}: writing there would " in err
+        assert {p.name: p.read_bytes() for p in bundle.parent.iterdir()} == before
+
+
 def test_one_changed_weight_is_found_with_its_size(tmp_path, capsys):
     first = write_bundle(tmp_path / "a")
     second = write_bundle(tmp_path / "b")

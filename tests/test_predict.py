@@ -119,6 +119,21 @@ def test_rows_are_written_as_they_come_so_an_interrupted_run_keeps_them(folder, 
     assert err.endswith(f"stopped (Ctrl-C) after 6 of 8 files; {out} keeps their rows.\n")
 
 
+def test_a_csv_over_a_file_of_the_bundle_is_refused(tmp_path, capsys):
+    """`--out` naming the bundle's card wrote the CSV over it, and the bundle was refused from then on."""
+    from model.bundle import DEFAULT_BUNDLE
+
+    for p in DEFAULT_BUNDLE.parent.iterdir():
+        shutil.copyfile(p, tmp_path / p.name)
+    card = (tmp_path / DEFAULT_BUNDLE.name).with_suffix(".json")
+    before = card.read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        main([str(ISIC_FIXTURES), "--model", str(tmp_path / DEFAULT_BUNDLE.name), "--out", str(card)])
+    assert stopped.value.code == 2 and card.read_bytes() == before
+    assert f"error: --out {card} is a file of the bundle {tmp_path / DEFAULT_BUNDLE.name}: writing the CSV there " \
+        "would replace it." in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, words", [
     ("missing path", "is neither an image file nor a folder"),
     ("empty folder", "No image files (.bmp, .jpeg"),

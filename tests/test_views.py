@@ -128,3 +128,9 @@ def test_views_command_writes_its_report_and_refuses_a_bad_view(tiny_data, tmp_p
     with pytest.raises(SystemExit) as refused:
         views.main(["--model", str(DEFAULT_BUNDLE), "--data", str(tiny_data), "--views", "45@-1"])
     assert refused.value.code == 2 and "--views" in capsys.readouterr().err
+    card = tmp_path / "copy.json"  # --out naming a bundle's card wrote the report over it: refused before any work
+    card.write_text("{}")
+    with pytest.raises(SystemExit) as refused:
+        views.main(["--model", str(tmp_path / "copy.keras"), "--data", str(tiny_data), "--out", str(card)])
+    assert refused.value.code == 2 and card.read_text() == "{}"
+    assert f"--out {card} is a file of the bundle {tmp_path / 'copy.keras'}" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from model.bundle import BundleError, card_path
-from train.cli import writable
+from train.cli import not_a_bundle_file, writable
 from train.data import DataError
 
 # card fields (and the fields under them) that belong to the run, not to the model: they differ between two runs of
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out:
             writable(args.out.parent, given=args.out)
+            not_a_bundle_file(args.out, [args.first, args.second])
         result = compare(args.first, args.second)
     except (BundleError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

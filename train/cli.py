@@ -60,6 +60,18 @@ def writable(folder, flag: str = "--out", given=None) -> Path:
     return folder
 
 
+def not_a_bundle_file(out, bundles, flag: str = "--out") -> None:
+    """A DataError where `out`, a file the command writes, is one of the files of `bundles` (.keras, card, gate file):
+    written there, it replaced the file, and the bundle was lost (`train.bundlediff A B --out A.json`, checked: the
+    card became the comparison, and the bundle was refused from then on)."""
+    from model.bundle import bundle_files
+
+    for bundle in bundles:
+        if Path(out).resolve() in bundle_files(bundle):
+            raise DataError(f"{flag} {out} is a file of the bundle {bundle}: writing there would replace it. Give the "
+                            f"output a path of its own (e.g. runs/comparison.json).")
+
+
 def writable_or_exit(parser: argparse.ArgumentParser, folder, flag: str = "--out") -> Path:
     """`writable(folder)` for the commands that do not run under `command` (their modules keep TensorFlow out of
     their imports): a place they cannot write is the parser's own error, its sentence and status 2."""

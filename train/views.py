@@ -31,7 +31,7 @@ from model.preprocessing import fill_dark_frame
 from model.turn import turn
 from train import data as data_mod
 from train.calibrate import validation_split
-from train.cli import command, random_seed, resamples, writable
+from train.cli import command, not_a_bundle_file, random_seed, resamples, writable
 from train.metrics import paired_auc_interval
 
 log = logging.getLogger("train.views")
@@ -141,6 +141,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out or f"runs/views_{args.split}.json")
     writable(out.parent, given=out)
+    not_a_bundle_file(out, args.model)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed)
     if args.split == "test":
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
