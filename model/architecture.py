@@ -185,7 +185,17 @@ def is_keras_b0_imagenet_file(path: str | os.PathLike) -> bool:
     return digest.hexdigest() == KERAS_B0_MD5
 
 
+def _readable_weights(path: str) -> None:
+    """A WeightsError where this user may not read the weights file `path`: it was weights that "do not fit"."""
+    try:
+        open(path, "rb").close()
+    except PermissionError as exc:
+        raise WeightsError(f"The weights file {path} cannot be read by this user ({exc.strerror}): give the user who "
+                           f"runs this read access to it.") from None
+
+
 def _load_backbone_file(model: keras.Model, inputs, features, backbone: str, path: str) -> None:
+    _readable_weights(path)
     try:
         if path.endswith(".npz"):
             load_npz_weights(model, path)
@@ -364,9 +374,13 @@ def build_model(
 
 def check_weights(backbone: str, weights: str | None) -> None:
     """Fail early, with `WeightsError`'s sentence, when `build_model` could not get these weights: a file that is not
-    there, or EfficientNetB0's ImageNet weights neither cached nor downloadable (fetched now if they can be)."""
-    if _resolve_weights(backbone, weights) == "imagenet":
+    there or this user may not read, or EfficientNetB0's ImageNet weights neither cached nor downloadable (fetched now
+    if they can be)."""
+    resolved = _resolve_weights(backbone, weights)
+    if resolved == "imagenet":
         _keras_b0(keras.Input((32, 32, 3)), imagenet=True)
+    elif resolved:
+        _readable_weights(resolved)
 
 
 def backbone_layers(model: keras.Model) -> list:

@@ -118,6 +118,13 @@ def main(argv=None) -> list[dict]:
               "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
         raise SystemExit(2)
     out, heatmaps = None, Path(args.heatmaps) if args.heatmaps else None
+    searched = {Path(p).resolve() for p in args.paths if Path(p).is_dir()}  # and every folder under them
+    beside = {f.resolve().parent for f in files}
+    if heatmaps and (heatmaps.resolve() in beside or searched & {heatmaps.resolve(), *heatmaps.resolve().parents}):
+        # among the images: the next run over the folder judged the heatmaps too, and a name could meet an image's
+        print(f"error: --heatmaps {args.heatmaps} is among the images to judge: the heatmaps would mix with them (and "
+              "be judged on the next run). Give them a folder of their own (e.g. heatmaps/).", file=sys.stderr)
+        raise SystemExit(2)
     try:  # before the first image: the CSV is written chunk by chunk, so an interrupted run keeps its rows
         if heatmaps:
             heatmaps.mkdir(parents=True, exist_ok=True)

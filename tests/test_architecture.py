@@ -144,6 +144,23 @@ def test_bad_arguments_say_what_was_received():
         build_model("efficientnet_lite0", weights=__file__, image_size=64)  # a file, but not weights
 
 
+def test_a_weights_file_this_user_may_not_read_is_said_so(monkeypatch):
+    """A weights file of mode 600 owned by another user was weights that "do not fit" the backbone. The operating
+    system's refusal is stood in for at the one `open` model.architecture calls to find it out (root reads all)."""
+    def open_as_another_user(file, *args, **kwargs):
+        if str(file) == __file__:
+            raise PermissionError(13, "Permission denied", str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(architecture, "open", open_as_another_user, raising=False)
+    for attempt in (lambda: build_model("efficientnet_lite0", weights=__file__, image_size=64),
+                    lambda: architecture.check_weights("efficientnet_lite0", __file__)):  # python -m train, at once
+        with pytest.raises(WeightsError) as refused:
+            attempt()
+        assert str(refused.value) == (f"The weights file {__file__} cannot be read by this user (Permission denied): "
+                                      f"give the user who runs this read access to it.")
+
+
 def test_b0_imagenet_weights_out_of_reach_give_a_sentence_that_says_where_to_put_them(keras_offline, monkeypatch,
                                                                                          tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))

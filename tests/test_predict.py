@@ -141,6 +141,8 @@ def test_a_csv_over_a_file_of_the_bundle_is_refused(tmp_path, capsys):
     ("CSV that cannot be written", "cannot write"),
     ("heatmap folder that cannot be made", "cannot write"),
     ("CSV over an image to judge", "is one of the images to judge: writing the CSV there would replace the image"),
+    ("heatmaps beside the images", "is among the images to judge: the heatmaps would mix with them"),
+    ("heatmaps under a folder judged", "is among the images to judge: the heatmaps would mix with them"),
 ])
 def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
     (tmp_path / "empty").mkdir()
@@ -150,6 +152,8 @@ def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
             "heatmap folder that cannot be made": [str(ISIC_FIXTURES), "--heatmaps", str(tmp_path / "empty" / "x.csv")],
             "CSV over an image to judge": [str(tmp_path / "lesion.jpg"), str(tmp_path / "other.jpg"), "--out",
                                            str(tmp_path / "." / "other.jpg")],  # emptied before, the image lost
+            "heatmaps beside the images": [str(tmp_path / "lesion.jpg"), "--heatmaps", str(tmp_path)],
+            "heatmaps under a folder judged": [str(tmp_path), "--heatmaps", str(tmp_path / "maps")],  # judged next time
             }[case]
     for name in ("lesion.jpg", "other.jpg"):
         shutil.copyfile(next(ISIC_FIXTURES.rglob("*.jpg")), tmp_path / name)
@@ -160,4 +164,4 @@ def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
         main(argv)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.startswith("error: ") and words in err and "Traceback" not in err
-    assert (tmp_path / "other.jpg").read_bytes() == image
+    assert (tmp_path / "other.jpg").read_bytes() == image and not (tmp_path / "maps").exists()
