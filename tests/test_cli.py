@@ -2,6 +2,7 @@
 import importlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -269,6 +270,39 @@ def test_an_output_that_cannot_be_written_is_one_sentence_before_the_work(name, 
     assert refused.value.code == 2
     err = capsys.readouterr().err + caplog.text  # python -m train logs its sentence
     assert f"cannot write {flag} {target}: " in err and "Traceback" not in err
+
+
+CARD_COMMANDS = [("train.evaluate", ["--update-card"], "--update-card"), ("train.gate", ["--fit"], "--fit"),
+                 ("train.calibrate", [], "--model")]
+
+
+@pytest.mark.parametrize("name, extra, flag", CARD_COMMANDS, ids=[c[0] for c in CARD_COMMANDS])
+def test_a_card_that_cannot_be_rewritten_is_one_sentence_before_the_work(name, extra, flag, tiny_data, tmp_path,
+                                                                        capsys, monkeypatch):
+    """The commands that rewrite a bundle's card found a folder they could not write (a bundle installed read-only,
+    run by another user) only at the end, after minutes of work. The operating system's refusal is stood in for at
+    the temporary file `train.cli.writable` tries there (root writes everywhere)."""
+    import shutil
+    import tempfile
+
+    bundle = tmp_path / "read_only" / DEFAULT_BUNDLE.name
+    shutil.copytree(DEFAULT_BUNDLE.parent, bundle.parent)
+    real = tempfile.TemporaryFile
+
+    def read_only_there(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == bundle.parent:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_there)
+    monkeypatch.setattr("model.inference.Predictor.__init__", lambda *a, **k: pytest.fail("the work began"))
+    module = importlib.import_module(name)
+    with pytest.raises(SystemExit) as refused:
+        module.main(["--model", str(bundle), "--data", str(tiny_data), *extra, "--out", str(tmp_path / "out")]
+                    if name != "train.calibrate" else ["--model", str(bundle), "--data", str(tiny_data)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {flag} {bundle.with_suffix('.json')}: Permission denied" in err and "Traceback" not in err
 
 
 def test_writable_tries_and_leaves_nothing_behind(tmp_path):

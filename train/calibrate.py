@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_bundle, write_card
+from model.bundle import card_path, load_bundle, write_card
 from model.inference import Predictor
 from model.turn import parse_turns
 from train import data as data_mod
-from train.cli import command, random_seed, share
+from train.cli import command, random_seed, share, writable
 from train.gate import indeterminate_band
 from train.metrics import (THRESHOLD_RULE, classification_metrics, fit_temperature, fit_temperature_and_bias,
                            threshold_for_sensitivity)
@@ -138,6 +138,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     command = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        writable(Path(args.model).parent, "--model", card_path(args.model))  # its card, rewritten after the work
         card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command,
                            args.calibration, args.view_turns)
     except data_mod.DataError as exc:

@@ -123,6 +123,8 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     out = writable(args.out or f"runs/eval_{Path(args.model).stem}_{args.split}")
+    if args.update_card:  # rewritten after the evaluation: checked now
+        writable(Path(args.model).parent, "--update-card", card_path(args.model))
     bundle = load_bundle(args.model)
     predictor = Predictor(bundle, runtime=args.runtime)
     dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=args.split == data_mod.ALL)

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.bundle import load_bundle, load_card, write_card
+from model.bundle import card_path, load_bundle, load_card, write_card
 from model.cues import has_dark_corners
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
@@ -340,6 +340,8 @@ def main(argv=None) -> dict:
     if args.nonlesion and not (Path(args.nonlesion) / "MANIFEST.csv").is_file():
         parser.error(f"--nonlesion {args.nonlesion} has no MANIFEST.csv: make the folder with python -m "
                      f"train.nonlesion --out {args.nonlesion}")
+    if args.fit:  # the gate file and the card are written beside the bundle after minutes of work: checked now
+        writable(Path(args.model).parent, "--fit", card_path(args.model))
     dataset = data_mod.discover(args.data)
     dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
     if moved:
