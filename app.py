@@ -66,9 +66,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         try:
             app.config["SECRET_KEY"] = instance_secret(Path(app.instance_path))
         except OSError as exc:  # a checkout this user cannot write (code owned by root, served as another user)
+            key = Path(app.instance_path) / "secret_key"
             raise SystemExit(
-                f"error: the server keeps its secret key in {Path(app.instance_path) / 'secret_key'}, which this "
-                f"user cannot {'read' if Path(app.instance_path, 'secret_key').exists() else 'write'} "
+                f"error: the server keeps its secret key in {key}, which this user cannot "
+                f"{'read' if key.exists() else 'write'} "
                 f"({exc.strerror or exc}). Set MELANOMA_SECRET_KEY instead (the same on every server: "
                 f"python3 -c 'import secrets; print(secrets.token_hex(32))'), or let this user read and write that "
                 f"folder."

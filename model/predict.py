@@ -109,13 +109,12 @@ def main(argv=None) -> list[dict]:
     except (FileNotFoundError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.out and Path(args.out).resolve() in {f.resolve() for f in files}:  # opened for writing, it was emptied
-        print(f"error: --out {args.out} is one of the images to judge: writing the CSV there would replace the image. "
-              "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
-        raise SystemExit(2)
-    if args.out and Path(args.out).resolve() in bundle_files(bundle.path):  # the card, a CSV: the bundle lost
-        print(f"error: --out {args.out} is a file of the bundle {bundle.path}: writing the CSV there would replace it. "
-              "Give the CSV a path of its own (e.g. predictions.csv).", file=sys.stderr)
+    there = Path(args.out).resolve() if args.out else None  # the CSV, opened for writing, emptied what was there
+    clash = ("one of the images to judge", "the image") if there in {f.resolve() for f in files} else (
+        (f"a file of the bundle {bundle.path}", "it") if there in bundle_files(bundle.path) else None)
+    if clash:
+        print(f"error: --out {args.out} is {clash[0]}: writing the CSV there would replace {clash[1]}. Give the CSV a "
+              "path of its own (e.g. predictions.csv).", file=sys.stderr)
         raise SystemExit(2)
     out, heatmaps = None, Path(args.heatmaps) if args.heatmaps else None
     searched = {Path(p).resolve() for p in args.paths if Path(p).is_dir()}  # and every folder under them
