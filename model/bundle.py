@@ -28,6 +28,10 @@ class BundleNotFound(BundleError, FileNotFoundError):
     """The .keras file, or the model card that must sit beside it, is not there."""
 
 
+class BundleUnreadable(BundleError):
+    """A file of the bundle that this user may not read: the bundle is fine, the fix is its permissions."""
+
+
 @dataclass
 class Bundle:
     model: keras.Model
@@ -167,7 +171,7 @@ def readable(file: Path) -> Path:
         with open(file, "rb"):
             return file
     except PermissionError as exc:
-        raise BundleError(f"{file} cannot be read by this user ({exc.strerror}): give the user who runs this read "
+        raise BundleUnreadable(f"{file} cannot be read by this user ({exc.strerror}): give the user who runs this read "
                           f"access to the bundle's files (for example chmod a+r on them).") from None
 
 

@@ -304,5 +304,10 @@ def test_a_bundle_file_this_user_may_not_read_is_one_sentence(tmp_path, monkeypa
     monkeypatch.setattr(bundle_module, "open", open_as_another_user, raising=False)
     with pytest.raises(BundleError) as info:
         load_bundle(bundle)
-    assert str(info.value) == (f"{refused} cannot be read by this user (Permission denied): give the user who runs "
-                               f"this read access to the bundle's files (for example chmod a+r on them).")
+    sentence = (f"{refused} cannot be read by this user (Permission denied): give the user who runs this read access "
+                f"to the bundle's files (for example chmod a+r on them).")
+    assert str(info.value) == sentence
+    from app import create_app
+    with pytest.raises(SystemExit) as stopped:  # the server said to set MELANOMA_MODEL_PATH to another bundle too
+        create_app({"MODEL_PATH": str(bundle)})
+    assert str(stopped.value) == f"error: {sentence}"

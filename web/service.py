@@ -15,7 +15,7 @@ import numpy as np
 from flask import Flask
 from PIL import Image
 
-from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from model.bundle import DEFAULT_BUNDLE, BundleError, BundleUnreadable, load_bundle
 from model.explain import GradCAM, png_base64, shown_heatmap
 from model.inference import Predictor
 from model.preprocessing import ImageError
@@ -71,6 +71,8 @@ class ModelService:
         path = app.config["MODEL_PATH"]
         try:
             self.bundle = load_bundle(path)
+        except BundleUnreadable as exc:  # the right bundle, the wrong permissions: another path is not the fix
+            raise SystemExit(f"error: {exc}") from None
         except BundleError as exc:  # the server cannot start: say why in one line, not a traceback
             raise SystemExit(f"error: {str(exc).rstrip('.')}. Set MELANOMA_MODEL_PATH to a bundle's .keras file, with "
                              f"its model card beside it (default: the shipped model, {DEFAULT_BUNDLE}).") from None
