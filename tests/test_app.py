@@ -32,6 +32,7 @@ def test_upload_page(client):
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert 'type="file"' in html and "JPEG, PNG" in html and "not a diagnosis" in html
+    assert "The image is analysed in memory and not stored." in html and "keeps a copy" not in html
 
 
 def test_about_page_shows_the_model_card(client, app):
@@ -191,6 +192,16 @@ def test_result_page(client, malignant_jpeg):
     assert "Malignant — suspicious" in html and NEXT_STEP["malignant"] in html and NEXT_STEP["benign"] not in html
     assert re.search(r"\d+\.\d%", html) and "data:image/jpeg;base64," in html
     assert "not a diagnosis" in html
+
+
+def test_the_result_page_shows_a_probability_near_the_threshold_apart_from_it():
+    """At one decimal each, a lesion scored 0.0899 against the threshold 0.0902 read "Probability of melanoma: 9.0%
+    ... below the decision threshold of 9.0%", on the page and on the printed record."""
+    from web.views import percentages
+    assert percentages(0.794, 0.0902) == ("79.4", "9.0")
+    assert percentages(0.0899275, 0.0901729) == ("8.99", "9.02")
+    assert percentages(0.0902, 0.09017) == ("9.020", "9.017")
+    assert percentages(0.09, 0.09) == ("9.0000", "9.0000")  # at the threshold: "at or above" it, as the page says
 
 
 def test_result_page_says_when_it_was_analysed_for_a_printed_record(client, malignant_jpeg):
@@ -465,6 +476,9 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     exif[0x0112] = 1
     tagged = encode(Image.open(io.BytesIO(malignant_jpeg)), "JPEG", exif=exif.tobytes())
     assert upload(app.test_client(), "/api/v1/predict", [("patient-smith.jpg", tagged)]).status_code == 200
+    page = app.test_client().get("/").get_data(as_text=True)  # it said "not stored" whatever the setting
+    assert "This server keeps a copy of each image (under a random name, without its metadata) for 1 hour." in page
+    assert "not stored" not in page
     assert recent.exists() and not old.exists(), "expired upload purged, recent one kept"
     assert all(picture.exists() for picture in theirs)
     recent.unlink()

@@ -107,7 +107,8 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
 @pages.get("/")
 def index():
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return render_template("index.html", accepted=ACCEPTED, max_mb=limit >> 20, max_bytes=limit)
+    kept_hours = current_app.config["UPLOAD_RETENTION_HOURS"] if current_app.config["KEEP_UPLOADS"] else None
+    return render_template("index.html", accepted=ACCEPTED, max_mb=limit >> 20, max_bytes=limit, kept_hours=kept_hours)
 
 
 @pages.get("/predict")
@@ -126,8 +127,20 @@ def predict_page():
     if result.rejected:
         return render_template("refused.html", r=result, model=service().describe(), analysed=analysed)
     advice = NEXT_STEP["indeterminate" if result.indeterminate else result.label]
+    probability, threshold = percentages(result.probability_malignant, result.threshold)
     return render_template("result.html", r=result, next_step=advice, model=service().describe(),
-                           target=service().card.get("target_sensitivity", 0.9), analysed=analysed)
+                           target=service().card.get("target_sensitivity", 0.9), analysed=analysed,
+                           probability=probability, threshold=threshold)
+
+
+def percentages(probability: float, threshold: float) -> tuple[str, str]:
+    """Both as percentages with one decimal, or as many more (up to 4) as it takes to tell them apart: at one each, a
+    probability just below the threshold read "9.0% ... below the decision threshold of 9.0%"."""
+    for digits in range(1, 5):
+        shown = f"{probability * 100:.{digits}f}", f"{threshold * 100:.{digits}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 @pages.get("/about")
