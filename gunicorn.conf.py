@@ -117,7 +117,8 @@ class Worker(ThreadWorker):
       socket shut for reading, so the read ends, gunicorn closes the connection, and the log says so.
     - Body: each read from the socket checks the deadline first and after (`paced`), and past it raises the
       TimeoutError that the socket's own timeout gives: the app answers 408, and the log says so. The socket's timeout
-      bounds each wait, so a body trickled a byte at a time is cut within `read_timeout` seconds of its deadline."""
+      bounds each wait, so a body trickled a byte at a time is cut within `read_timeout` seconds of its deadline. A
+      read that finds the client's side closed before the body's length is answered the same way."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -164,13 +165,22 @@ class Worker(ThreadWorker):
         def chunk(*args, **kwargs):
             self.keep_pace(conn)
             data = read(*args, **kwargs)
-            self.keep_pace(conn)
+            self.keep_pace(conn, ended=not data)
             return data
         return chunk
 
-    def keep_pace(self, conn):
+    def keep_pace(self, conn, ended: bool = False):
         entry = self.reading.get(threading.get_ident())
-        if entry is not None and entry[2] == "body" and time.monotonic() > entry[1]:
+        if entry is None or entry[2] != "body":
+            return
+        if ended:  # the client closed its side before the body's length (gunicorn reads no further than it)
+            self.done_reading()
+            self.log.warning("A client at %s ended its upload before its length; it was answered 408.",
+                             client_address(conn))
+            # an OSError, as the socket's own would be: the app answers 408. An empty read returned instead left
+            # the app a body cut short, which it took for no image, or the page's form for an expired one
+            raise ConnectionAbortedError("the upload ended before its length")
+        if time.monotonic() > entry[1]:
             self.done_reading()
             self.log.warning("A client at %s sent its upload slower than %d kB/s; it was cut short and answered 408.",
                              client_address(conn), upload_rate)
