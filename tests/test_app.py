@@ -378,7 +378,10 @@ def test_unknown_route_is_a_404_page_and_json_under_api(client):
     assert page.status_code == 404 and "Page not found" in page.get_data(as_text=True)
     api = client.get("/api/v1/nothing")
     assert api.status_code == 404 and api.get_json()["code"] == "not_found"
-    assert client.get("/api/v1/predict").status_code == 405
+    wrong_method = client.get("/api/v1/predict")
+    assert wrong_method.status_code == 405  # and the methods it takes: it had no Allow header, which HTTP requires
+    assert set(wrong_method.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    assert set(client.put("/healthz").headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
     wrong_method = client.post("/about")  # a page, not about an image
     assert wrong_method.status_code == 405 and "Not available at this address" in wrong_method.get_data(as_text=True)
     assert "could not be analysed" not in wrong_method.get_data(as_text=True)

@@ -35,10 +35,10 @@ def wants_json() -> bool:
         request.accept_mimetypes.best == "application/json")
 
 
-def respond(code: str, message: str, status: int):
+def respond(code: str, message: str, status: int, headers: dict | None = None):
     if wants_json():
-        return jsonify({"error": message, "code": code}), status
-    return render_template("error.html", message=message, code=code, status=status), status
+        return jsonify({"error": message, "code": code}), status, headers or {}
+    return render_template("error.html", message=message, code=code, status=status), status, headers or {}
 
 
 def register(app: Flask) -> None:
@@ -68,7 +68,9 @@ def register(app: Flask) -> None:
         code, message = MESSAGES.get(exc.code, ("http_error", exc.description or exc.name))
         if exc.code == 413:
             message = message.format(limit=human_size(app.config["MAX_CONTENT_LENGTH"]))
-        return respond(code, message, exc.code)
+        # the methods a 405's address takes (Allow, which HTTP requires on a 405; the new response had dropped it)
+        allowed = {name: value for name, value in exc.get_headers() if name == "Allow"}
+        return respond(code, message, exc.code, allowed)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
