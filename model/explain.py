@@ -17,6 +17,7 @@ from PIL import Image
 
 from model.architecture import LAST_CONV_LAYER
 from model.bundle import CLASS_NAMES
+from model.preprocessing import normalise
 from model.turn import turn
 
 
@@ -71,13 +72,23 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colorma
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def shown_heatmap(cam: GradCAM, predictor, image: Image.Image, max_side: int = 512) -> Image.Image:
+def shown_heatmap(cam: GradCAM, predictor, image: Image.Image, max_side: int = 512,
+                  square: np.ndarray | None = None) -> Image.Image:
     """What the app shows beside a verdict: Grad-CAM for melanoma over the upright image (the mean over the
-    `predictor`'s turned views, turned back), overlaid on the image shrunk to at most `max_side` pixels."""
-    heat = cam.heatmaps(predictor.preprocess(image)[None], predictor.turns)[0]
+    `predictor`'s turned views, turned back), overlaid on the image shrunk to at most `max_side` pixels.
+
+    `square`: the image already squashed to the model's input (`Predictor.prepare`), where `image` is only its
+    thumbnail (the server lets each full upload go once it is prepared)."""
+    batch = predictor.preprocess(image) if square is None else normalise(square, predictor.spec)
+    heat = cam.heatmaps(batch[None], predictor.turns)[0]
+    return overlay(np.asarray(thumbnail(image, max_side)), heat)
+
+
+def thumbnail(image: Image.Image, max_side: int) -> Image.Image:
+    """The image shrunk to at most `max_side` pixels a side (a copy; a smaller image as it is)."""
     shown = image.copy()
     shown.thumbnail((max_side, max_side))
-    return overlay(np.asarray(shown), heat)
+    return shown
 
 
 def png_base64(img: Image.Image) -> str:

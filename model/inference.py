@@ -7,6 +7,8 @@ outputs (model/runtime.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -20,6 +22,15 @@ from model.runtime import make_forward
 from model.turn import parse_turns, turn
 
 DEFAULT_GATE_LAYER = "block5c_add"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded image reduced to what judging it takes: its size (for the quality gate) and its picture squashed to
+    the model's input (`squash`). The server judges a request's uploads together and lets each full image go once
+    this is made: 16 uploads of 64 megapixels (a few kB each as single-colour WebP or PNG) held 3 GB or more at once."""
+    size: tuple[int, int]
+    square: np.ndarray = field(repr=False)
 
 
 def dihedral_views(batch: np.ndarray, n_views: int) -> np.ndarray:
@@ -146,6 +157,10 @@ class Predictor:
         """Per image: label, calibrated probability of malignancy, confidence in that label, threshold."""
         return [self.verdict(pm) for pm in self.probability(batch).tolist()]
 
+    def prepare(self, image: Image.Image) -> Prepared:
+        """What `assess` needs of a decoded image, without the image."""
+        return Prepared(image.size, squash(image, self.spec))
+
     def quality_refusal(self, image, square: np.ndarray | None = None):
         """The quality gate's refusal for a decoded image (`square`: the same squashed, when at hand), or None when
         it may go to the network."""
@@ -156,8 +171,8 @@ class Predictor:
         return self.neighbours.refuse(features) if self.neighbours else np.zeros(len(features), bool)
 
     def assess(self, images: list) -> list[dict]:
-        """Decoded PIL images in; per image either a verdict with its `cautions` (`model.cues`: dark corners or
-        skin-marker ink, rare in training) or {"rejected": True, "code", "reason"}.
+        """Decoded PIL images (or their `Prepared` forms) in; per image either a verdict with its `cautions`
+        (`model.cues`: dark corners or skin-marker ink, rare in training) or {"rejected": True, "code", "reason"}.
 
         The quality gate runs before the network; the not-a-lesion gate uses the same forward pass
         that gives the verdict (its pooled features), so a refused image costs no extra inference.
@@ -165,8 +180,9 @@ class Predictor:
         out: list[dict | None] = [None] * len(images)
         arrays, squares, slots = [], [], []
         for i, image in enumerate(images):
-            square = squash(image, self.spec)
-            refusal = self.quality_refusal(image, square)
+            item = image if isinstance(image, Prepared) else self.prepare(image)
+            square = item.square
+            refusal = self.quality_refusal(item, square)
             if refusal:
                 out[i] = {"rejected": True, "code": refusal.code, "reason": refusal.message}
             else:

@@ -40,3 +40,12 @@ def test_train_step_refuses_a_count_below_one_with_a_sentence(argv, capsys):
         train_step_main(argv)
     assert exc.value.code == 2
     assert "must be at least 1. Received:" in capsys.readouterr().err
+
+
+def test_the_largest_uploads_benchmark_refuses_a_missing_bundle_before_any_server_starts(tmp_path, capsys):
+    from bench.largest import main as largest_main
+
+    with pytest.raises(SystemExit) as exc:
+        largest_main(["--model", str(tmp_path / "gone.keras"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and "--model: Model bundle not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

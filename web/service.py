@@ -16,13 +16,14 @@ from flask import Flask
 from PIL import Image
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, BundleUnreadable, load_bundle
-from model.explain import GradCAM, png_base64, shown_heatmap
+from model.explain import GradCAM, png_base64, shown_heatmap, thumbnail
 from model.inference import Predictor
 from model.preprocessing import ImageError
 from web.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "melanoma_model"
+HEATMAP_SIDE = 512  # pixels: the longer side of the picture the heatmap is drawn over
 
 NEXT_STEP = {
     "malignant": "Refer the patient for dermatologist review; a biopsy may be needed.",
@@ -47,7 +48,7 @@ class Judgement:
     reason: str | None = None
     code: str | None = None
     preview: str | None = None  # data: URL of the upright image, for the result page
-    image: Image.Image | None = field(default=None, repr=False)  # decoded upload, for optional keeping
+    upload: bytes | None = field(default=None, repr=False)  # the file, where it decoded: for optional keeping
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -106,10 +107,10 @@ class ModelService:
                 "view_turns": list(self.predictor.turns),
                 "runtime": self.predictor.runtime}
 
-    def heatmap(self, image: Image.Image, max_side: int = 512) -> str:
+    def heatmap(self, image: Image.Image, max_side: int = 512, square=None) -> str:
         """Grad-CAM for the malignant class over the upright image (the mean over the bundle's turned views, turned
-        back), as a base64 PNG."""
-        return png_base64(shown_heatmap(self.cam, self.predictor, image, max_side))
+        back), as a base64 PNG; `square`: the image as prepared for the network, where `image` is its thumbnail."""
+        return png_base64(shown_heatmap(self.cam, self.predictor, image, max_side, square))
 
     def judge(self, files: list[tuple[str, bytes]], want_preview: bool = False,
               explain: bool = False) -> list[Judgement]:
@@ -120,21 +121,26 @@ class ModelService:
         corners or skin-marker ink in the picture, which the model saw little of in training.
         """
         results: list[Judgement] = []
-        images, slots = [], []
+        images, slots, shown = [], [], {}
         for filename, data in files:
             result = Judgement(filename=filename)
             try:
-                result.image = self.predictor.decode(data)
-                images.append(result.image)
-                slots.append(len(results))
-                if want_preview:
-                    result.preview = data_url(result.image)
+                image = self.predictor.decode(data)
             except ImageError as exc:
                 result.rejected, result.bad_input, result.reason, result.code = True, True, exc.message, exc.code
+            else:  # only what judging and showing it take is kept: 16 full images held 3 GB or more at once
+                images.append(self.predictor.prepare(image))
+                slots.append(len(results))
+                result.upload = data
+                if want_preview:
+                    result.preview = data_url(image)
+                if explain:
+                    shown[len(results)] = thumbnail(image, HEATMAP_SIDE)
+                del image
             results.append(result)
         if images:
             assess = self.batcher.submit if self.batcher else self.predictor.assess
-            for slot, verdict in zip(slots, assess(images)):
+            for slot, prepared, verdict in zip(slots, images, assess(images)):
                 r = results[slot]
                 if verdict.get("rejected"):
                     r.rejected, r.reason, r.code = True, verdict["reason"], verdict["code"]
@@ -144,7 +150,7 @@ class ModelService:
                     r.indeterminate = verdict["indeterminate"]
                     r.cautions = verdict["cautions"]
                     if explain:
-                        r.extra["heatmap"] = self.heatmap(r.image)
+                        r.extra["heatmap"] = self.heatmap(shown[slot], HEATMAP_SIDE, prepared.square)
         return results
 
 

@@ -95,9 +95,10 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
     if current_app.config["KEEP_UPLOADS"]:
         folder = Path(current_app.config["UPLOAD_FOLDER"])
         for r in results:
-            if r.image is not None:
+            if r.upload is not None:  # decoded again, one at a time: the judging kept no full image
                 try:
-                    uploads.keep(r.image, folder, current_app.config["UPLOAD_RETENTION_HOURS"])
+                    uploads.keep(service().predictor.decode(r.upload), folder,
+                                 current_app.config["UPLOAD_RETENTION_HOURS"])
                 except OSError as exc:  # a full disk: the clinician still gets the verdict; the log says what was lost
                     # not its file name, which may name the patient: kept uploads get random names for that reason
                     current_app.logger.error("an upload was not kept in %s: %s", folder, exc)

@@ -1,0 +1,104 @@
+"""Peak memory of the production server on the largest uploads it accepts.
+
+    python -m bench.largest [--model BUNDLE] [--out runs/bench_largest]     # about a minute on 2 cores
+
+Starts gunicorn as the README does (one worker) and sends it, one request after another, a single-colour lossless
+WebP of 8000x7999 pixels (just under the 64-megapixel limit; 2.5 kB on the wire), then a request of 16 of them (the
+API's file limit), and reads the worker's peak resident memory (VmHWM) after each. The uploads are the cheapest way
+for a client to make the server decode the most pixels; the gate refuses them as blank, after decoding. Writes
+largest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from bench.__main__ import free_port, start_server, stop, wait_ready
+from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_card
+from model.preprocessing import MAX_PIXELS
+
+SIDE = (8000, 7999)
+
+
+def largest_upload() -> bytes:
+    from PIL import Image
+
+    assert SIDE[0] * SIDE[1] <= MAX_PIXELS
+    buf = io.BytesIO()
+    Image.new("RGB", SIDE, (180, 120, 100)).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
+
+
+def post(port: int, files: list[bytes]) -> tuple[int, float]:
+    """POST /api/v1/predict with `files` in the `image` field: its status and seconds."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.webp\"\r\n"
+                    f"Content-Type: image/webp\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(files))
+    body += f"--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.monotonic()
+    conn.request("POST", "/api/v1/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = conn.getresponse()
+    response.read()
+    return response.status, time.monotonic() - started
+
+
+def worker_peak_mb(master: int) -> float:
+    """The largest peak resident memory (VmHWM) among the server's worker processes, in MiB."""
+    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    peaks = [0]
+    for pid in workers:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        peaks += [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return max(peaks) / 1024
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.largest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
+    parser.add_argument("--out", default="runs/bench_largest", help="output folder (default: runs/bench_largest)")
+    args = parser.parse_args(argv)
+    try:  # before a server that cannot start is waited for
+        if not Path(args.model).is_file():
+            raise BundleNotFound(f"Model bundle not found: {args.model}")
+        load_card(args.model)
+    except BundleError as exc:
+        parser.error(f"--model: {exc}")
+    from train.cli import writable_or_exit
+
+    writable_or_exit(parser, args.out)
+    upload = largest_upload()
+    port = free_port()
+    proc = start_server("app", args.model, port)
+    report = {"upload": {"pixels": f"{SIDE[0]}x{SIDE[1]}", "bytes": len(upload), "format": "WebP, lossless"}}
+    try:
+        wait_ready(port)
+        report["after_start_mb"] = worker_peak_mb(proc.pid)
+        for n in (1, 16):
+            status, seconds = post(port, [upload] * n)
+            report[f"{n}_files"] = {"status": status, "seconds": round(seconds, 1), "peak_mb": worker_peak_mb(proc.pid)}
+    finally:
+        stop(proc)
+    print(f"worker's peak resident memory: {report['after_start_mb']:.0f} MiB after start")
+    for n in (1, 16):
+        r = report[f"{n}_files"]
+        print(f"  after a request of {n:>2} x {report['upload']['pixels']} ({len(upload) * n / 1024:.0f} kB sent): "
+              f"{r['peak_mb']:.0f} MiB (status {r['status']}, {r['seconds']} s)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "largest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {out / 'largest.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
