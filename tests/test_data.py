@@ -422,7 +422,14 @@ def test_validation_from_train_is_stratified_seeded_and_keeps_copies_together(tm
     assert all(groups[a] == groups[b] for a, b in pairs)
     assert len(set(groups)) == len(train.paths) - len(pairs)  # the synthetic lesions themselves stay apart
 
+    before = {s: validation_from_train(ds, 0.25, seed=s) for s in range(6)}
+    lesions = [(1, 7), (21, 30)]  # two pictures of one lesion each (a label CSV's lesion_id), no copies of each other
+    for n, (a, b) in enumerate(lesions):
+        train.groups[a] = train.groups[b] = f"lesion_{n}"
     moved = {s: validation_from_train(ds, 0.25, seed=s) for s in range(6)}
+    assert any(((a in m) != (b in m)) for m in before.values() for a, b in lesions)  # they moved apart
+    assert all(((a in m) == (b in m)) for m in moved.values() for a, b in lesions)
+    assert any(a in m for m in moved.values() for a, _ in lesions)  # moved together, not only kept together
     assert np.array_equal(moved[1], validation_from_train(ds, 0.25, seed=1))
     assert not np.array_equal(moved[1], moved[2])
     labels = np.asarray(train.labels)

@@ -543,8 +543,10 @@ def without(dataset: Dataset, paths: set[str]) -> None:
                                      [s.groups[i] for i in keep])
 
 
-def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR) -> list[int]:
-    """A group number per image: images joined by exact or near-duplicate copies (within this list) share one."""
+def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CORR,
+                          same: list[str] | None = None) -> list[int]:
+    """A group number per image: images joined by exact or near-duplicate copies (within this list) share one, and
+    so do images with the same key in `same` (a lesion's id: its images are no copies of each other)."""
     parent = list(range(len(paths)))
 
     def root(i: int) -> int:
@@ -555,6 +557,11 @@ def near_duplicate_groups(paths: list[Path], min_corr: float = NEAR_DUPLICATE_CO
 
     for i, j, _ in _near_pairs(_signatures(paths), min_corr):
         parent[root(j)] = root(i)
+    first: dict[str, int] = {}
+    for j, key in enumerate(same or []):
+        i = first.setdefault(key, j)
+        if root(i) != root(j):
+            parent[root(j)] = root(i)
     return [root(i) for i in range(len(paths))]
 
 
@@ -562,7 +569,8 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
     """Indices of the training images that `python -m train --val-from-train SHARE` moves to validation.
 
     About `share` of the training split, stratified by label and seeded. Near-duplicate copies inside the
-    training split move together (a copy left in training would leak into validation), and a training image
+    training split move together (a copy left in training would leak into validation), and so do the images of one
+    lesion (a label CSV's `lesion_id`; they moved apart, each leaving its twin in training); a training image
     with a copy in val or test never moves (validation would count that picture twice). The same data, share
     and seed always give the same images, so `python -m train.calibrate` can rebuild the set.
     """
@@ -577,7 +585,7 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
     if np.bincount(labels, minlength=2).min() < round(1 / share):
         raise DataError(f"too few training images of one class to move a stratified share {share} to validation: "
                         f"{dict(zip(CLASS_NAMES, np.bincount(labels, minlength=2).tolist()))}")
-    groups = near_duplicate_groups([train.paths[i] for i in movable])
+    groups = near_duplicate_groups([train.paths[i] for i in movable], same=[train.groups[i] for i in movable])
     folds = StratifiedGroupKFold(round(1 / share), shuffle=True, random_state=seed)
     _, moved = next(folds.split(labels, labels, groups))
     return np.sort(movable[moved])
