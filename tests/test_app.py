@@ -304,6 +304,44 @@ def test_an_image_sent_as_the_whole_body_is_told_to_send_a_form(client, malignan
                                             f"{mimetype}, not as a form.")
 
 
+def multipart_body(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0und") -> bytes:
+    """A multipart/form-data body by hand: (field, filename or None for a text field, content) per part."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def test_a_form_that_is_not_read_as_sent_says_how_it_went_wrong(client, malignant_jpeg):
+    """Each of these carried a whole image and was told "No image was uploaded. Send ... as multipart/form-data",
+    which it had done; or, over 500 kB as text, that it was larger than the 20 MB limit."""
+    def post(body: bytes, content_type: str = "multipart/form-data; boundary=b0und"):
+        return client.post("/api/v1/predict", data=body, content_type=content_type)
+
+    small = encode(Image.open(io.BytesIO(malignant_jpeg)).resize((64, 64)), "PNG")
+    answers = {
+        "as text": post(multipart_body([("image", None, small)])),  # curl -F image=<lesion.png, without the @
+        "no boundary": post(multipart_body([("image", "l.png", small)]), "multipart/form-data"),  # a header by hand
+        "another boundary": post(multipart_body([("image", "l.png", small)], boundary="other")),
+    }
+    ends = {"as text": "This request sent the 'image' field as text, not as a file.",
+            "no boundary": "This request's Content-Type names multipart/form-data without its boundary (a header set "
+                           "by hand: leave it to the client library, which adds the boundary).",
+            "another boundary": "Its multipart/form-data body could not be read: its parts do not follow the boundary "
+                                "its Content-Type names, or it is malformed."}
+    for name, res in answers.items():
+        assert res.status_code == 400 and res.get_json()["code"] == "no_file", name
+        assert res.get_json()["error"].endswith(ends[name]), (name, res.get_json())
+    big = post(multipart_body([("image", None, b"data:image/png;base64," + b"A" * 600_000)]))  # a data URL as text
+    assert big.status_code == 413 and big.get_json() == {"code": "form_too_large", "error": (
+        "A text field of the form is larger than 500,000 bytes, or the form has more than 1,000 parts. Send the image "
+        "as a file in the 'image' field (for example curl -F image=@lesion.jpg); an image sent as text, or as a data "
+        "URL, is not read.")}
+    whole = post(multipart_body([("image", "l.png", small)]))  # the same, sent right
+    assert whole.status_code == 200 and whole.get_json()["predictions"][0]["filename"] == "l.png"
+
+
 def test_an_api_client_sending_json_is_told_to_send_multipart(client):
     res = client.post("/api/v1/predict", json={"image": "aGVsbG8="})  # base64 in JSON is not how images come in
     assert res.status_code == 400 and res.get_json()["code"] == "no_file"

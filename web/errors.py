@@ -18,6 +18,11 @@ MESSAGES = {
     413: ("file_too_large", "The upload is larger than the {limit} limit. Upload a smaller image."),
     500: ("internal_error", "Something went wrong on our side. The image was not kept; please try again."),
 }
+# a form within the size limit that breaks the form parser's own: a text field over MAX_FORM_MEMORY_SIZE (an image
+# sent as text, or as a data URL) or more than MAX_FORM_PARTS parts; it was told it was larger than the 20 MB limit
+FORM_TOO_LARGE = ("form_too_large", "A text field of the form is larger than {memory}, or the form has more than "
+                  "{parts:,} parts. Send the image as a file in the 'image' field (for example curl -F "
+                  "image=@lesion.jpg); an image sent as text, or as a data URL, is not read.")
 
 
 def human_size(n: int) -> str:
@@ -67,7 +72,13 @@ def register(app: Flask) -> None:
     def http_error(exc: HTTPException):
         code, message = MESSAGES.get(exc.code, ("http_error", exc.description or exc.name))
         if exc.code == 413:
-            message = message.format(limit=human_size(app.config["MAX_CONTENT_LENGTH"]))
+            limit, length = app.config["MAX_CONTENT_LENGTH"], request.content_length
+            if length is not None and limit is not None and length <= limit:
+                code, message = FORM_TOO_LARGE
+                message = message.format(memory=f"{app.config.get('MAX_FORM_MEMORY_SIZE') or 500_000:,} bytes",
+                                         parts=app.config.get("MAX_FORM_PARTS") or 1000)
+            else:
+                message = message.format(limit=human_size(limit))
         # the methods a 405's address takes (Allow, which HTTP requires on a 405; the new response had dropped it)
         allowed = {name: value for name, value in exc.get_headers() if name == "Allow"}
         return respond(code, message, exc.code, allowed)

@@ -76,6 +76,14 @@ def uploaded_files(max_files: int) -> list[tuple[str, bytes]]:
             how += f" This request sent a file in the '{elsewhere[0][:40]}' field."
         elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
             how += f" This request sent its body as {request.mimetype[:40]}, not as a form."  # curl --data-binary
+        elif "image" in request.form:  # curl -F image=<file, or a data URL appended to a FormData
+            how += " This request sent the 'image' field as text, not as a file."
+        elif request.mimetype == "multipart/form-data" and not request.mimetype_params.get("boundary"):
+            how += (" This request's Content-Type names multipart/form-data without its boundary (a header set by "
+                    "hand: leave it to the client library, which adds the boundary).")
+        elif request.mimetype == "multipart/form-data" and not request.form and request.content_length:
+            how += (" Its multipart/form-data body could not be read: its parts do not follow the boundary its "
+                    "Content-Type names, or it is malformed.")
         raise ApiError("no_file", "No image was uploaded. " + how, 400)  # `how` holds what the client sent: no format()
     if len(files) > max_files:
         message = (f"At most {max_files} images can be sent at once; received {len(files)}."
