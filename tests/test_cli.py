@@ -24,6 +24,45 @@ def test_a_missing_bundle_is_one_sentence_and_status_2(name, tiny_data, tmp_path
     assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_data_without_splits_of_its_own_is_split_with_the_bundles_seed(name, tmp_path, monkeypatch, capsys):
+    """Class folders, or a label CSV without a split column, are split 70/10/20 by training's --seed; the commands
+    after it split them with 42 whatever the bundle's (--like the shipped model trains with seed 2), so they scored
+    and refitted on images the bundle had trained on. Now each takes the bundle's seed from its card, or --seed."""
+    import shutil
+
+    from train import data as data_mod
+
+    bundle = tmp_path / "bundle" / DEFAULT_BUNDLE.name
+    shutil.copytree(DEFAULT_BUNDLE.parent, bundle.parent)
+    card = json.loads(bundle.with_suffix(".json").read_text())
+    card["training"]["arguments"]["seed"] = 7
+    bundle.with_suffix(".json").write_text(json.dumps(card))
+    seeds = []
+
+    def discover(source, images=None, seed=42, **kwargs):  # the seed noted, then stopped before any work
+        seeds.append(seed)
+        raise DataError("stopped here by the test")
+
+    monkeypatch.setattr(data_mod, "discover", discover)
+    args = ["--model", str(bundle), "--data", str(tmp_path)]
+    if name != "train.calibrate":  # which rewrites the card in place
+        args += ["--out", str(tmp_path / ("views.json" if name == "train.views" else "out"))]
+    for extra in ([], ["--seed", "3"]):
+        with pytest.raises(SystemExit) as stopped:
+            importlib.import_module(name).main(args + extra)
+        assert stopped.value.code == 2 and "stopped here by the test" in capsys.readouterr().err
+    assert seeds == [7, 3]
+
+
+def test_bundle_seed_is_the_one_given_or_the_first_cards():
+    from train.data import bundle_seed
+    card = {"training": {"arguments": {"seed": 2}}}
+    assert bundle_seed(5, card) == 5 and bundle_seed(None, card) == 2 and bundle_seed(None, {}) == 42
+    assert bundle_seed(None, {}, card, {"training": {"arguments": {"seed": 9}}}) == 2
+    assert bundle_seed(0, card) == 0  # a seed of 0 is a seed
+
+
 def test_missing_data_with_a_real_bundle_is_one_sentence_and_status_2(tmp_path, capsys):
     from train import evaluate
     with pytest.raises(SystemExit) as refused:
@@ -184,7 +223,7 @@ def test_like_repeats_the_shipped_models_recipe_from_its_card():
     assert like["ring_augment"] == 0.5 and like["frame_fill"]  # not the parser's defaults: the card's recipe
 
 
-def test_like_lets_options_override_and_keeps_the_data_and_outputs_its_own(tmp_path):
+def test_like_lets_options_override_and_keeps_the_data_and_outputs_its_own(tmp_path, caplog):
     import json
 
     from train.train import parse_args
@@ -195,9 +234,13 @@ def test_like_lets_options_override_and_keeps_the_data_and_outputs_its_own(tmp_p
                  "lr": 1e-4, "epochs": 9, "seed": 5, "blur_augment": 0.2, "view_turns": [0.0, 45.0],
                  "an_option_since_removed": 1}
     (tmp_path / "theirs.json").write_text(json.dumps({"training": {"arguments": arguments}}))
-    args = parse_args(["--data", "mine", "--like", str(bundle), "--seed", "1"])
+    with caplog.at_level("INFO"):
+        args = parse_args(["--data", "mine", "--like", str(bundle), "--seed", "1"])
     assert (args.lr, args.epochs, args.blur_augment, args.view_turns) == (1e-4, 9, 0.2, (0.0, 45.0))
     assert args.seed == 1  # given here: it overrides the card
+    # the log says what the run took, not the card's seed 5 that the command line replaced (it said seed=5)
+    assert (f"--like {bundle}: lr=0.0001, epochs=9, blur_augment=0.2, view_turns=(0.0, 45.0); from the command line "
+            f"instead: seed=1") in caplog.text
     assert (args.data, args.aux_diagnosis, args.run_dir, args.output, args.distribute, args.cpu_devices) == (
         "mine", None, None, None, "none", 0)
     assert not hasattr(args, "an_option_since_removed")

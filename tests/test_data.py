@@ -17,6 +17,15 @@ def make_class_folders(root, n=10, suffix=".png"):
             synthetic_lesion(48, seed=i + (100 if dark > 0.5 else 0), dark=dark).save(root / label / f"{label}_{i}{suffix}")
 
 
+def test_split_folders_without_one_split_are_named_as_such(tmp_path):
+    """A download with train/ and test/ only was read as class folders: "Unknown label 'test' in folder name"."""
+    for split in ("train", "test"):
+        make_class_folders(tmp_path / split, n=3)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))} has train/ and test/ but no val/: split data "
+                                        r"needs train/, val/ and test/, each with benign/ and malignant/"):
+        discover(tmp_path)
+
+
 def test_split_folders(tiny_data):
     ds = discover(tiny_data)
     assert ds.layout == "split_folders"

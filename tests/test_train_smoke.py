@@ -1545,7 +1545,7 @@ def test_baselines_stack_the_bundle_with_the_handcrafted_model_on_its_own_splits
 
 
 def test_evaluating_other_data_leaves_out_copies_of_the_images_the_bundle_trained_on(trained, tiny_data, tmp_path,
-                                                                                     caplog):
+                                                                                     caplog, capsys):
     """Another clinic's folder that holds, unknown to its owner, two of the training images (one flipped): scored as
     new data they would flatter the bundle, so they are left out and named; kept on request; and where the bundle's
     training data is not on this machine, the evaluation says it could not check."""
@@ -1586,8 +1586,10 @@ def test_evaluating_other_data_leaves_out_copies_of_the_images_the_bundle_traine
     (tmp_path / "elsewhere" / "tiny.json").write_text(json.dumps(card))
     caplog.clear()
     unchecked = evaluate_cli.main(["--model", str(elsewhere), "--data", str(clinic), "--split", "all",
-                                   "--out", str(tmp_path / "unchecked")])
+                                   "--out", str(tmp_path / "eval")])  # where the first bundle's evaluation is
     assert unchecked["n"] == 8 and not unchecked["copies_of_training_images"]["checked"]
+    assert f"{tmp_path / 'eval'} holds an evaluation of {bundle}: this one replaces it (--out to keep both)" in (
+        caplog.text)  # replaced without a word: every bundle python -m train writes has the same file name
     assert f"not checked for copies of the images the bundle trained on: the bundle's training data " \
            f"({tmp_path / 'gone'}) is not on this machine" in caplog.text
     from train import robustness  # the simulated shifts score the same images, without the copies
@@ -1597,3 +1599,11 @@ def test_evaluating_other_data_leaves_out_copies_of_the_images_the_bundle_traine
     # its own data is the same data: nothing to compare, the duplicates across its splits are dropped as before
     own = evaluate_cli.main(["--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "own")])
     assert own["copies_of_training_images"] == {"checked": True, "own_data": True, "copies": [], "left_out": False}
+    # --split all on it scored the images it trained and was validated on beside its test images
+    for command, extra in ((evaluate_cli, []), (robustness, ["--shifts", "blur"])):
+        with pytest.raises(SystemExit) as refused:
+            command.main(["--model", str(bundle), "--data", str(tiny_data), "--split", "all", *extra,
+                          "--out", str(tmp_path / "own_all")])
+        assert refused.value.code == 2
+        assert f"error: {tiny_data} is the data the bundle was trained on: --split all would score" in (
+            capsys.readouterr().err)

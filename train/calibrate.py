@@ -63,14 +63,14 @@ def validation_split(dataset: data_mod.Dataset, card: dict, data) -> tuple[data_
     return drawn.splits["val"], moved
 
 
-def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int = 42,
+def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, images=None, seed: int | None = None,
                 command: str | None = None, calibration: str = "temperature", view_turns=None) -> dict:
     """Refit the operating point of the bundle at MODEL on DATA's validation split (serving `view_turns` from now on,
     when given); returns the new card."""
     bundle = load_bundle(model)
     predictor = Predictor(bundle)
-    dataset = data_mod.discover(data, images, seed=seed)
     card = bundle.card
+    dataset = data_mod.discover(data, images, seed=data_mod.bundle_seed(seed, card))
     val, moved = validation_split(dataset, card, data)
     y_val = np.asarray(val.labels)  # discover() has checked that both classes are there
     x_val = data_mod.load_images(val.paths, predictor.spec)
@@ -111,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     parser.add_argument("--target-sensitivity", type=share, default=0.90,
                         help="expected sensitivity for malignant the threshold is fixed for (default: 0.90)")
-    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
                         help="temperature: one temperature on the log-odds; platt: a temperature and a bias, for "
                              "bundles trained with --auc-loss (default: temperature)")

@@ -171,6 +171,13 @@ def discover(source: str | Path, images: str | Path | None = None, seed: int = 4
         return Dataset(source, "split_folders", splits)
     if not any(source.iterdir()):
         raise DataError(f"The data folder is empty: {source}")
+    present = [s for s in SPLITS if (source / s).is_dir()]
+    if present:  # was "Unknown label 'train' in folder name": read as class folders
+        missing = [s for s in SPLITS if s not in present]
+        raise DataError(f"{source} has {' and '.join(f'{s}/' for s in present)} but no "
+                        f"{' or '.join(f'{s}/' for s in missing)}: split data needs train/, val/ and test/, each "
+                        f"with benign/ and malignant/ (move some training images to the missing split, or put every "
+                        f"image in {source}/benign/ and {source}/malignant/ to have them split 70/10/20).")
     pooled = _class_folders(source)
     return Dataset(source, "class_folders", _split(pooled, seed, val_fraction, test_fraction))
 
@@ -535,6 +542,16 @@ def leave_out_copies_of_training_images(cards: dict[str, dict], dataset: Dataset
     return reports, copies
 
 
+def not_own_data_under_all(reports: list[dict], split: str, data) -> None:
+    """A DataError for `--split all` on the data a bundle was trained on (`reports`: what
+    `leave_out_copies_of_training_images` found): every image of its train and val splits would be scored beside its
+    test split, and the table would read as a measure on new data."""
+    if split == ALL and any(r.get("own_data") for r in reports):
+        raise DataError(f"{data} is the data the bundle was trained on: --split all would score the images it trained "
+                        f"and was validated on beside its test images. Use --split test for the images held out from "
+                        f"it; --split all is for data it has not seen (another clinic's folder).")
+
+
 def without(dataset: Dataset, paths: set[str]) -> None:
     """Take `paths` out of every split of `dataset`."""
     for name, s in dataset.splits.items():
@@ -589,6 +606,23 @@ def validation_from_train(dataset: Dataset, share: float, seed: int) -> np.ndarr
     folds = StratifiedGroupKFold(round(1 / share), shuffle=True, random_state=seed)
     _, moved = next(folds.split(labels, labels, groups))
     return np.sort(movable[moved])
+
+
+def bundle_seed(seed: int | None, *cards: dict) -> int:
+    """The seed that splits data without splits of its own: `seed` where given, else the one the bundle (the first of
+    `cards` whose card says) was trained with, so that its own test split is the one scored and its own validation
+    split the one refitted on (the commands after training split such data with seed 42 whatever the bundle's, and
+    scored or calibrated on images it had trained on); 42 where no card says."""
+    if seed is not None:
+        return seed
+    seeds = [int(s) for s in (c.get("training", {}).get("arguments", {}).get("seed") for c in cards) if s is not None]
+    if len(set(seeds)) > 1:
+        log.warning("the bundles were trained with different seeds (%s): data without splits of its own is split "
+                    "with the first, %d, as the first bundle's was", ", ".join(map(str, seeds)), seeds[0])
+    return seeds[0] if seeds else 42
+
+
+SEED_HELP = "seed of the split for data without splits of its own (default: the bundle's, from its card; else 42)"
 
 
 def dataset_as_trained(dataset: Dataset, card: dict, data) -> tuple[Dataset, int]:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from model.bundle import load_bundle
+from model.bundle import load_bundle, load_card
 from model.inference import Predictor, average_views, calibrated_malignant_probability
 from train import data as data_mod
-from train.cli import command, share, writable
+from train.cli import command, random_seed, share, writable
 from train.metrics import classification_metrics, fit_temperature, format_table, threshold_for_sensitivity
 
 log = logging.getLogger("train.ensemble")
@@ -42,11 +42,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", required=True, help="data folder or label CSV, as for training")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate (default: test)")
     parser.add_argument("--target-sensitivity", type=share, default=0.9)
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--seed", type=random_seed, default=None,
+                        help=data_mod.SEED_HELP.replace("bundle's", "first member's"))
     parser.add_argument("--out", default="runs/ensemble", help="output folder (default: runs/ensemble)")
     args = parser.parse_args(argv)
     out = writable(args.out)
 
-    dataset = data_mod.discover(args.data)
+    seed = data_mod.bundle_seed(args.seed, *(load_card(m) for m in args.model))
+    dataset = data_mod.discover(args.data, args.images, seed=seed)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     val, evaluated = dataset.split("val"), dataset.split(args.split)
     y_val, y = np.asarray(val.labels), np.asarray(evaluated.labels)

@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images, and copies of the bundle's "
                              "training images (default: drop them)")
-    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server: OpenVINO when installed)")
     parser.add_argument("--diagnosis", default=None, metavar="CSV",
@@ -126,8 +126,16 @@ def main(argv=None) -> dict:
     if args.update_card:  # rewritten after the evaluation: checked now
         writable(Path(args.model).parent, "--update-card", card_path(args.model))
     bundle = load_bundle(args.model)
+    earlier = out / "metrics.json"
+    if earlier.is_file():  # the default folder is named by the bundle's file name, which every run gives alike
+        try:
+            what = f"of {json.loads(earlier.read_text()).get('model', 'a bundle')}"
+        except (OSError, ValueError):
+            what = "from before"
+        log.warning("%s holds an evaluation %s: this one replaces it (--out to keep both)", out, what)
     predictor = Predictor(bundle, runtime=args.runtime)
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=args.split == data_mod.ALL)
+    dataset = data_mod.discover(args.data, args.images, seed=data_mod.bundle_seed(args.seed, bundle.card),
+                                whole=args.split == data_mod.ALL)
     data_mod.scorable(dataset.split(args.split), args.split, args.data)
     if args.update_card:
         _check_card_update(args, bundle.card, dataset)
@@ -136,6 +144,7 @@ def main(argv=None) -> dict:
     data_hash = dataset.data_hash()
     [seen], copies = data_mod.leave_out_copies_of_training_images({str(args.model): bundle.card}, dataset, data_hash,
                                                                   args.split, args.keep_duplicates)
+    data_mod.not_own_data_under_all([seen], args.split, args.data)
     if copies and not args.keep_duplicates:
         data_mod.scorable(dataset.split(args.split), args.split, args.data)
     paths = dataset.split(args.split, drop_duplicates=not args.keep_duplicates).paths

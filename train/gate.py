@@ -32,12 +32,12 @@ from model.bundle import card_path, load_bundle, load_card, write_card
 from model.cues import has_dark_corners
 from model.gate import FeatureNeighbours, check_quality, fit_quality_limits, quality_measures
 from model.inference import DEFAULT_GATE_LAYER, Predictor
-from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess
+from model.preprocessing import ImageError, PreprocessSpec, decode, preprocess, squash
 from model.runtime import make_forward
 from model.turn import parse_turns, turn
 from train import data as data_mod
 from train.augment import RING_BLACK, RING_RADIUS, RING_SHIFT
-from train.cli import command, ranged, writable
+from train.cli import command, random_seed, ranged, writable
 from train.robustness import dermoscope_ring
 from train.shipcheck import Limits
 
@@ -131,6 +131,18 @@ def choose(rows: list[dict], max_val_lesion_refusal: float = MAX_VAL_LESION_REFU
     return max(eligible, key=lambda r: (r["nonlesion_refused"], -r["val_lesions_refused"]))
 
 
+def served_quality_measures(paths: list[Path], spec) -> list[dict]:
+    """Each image's quality measures as the server takes them (`Predictor.assess`): decoded at the JPEG draft scale
+    it uses and measured on the picture squashed to the model's input. Measured on the whole image instead, the
+    limits of a bundle with a small input (96 px or less) were those of sharper pictures than it is served, and its
+    quality gate refused most of its own training images as too blurred."""
+    measures = []
+    for p in paths:
+        image = decode(Path(p).read_bytes(), draft_size=spec.image_size)
+        measures.append(quality_measures(image, squash(image, spec)))
+    return measures
+
+
 def _screen(paths: list[Path], spec, limits: dict, shift=None) -> tuple[np.ndarray, np.ndarray]:
     """Decode each file as serving does, `shift` (a PIL image function) applied after decoding when given;
     (refused before the network, preprocessed arrays of the rest)."""
@@ -190,7 +202,7 @@ def sweep(bundle_path: Path, dataset: data_mod.Dataset, nonlesion: list[Path], k
         return np.split(joined, np.cumsum(dims)[:-1], axis=1)
 
     train = dataset.splits["train"]
-    limits = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
+    limits = fit_quality_limits(served_quality_measures(train.paths, spec))
     per_view = [features(arrays) for arrays in bank_views(train.paths, spec, views)]
     bank = [np.concatenate(parts) for parts in zip(*per_view)]  # per layer, view after view
     n_images = len(train.paths)
@@ -251,7 +263,7 @@ def fit(bundle_path: Path, dataset: data_mod.Dataset, k: int, percentile: float,
     predictor = Predictor(bundle)
     train = dataset.splits["train"]
     if quality is None:
-        quality = fit_quality_limits([quality_measures(decode(Path(p).read_bytes())) for p in train.paths])
+        quality = fit_quality_limits(served_quality_measures(train.paths, predictor.spec))
     feats = train_features
     if feats is None:
         feats = np.concatenate([features_of(predictor, arrays)[1]
@@ -329,6 +341,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--band-fraction", type=ranged(float, lambda v: 0 <= v < 1, "a share in [0, 1) (e.g. 0.15)"),
                         default=0.15,
                         help="fraction of validation images inside the indeterminate band (default: 0.15)")
+    parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--out", default=None, help="output folder (default: runs/gate_<bundle>)")
     args = parser.parse_args(argv)
     if args.select and not args.fit:
@@ -342,8 +356,9 @@ def main(argv=None) -> dict:
                      f"train.nonlesion --out {args.nonlesion}")
     if args.fit:  # the gate file and the card are written beside the bundle after minutes of work: checked now
         writable(Path(args.model).parent, "--fit", card_path(args.model))
-    dataset = data_mod.discover(args.data)
-    dataset, moved = data_mod.dataset_as_trained(dataset, load_card(args.model), args.data)
+    card = load_card(args.model)
+    dataset = data_mod.discover(args.data, args.images, seed=data_mod.bundle_seed(args.seed, card))
+    dataset, moved = data_mod.dataset_as_trained(dataset, card, args.data)
     if moved:
         log.info("%d training images moved to validation, as when the bundle trained (--val-from-train)", moved)
     out = writable(args.out or f"runs/gate_{Path(args.model).stem}")

@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="paired bootstrap resamples for the AUC change (default: 1000)")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep test images that duplicate train/val images (default: drop them)")
-    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--runtime", default="auto", choices=("auto", "openvino", "tensorflow"),
                         help="forward-pass runtime (default: auto, as the server)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/robustness_<split>)")
@@ -186,12 +186,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = writable(args.out or f"runs/robustness_{args.split}")
     whole = args.split == data_mod.ALL
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed, whole=whole)
+    seed = data_mod.bundle_seed(args.seed, *(load_card(m) for m in args.model))
+    dataset = data_mod.discover(args.data, args.images, seed=seed, whole=whole)
     if not whole:
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     data_hash = dataset.data_hash()
-    _, copies = data_mod.leave_out_copies_of_training_images({m: load_card(m) for m in args.model}, dataset, data_hash,
-                                                             args.split, args.keep_duplicates)
+    seen, copies = data_mod.leave_out_copies_of_training_images({m: load_card(m) for m in args.model}, dataset,
+                                                                data_hash, args.split, args.keep_duplicates)
+    data_mod.not_own_data_under_all(seen, args.split, args.data)
     split = data_mod.scorable(dataset.split(args.split, drop_duplicates=not args.keep_duplicates), args.split,
                               args.data)
     images = []

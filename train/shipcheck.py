@@ -166,7 +166,8 @@ def score_paired(baseline: str, candidate: str, data: str, images: str | None = 
     from train import data as data_mod
     from train.evaluate import predict_split
 
-    dataset = data_mod.discover(data, images)
+    seed = data_mod.bundle_seed(None, load_card(candidate), load_card(baseline))  # data without splits of its own
+    dataset = data_mod.discover(data, images, seed=seed)
     dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(data) / "NEAR_DUPLICATES.csv")
     predictors = [Predictor(load_bundle(path)) for path in (baseline, candidate)]
     paired = {}

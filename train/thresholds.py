@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_bundle
+from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from train import data as data_mod
 from train.cli import command, random_seed, share, writable
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="data folder or label CSV with val and test splits")
     parser.add_argument("--images", default=None, help="image folder for a CSV (default: the CSV's folder)")
     parser.add_argument("--target-sensitivity", type=share, default=0.90, help="(default: 0.90)")
-    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--out", default="runs/thresholds", help="output folder (default: runs/thresholds)")
     return parser.parse_args(argv)
 
@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     out = writable(args.out)
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    seed = data_mod.bundle_seed(args.seed, *(load_card(m) for m in args.model))
+    dataset = data_mod.discover(args.data, args.images, seed=seed)
     known = Path(args.data) / "NEAR_DUPLICATES.csv" if Path(args.data).is_dir() else None
     dataset.duplicates = data_mod.find_duplicates(dataset, known=known)
     rows = study(args.model, dataset, args.target_sensitivity)

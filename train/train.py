@@ -77,8 +77,6 @@ def like_defaults(bundle: str, p: argparse.ArgumentParser, known: set[str]) -> d
     defaults = {k: v for k, v in recorded.items() if k in known and k not in NOT_LIKE}
     if isinstance(defaults.get("view_turns"), list):
         defaults["view_turns"] = tuple(defaults["view_turns"])
-    changed = {k: v for k, v in defaults.items() if v != p.get_default(k)}
-    log.info("--like %s: %s", bundle, ", ".join(f"{k}={v}" for k, v in changed.items()) or "the default recipe")
     ignored = sorted(k for k in recorded if k not in known)
     if ignored:
         log.warning("--like %s: this version has no option for %s in its card; left out", bundle, ", ".join(ignored))
@@ -301,8 +299,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output", default=None, help="also write the bundle here (e.g. model/shipped/NAME.keras)")
     first = p.parse_known_args(argv)[0]
     if first.like:
-        p.set_defaults(**like_defaults(first.like, p, set(vars(first))))
+        plain = {k: p.get_default(k) for k in vars(first)}
+        liked = like_defaults(first.like, p, set(vars(first)))
+        p.set_defaults(**liked)
     args = p.parse_args(argv)
+    if first.like:  # what the run takes from the card, and what the command line gave instead (it logged the card's)
+        taken = {k: v for k, v in liked.items() if v != plain[k] and getattr(args, k) == v}
+        given = {k: getattr(args, k) for k, v in liked.items() if getattr(args, k) != v}
+        log.info("--like %s: %s%s", first.like, ", ".join(f"{k}={v}" for k, v in taken.items()) or "the default recipe",
+                 f"; from the command line instead: {', '.join(f'{k}={v}' for k, v in given.items())}" if given else "")
     if not 32 <= args.image_size <= MOST_IMAGE_SIZE:
         p.error(f"--image-size is the square input's side in pixels, 32 to {MOST_IMAGE_SIZE} (e.g. 256), not "
                 f"{args.image_size}")

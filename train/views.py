@@ -25,7 +25,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from model.architecture import CircleMask
-from model.bundle import load_bundle
+from model.bundle import load_bundle, load_card
 from model.inference import Predictor
 from model.preprocessing import fill_dark_frame
 from model.turn import turn
@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         + "; ".join(f"{name} ({what})" for name, what in OPTIONS.items() if name)
                         + f"; e.g. 0:disc or 45:back (default: {DEFAULT_VIEWS})")
     parser.add_argument("--bootstrap", type=resamples, default=1000, help="paired bootstrap resamples (default: 1000)")
-    parser.add_argument("--seed", type=random_seed, default=42, help="seed of the split for unsplit data (default: 42)")
+    parser.add_argument("--seed", type=random_seed, default=None, help=data_mod.SEED_HELP)
     parser.add_argument("--out", default=None, help="JSON file to write (default: runs/views_<split>.json)")
     args = parser.parse_args(argv)
     args.views = [v.strip() for v in args.views.split(",") if v.strip()]
@@ -142,7 +142,8 @@ def main(argv=None) -> dict:
     out = Path(args.out or f"runs/views_{args.split}.json")
     writable(out.parent, given=out)
     not_a_bundle_file(out, args.model)
-    dataset = data_mod.discover(args.data, args.images, seed=args.seed)
+    seed = data_mod.bundle_seed(args.seed, *(load_card(m) for m in args.model))
+    dataset = data_mod.discover(args.data, args.images, seed=seed)
     if args.split == "test":
         dataset.duplicates = data_mod.find_duplicates(dataset, known=Path(args.data) / "NEAR_DUPLICATES.csv")
     results = {}
