@@ -186,6 +186,37 @@ class Worker(ThreadWorker):
                              client_address(conn), upload_rate)
             raise TimeoutError(f"the upload arrived slower than {upload_rate} kB/s")
 
+    def handle_error(self, req, client, addr, exc):
+        """A request line or headers over gunicorn's limits get the app's JSON error, with its code and security
+        headers (web.errors.SERVER_LIMITS); gunicorn's own answer was an HTML page, "Error parsing headers: 'limit
+        request headers fields size'". Any other error is gunicorn's to answer."""
+        from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+
+        status = 414 if isinstance(exc, LimitRequestLine) else 431 if isinstance(exc, LimitRequestHeaders) else None
+        if status is None:
+            return super().handle_error(req, client, addr, exc)
+        import json
+
+        from gunicorn.util import write_nonblock
+        from werkzeug import Response
+
+        from app import security_headers
+        from web.errors import SERVER_LIMITS
+
+        code, message = SERVER_LIMITS[status]
+        message = message.format(limit=self.cfg.limit_request_line if status == 414 else
+                                 self.cfg.limit_request_field_size, count=self.cfg.limit_request_fields)
+        self.log.warning("A client at %s sent %s over the server's limit (%s); answered %d.",
+                         (addr or ("a socket",))[0], "a request line" if status == 414 else "headers", exc, status)
+        response = security_headers(Response(json.dumps({"error": message, "code": code}), status,
+                                             mimetype="application/json"))
+        head = f"HTTP/1.1 {response.status}\r\nConnection: close\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in response.headers.items()) + "\r\n"
+        try:
+            write_nonblock(client, head.encode("latin-1") + response.get_data())
+        except OSError:  # the client has gone
+            pass
+
     def done_reading(self):
         with self.reading_lock:
             self.reading.pop(threading.get_ident(), None)

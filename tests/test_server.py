@@ -88,11 +88,23 @@ def test_clients_that_stop_sending_mid_upload_do_not_stop_the_server(monkeypatch
             assert (b'"code":"upload_incomplete"' if path.startswith("/api") else b"The upload stopped before the "
                     b"whole image arrived") in response, response
             ended.close()
+        # on the same server: a request line or headers over gunicorn's limits get the app's JSON error and security
+        # headers, where gunicorn answered an HTML page ("Error parsing headers: 'limit request headers fields size'")
+        for start, status, code in ((f"GET /healthz?{'a' * 5000} HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                                     b'"code": "address_too_long"'),
+                                    (f"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: {'b' * 9000}\r\n\r\n", 431,
+                                     b'"code": "headers_too_large"')):
+            [sock] = clients(port, start.encode(), n=1)
+            response = answer(sock)
+            assert response.startswith(f"HTTP/1.1 {status} ".encode()) and code in response, response
+            assert b"Content-Type: application/json" in response and b"X-Content-Type-Options: nosniff" in response
+            sock.close()
     finally:
         stop(server)
     text = (tmp_path / "server.log").read_text()
     assert "Traceback" not in text  # the app's answer, not an error in the log
     assert text.count("A client at 127.0.0.1 ended its upload before its length; it was answered 408.") == 2, text
+    assert "A client at 127.0.0.1 sent headers over the server's limit" in text, text
 
 
 def test_uploads_trickled_a_byte_at_a_time_do_not_stop_the_server(monkeypatch, tmp_path):

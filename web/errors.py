@@ -25,6 +25,16 @@ FORM_TOO_LARGE = ("form_too_large", "A text field of the form is larger than {me
                   "image=@lesion.jpg); an image sent as text, or as a data URL, is not read.")
 
 
+# answered before the app by the server (gunicorn.conf.py's Worker), in the same form: a request line or headers over
+# gunicorn's limits were its own HTML page, without a code or the security headers
+SERVER_LIMITS = {
+    414: ("address_too_long", "The address, with its query, is longer than the server takes ({limit:,} bytes). Send "
+                              "the image in the request's body, not in its address."),
+    431: ("headers_too_large", "The request's headers are larger than the server takes ({limit:,} bytes a header, "
+                               "{count} headers). Clear this site's cookies, or send fewer or shorter headers."),
+}
+
+
 def human_size(n: int) -> str:
     return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n / 2**10:g} KB"
 
