@@ -171,8 +171,8 @@ def readable(file: Path) -> Path:
         with open(file, "rb"):
             return file
     except PermissionError as exc:
-        raise BundleUnreadable(f"{file} cannot be read by this user ({exc.strerror}): give the user who runs this read "
-                          f"access to the bundle's files (for example chmod a+r on them).") from None
+        raise BundleUnreadable(f"{file} cannot be read by this user ({exc.strerror}): give the user who runs this "
+                               f"read access to the bundle's files (for example chmod a+r on them).") from None
 
 
 def load_card(path: str | Path) -> dict:
