@@ -72,7 +72,10 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colorma
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def shown_heatmap(cam: GradCAM, predictor, image: Image.Image, max_side: int = 512,
+HEATMAP_SIDE = 512  # pixels: the longer side of the picture a heatmap is drawn over
+
+
+def shown_heatmap(cam: GradCAM, predictor, image: Image.Image, max_side: int = HEATMAP_SIDE,
                   square: np.ndarray | None = None) -> Image.Image:
     """What the app shows beside a verdict: Grad-CAM for melanoma over the upright image (the mean over the
     `predictor`'s turned views, turned back), overlaid on the image shrunk to at most `max_side` pixels.

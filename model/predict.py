@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, bundle_files, load_bundle
-from model.explain import GradCAM, shown_heatmap
+from model.explain import HEATMAP_SIDE, GradCAM, shown_heatmap, thumbnail
 from model.inference import Predictor
 from model.preprocessing import IMAGE_SUFFIXES, ImageError, image_files_under
 
@@ -51,17 +51,21 @@ def judge(predictor, files: list[Path], heatmaps: Path | None = None):
     rows = []
     for start in range(0, len(files), CHUNK):
         chunk, images, slots = files[start : start + CHUNK], [], []  # slots: rows' numbers, from the first file
+        shown = []  # with heatmaps: each image shrunk to the heatmap's size; the full images are not kept
         for path in chunk:
             row = {"file": str(path)}
             try:
-                images.append(predictor.decode(path.read_bytes()))
+                image = predictor.decode(path.read_bytes())
+                images.append(predictor.prepare(image))  # 32 full-size photos of 48 megapixels held 4.6 GB
+                shown.append(thumbnail(image, HEATMAP_SIDE) if cam else None)
                 slots.append(len(rows))
+                del image
             except ImageError as exc:
                 row.update(verdict="unreadable", code=exc.code, reason=exc.message)
             except OSError as exc:
                 row.update(verdict="unreadable", code="unreadable_file", reason=f"The file could not be read ({exc}).")
             rows.append(row)
-        for slot, image, result in zip(slots, images, predictor.assess(images)):
+        for slot, prepared, picture_of, result in zip(slots, images, shown, predictor.assess(images)):
             if result.get("rejected"):
                 rows[slot].update(verdict="refused", code=result["code"], reason=result["reason"])
             else:
@@ -71,7 +75,7 @@ def judge(predictor, files: list[Path], heatmaps: Path | None = None):
                                   cautions=";".join(c["code"] for c in result["cautions"]))
                 if cam:
                     picture = heatmaps / f"{slot + 1:04d}_{Path(rows[slot]['file']).stem}.png"
-                    shown_heatmap(cam, predictor, image).save(picture)
+                    shown_heatmap(cam, predictor, picture_of, HEATMAP_SIDE, prepared.square).save(picture)
                     rows[slot]["heatmap"] = str(picture)
         yield rows[start:]
 

@@ -16,14 +16,13 @@ from flask import Flask
 from PIL import Image
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, BundleUnreadable, load_bundle
-from model.explain import GradCAM, png_base64, shown_heatmap, thumbnail
+from model.explain import HEATMAP_SIDE, GradCAM, png_base64, shown_heatmap, thumbnail
 from model.inference import Predictor
 from model.preprocessing import ImageError
 from web.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "melanoma_model"
-HEATMAP_SIDE = 512  # pixels: the longer side of the picture the heatmap is drawn over
 
 NEXT_STEP = {
     "malignant": "Refer the patient for dermatologist review; a biopsy may be needed.",
@@ -107,7 +106,7 @@ class ModelService:
                 "view_turns": list(self.predictor.turns),
                 "runtime": self.predictor.runtime}
 
-    def heatmap(self, image: Image.Image, max_side: int = 512, square=None) -> str:
+    def heatmap(self, image: Image.Image, max_side: int = HEATMAP_SIDE, square=None) -> str:
         """Grad-CAM for the malignant class over the upright image (the mean over the bundle's turned views, turned
         back), as a base64 PNG; `square`: the image as prepared for the network, where `image` is its thumbnail."""
         return png_base64(shown_heatmap(self.cam, self.predictor, image, max_side, square))
