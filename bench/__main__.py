@@ -141,6 +141,18 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def bundle_or_exit(parser: argparse.ArgumentParser, model: str) -> None:
+    """A bundle that is not there, or whose card cannot be read, is the parser's error: one sentence, status 2."""
+    from model.bundle import BundleError, BundleNotFound, load_card
+
+    try:
+        if not Path(model).is_file():
+            raise BundleNotFound(f"Model bundle not found: {model}")
+        load_card(model)
+    except BundleError as exc:
+        parser.error(f"--model: {exc}")
+
+
 def start_server(kind: str, model: str, port: int, log=subprocess.DEVNULL) -> subprocess.Popen:
     """The server of `kind` on `port`, in its own process group; its output goes to `log` (a file, or nowhere)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MELANOMA_MODEL_PATH=str(model),
@@ -215,7 +227,7 @@ def gradcam_cost(model_path: str, repeats: int = 30) -> dict:
 
 
 def main(argv=None) -> dict:
-    from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_card
+    from model.bundle import DEFAULT_BUNDLE
     from model.machine import cpu_model
     from train.cli import writable_or_exit
 
@@ -229,12 +241,7 @@ def main(argv=None) -> dict:
     for name in ("requests", "memory_requests"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {getattr(args, name)}")
-    try:  # before minutes of benchmarking, and before a server that cannot start is waited for
-        if not Path(args.model).is_file():
-            raise BundleNotFound(f"Model bundle not found: {args.model}")
-        load_card(args.model)
-    except BundleError as exc:
-        parser.error(f"--model: {exc}")
+    bundle_or_exit(parser, args.model)  # before minutes of benchmarking, and before a server that cannot start
     writable_or_exit(parser, args.out)
 
     report = {"machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),

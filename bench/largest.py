@@ -19,9 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.__main__ import free_port, start_server, stop, wait_ready
-from model.bundle import DEFAULT_BUNDLE, BundleError, BundleNotFound, load_card
+from bench.__main__ import bundle_or_exit, free_port, start_server, stop, wait_ready
+from model.bundle import DEFAULT_BUNDLE
 from model.preprocessing import MAX_PIXELS
+from train.cli import writable_or_exit
 
 SIDE = (8000, 7999)
 
@@ -67,14 +68,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle (default: the shipped model)")
     parser.add_argument("--out", default="runs/bench_largest", help="output folder (default: runs/bench_largest)")
     args = parser.parse_args(argv)
-    try:  # before a server that cannot start is waited for
-        if not Path(args.model).is_file():
-            raise BundleNotFound(f"Model bundle not found: {args.model}")
-        load_card(args.model)
-    except BundleError as exc:
-        parser.error(f"--model: {exc}")
-    from train.cli import writable_or_exit
-
+    bundle_or_exit(parser, args.model)  # before a server that cannot start is waited for
     writable_or_exit(parser, args.out)
     upload = largest_upload()
     port = free_port()

@@ -185,3 +185,27 @@ def pytest_collection_modifyitems(config, items):
         warnings.warn(pytest.PytestWarning("--dist loadgroup did not group the tests that share a training run "
                                            "(pytest-xdist#1386?): each worker trains them; the suite takes longer"))
     return result
+
+
+def full_images_alive_when_judged(monkeypatch, predictor) -> tuple[list, list]:
+    """Watch `predictor`: every image its `decode` returns (weakly), and at each `assess` how many of them are still
+    alive. Returns (the decoded images' weak references, the counts at each assess)."""
+    import gc
+    import weakref
+
+    decoded, alive_at_assess = [], []
+    decode, assess = predictor.decode, predictor.assess
+
+    def tracked_decode(data):
+        image = decode(data)
+        decoded.append(weakref.ref(image))
+        return image
+
+    def watched_assess(images):
+        gc.collect()
+        alive_at_assess.append(sum(ref() is not None for ref in decoded))
+        return assess(images)
+
+    monkeypatch.setattr(predictor, "decode", tracked_decode)
+    monkeypatch.setattr(predictor, "assess", watched_assess)
+    return decoded, alive_at_assess

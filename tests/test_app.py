@@ -10,8 +10,8 @@ from PIL import Image
 
 from app import create_app
 from model.bundle import DEFAULT_BUNDLE
-from tests.conftest import (encode, lesion_fixtures, synthetic_lesion, tiff_with_a_fractional_strip_offset,
-                            with_a_mistyped_exif_tag)
+from tests.conftest import (encode, full_images_alive_when_judged, lesion_fixtures, synthetic_lesion,
+                            tiff_with_a_fractional_strip_offset, with_a_mistyped_exif_tag)
 from web.service import NEXT_STEP
 
 
@@ -402,25 +402,9 @@ def test_a_request_of_many_images_holds_no_full_image_while_they_are_judged(app,
     files of 64 megapixels (2.5 kB each, 42 kB in all) took a worker from 0.9 to 5.6 GB. Now each is let go once it
     is prepared for the network: when the network runs, no decoded upload is alive, and the verdicts, previews and
     heatmaps are what they were."""
-    import gc
-    import weakref
-
     predictor = app.extensions["melanoma_model"].predictor
-    decoded, alive_at_assess = [], []
-    decode, assess = predictor.decode, predictor.assess
-
-    def tracked_decode(data):
-        image = decode(data)
-        decoded.append(weakref.ref(image))
-        return image
-
-    def watched_assess(images):
-        gc.collect()
-        alive_at_assess.append(sum(ref() is not None for ref in decoded))
-        return assess(images)
-
-    monkeypatch.setattr(predictor, "decode", tracked_decode)
-    monkeypatch.setattr(predictor, "assess", watched_assess)
+    decode = predictor.decode
+    decoded, alive_at_assess = full_images_alive_when_judged(monkeypatch, predictor)
     big = encode(Image.open(io.BytesIO(malignant_jpeg)).resize((1600, 1200)), "PNG")
     res = upload(client, "/api/v1/predict?explain=1", [(f"{i}.png", big) for i in range(4)])
     assert res.status_code == 200 and len(decoded) == 4 and alive_at_assess == [0], alive_at_assess

@@ -10,7 +10,7 @@ import skimage.data
 from PIL import Image
 
 from model.predict import main
-from tests.conftest import FIXTURES, ISIC_FIXTURES, encode
+from tests.conftest import FIXTURES, ISIC_FIXTURES, encode, full_images_alive_when_judged
 
 
 @pytest.fixture(scope="module")
@@ -170,28 +170,11 @@ def test_a_mistake_is_one_sentence_and_status_2(tmp_path, capsys, case, words):
 def test_a_chunk_of_files_is_judged_without_holding_each_image_whole(app, folder, monkeypatch, tmp_path):
     """32 files were decoded and held whole until the chunk was judged: 32 photos of 48 megapixels, 4.6 GB. Now each
     is let go once it is prepared for the network (and shrunk for its heatmap): none is alive when the network runs."""
-    import gc
-    import weakref
-
     from model.predict import judge
 
-    predictor = app.extensions["melanoma_model"].predictor
-    decoded, alive_at_assess = [], []
-    decode, assess = predictor.decode, predictor.assess
-
-    def tracked_decode(data):
-        image = decode(data)
-        decoded.append(weakref.ref(image))
-        return image
-
-    def watched_assess(images):
-        gc.collect()
-        alive_at_assess.append(sum(ref() is not None for ref in decoded))
-        return assess(images)
-
-    monkeypatch.setattr(predictor, "decode", tracked_decode)
-    monkeypatch.setattr(predictor, "assess", watched_assess)
+    decoded, alive_at_assess = full_images_alive_when_judged(monkeypatch, app.extensions["melanoma_model"].predictor)
     files = sorted((folder / "lesions").rglob("ISIC_*.jpg"))
-    rows = [row for chunk in judge(predictor, files, heatmaps=tmp_path) for row in chunk][-len(files):]
+    chunks = judge(app.extensions["melanoma_model"].predictor, files, heatmaps=tmp_path)
+    rows = [row for chunk in chunks for row in chunk][-len(files):]
     assert len(decoded) == len(files) == 8 and alive_at_assess == [0], alive_at_assess
     assert all(row.get("heatmap") for row in rows if row["verdict"] in ("benign", "malignant"))
