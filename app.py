@@ -120,7 +120,10 @@ def instance_secret(folder: Path) -> str:
 def security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin: the address goes with the page's own form posts, and nowhere else. With no-referrer, a browser
+    # posted the form without a Referer, and over HTTPS (behind a proxy that terminates TLS) the CSRF check, which
+    # requires one there, refused every upload as a form that had expired
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("Cache-Control", "no-store")
     return response

@@ -460,7 +460,7 @@ def test_security_headers(client, malignant_jpeg):
         headers = res.headers
         assert headers["X-Content-Type-Options"] == "nosniff", name
         assert headers["X-Frame-Options"] == "DENY", name
-        assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store", name
+        assert headers["Referrer-Policy"] == "same-origin" and headers["Cache-Control"] == "no-store", name
         policy = dict(d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";") if d.strip())
         assert policy["default-src"] == "'self'", name
         for directive in ("script-src", "style-src"):  # only this site's own files, never inline or other hosts

@@ -81,6 +81,34 @@ def test_upload_a_lesion_and_see_the_verdict(live_server, page):
     page.set_viewport_size({"width": 1100, "height": 900})
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate for the test")
+def test_the_page_uploads_over_https(live_server, page, tmp_path):
+    """Served over HTTPS (as behind a proxy that terminates TLS), every upload from the page was refused as "The form
+    expired or did not come from this site": the app's Referrer-Policy (no-referrer) kept the browser from sending a
+    Referer, which the CSRF check requires over HTTPS. The same app, served with a certificate of its own here."""
+    import subprocess
+
+    from werkzeug.serving import make_server
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    server = make_server("127.0.0.1", 0, SERVED["app"], threaded=True,
+                         ssl_context=(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = page.context.browser.new_context(ignore_https_errors=True)
+    try:
+        secure = context.new_page()
+        secure.goto(f"https://127.0.0.1:{server.server_port}/")
+        secure.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+        secure.click("#submit")
+        secure.wait_for_load_state()
+        assert secure.locator("#verdict").inner_text(timeout=30000) == "Malignant — suspicious", secure.content()[:2000]
+    finally:
+        context.close()
+        server.shutdown()
+
+
 def test_the_result_prints_on_one_page_without_the_controls(live_server, page):
     """A clinician files the result in a patient's record: the print button opens the browser's print dialog, and
     the printed page keeps the verdict, the probability, both images, the next step, the date and the disclaimer on
