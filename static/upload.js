@@ -19,33 +19,45 @@
   }
   // What the server would refuse anyway, said before the upload is sent: a file over the size limit, and an iPhone's
   // HEIC photo. Anything else, a text file too, goes to the server, which says what is wrong with it.
+  const submit = document.getElementById("submit");
+  const label = submit.textContent;
   const maxBytes = Number(form.dataset.maxBytes);
   let refusal = "";
+  const FORM_BYTES = 4096;  // what the form adds to the file (its token, the part's headers): the limit is the
+  // request's
   function check(file) {
-    if (maxBytes && file.size > maxBytes) {
-      return `${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; the limit is ${Math.floor(maxBytes / 2 ** 20)} MB. ` +
-        "Export a smaller JPEG.";
+    if (maxBytes && file.size + FORM_BYTES > maxBytes) {  // its size rounded up: 20.0 MB read as within 20 MB
+      return `${file.name} is ${(Math.ceil(file.size / 2 ** 20 * 10) / 10).toFixed(1)} MB, over the upload limit of ` +
+        `${Math.floor(maxBytes / 2 ** 20)} MB. Export a smaller JPEG.`;
     }
-    if (/^image\/hei[cf]/.test(file.type)) {  // other types are the server's to judge (browsers name some oddly)
+    // HEIC by its type or by its name: Chromium gives an iPhone's IMG_0001.HEIC no type at all
+    if (/^image\/hei[cf]/.test(file.type) || /\.hei[cf]$/i.test(file.name)) {
       return `${file.name} is a HEIC photo, which this page does not read (${form.dataset.accepted}). ` +
         "Export it as JPEG first.";
     }
     return "";
   }
+  const invitation = text.textContent;
   function show(file) {
     refusal = file ? check(file) : "";
     say(refusal);
-    if (!file) return;
+    submit.disabled = false;  // a new choice after an upload stopped in the browser (Esc) may be sent
+    submit.textContent = label;
+    if (!file) {  // the choice cleared (a cancelled file chooser, in some browsers): the zone as it was
+      text.textContent = invitation;
+      preview.hidden = true;
+      return;
+    }
     text.textContent = file.name;
     if (refusal || !file.type.startsWith("image/")) { preview.hidden = true; return; }
     preview.src = URL.createObjectURL(file);
     preview.hidden = false;
   }
+  // a picture the browser cannot draw (TIFF, in Chromium) is analysed all the same: no broken preview for it
+  preview.addEventListener("error", () => { preview.hidden = true; });
   input.addEventListener("change", () => show(input.files[0]));
   // Back from a result or an error page, the browser may restore the chosen file into the input: show it, or the
   // zone would invite a drop while Analyse would send that file.
-  const submit = document.getElementById("submit");
-  const label = submit.textContent;
   window.addEventListener("pageshow", () => {
     submit.disabled = false;  // a page kept whole in the back-forward cache comes back as it was left: busy
     submit.textContent = label;
@@ -76,5 +88,9 @@
     // the upload and the analysis take a moment: say so, and keep a second click from sending the image twice
     submit.disabled = true;
     submit.textContent = "Analysing…";
+  });
+  // Esc stops the page's upload in the browser, which sends the page no event: ready again for another try
+  window.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && submit.disabled) { submit.disabled = false; submit.textContent = label; }
   });
 })();

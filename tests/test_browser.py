@@ -1,4 +1,5 @@
 """A real browser (headless Chromium driven by Playwright) against the app on a loopback port."""
+import math
 import re
 import shutil
 import threading
@@ -103,7 +104,8 @@ def test_the_page_uploads_over_https(live_server, page, tmp_path):
         secure.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
         secure.click("#submit")
         secure.wait_for_load_state()
-        assert secure.locator("#verdict").inner_text(timeout=30000) == "Malignant — suspicious", secure.content()[:2000]
+        verdict = secure.locator("#verdict").inner_text(timeout=30000)
+        assert verdict == "Malignant — suspicious", secure.content()[:2000]
     finally:
         context.close()
         server.shutdown()
@@ -214,14 +216,24 @@ def test_the_page_says_what_the_server_would_refuse_before_sending_it(live_serve
         page.set_input_files("#image", str(lesion_fixtures("benign")[0]))
         expect(page.locator("#preview")).to_be_visible(timeout=5000)
         page.set_input_files("#image", str(big))  # then a file too large: its preview would be the last one's
-        size = f"{big.stat().st_size / 2 ** 20:.1f}"
-        expect(page.locator("#upload-message")).to_have_text(
-            f"scan.jpg is {size} MB; the limit is {limit >> 20} MB. Export a smaller JPEG.")
+        size = f"{math.ceil(big.stat().st_size / 2 ** 20 * 10) / 10:.1f}"  # rounded up: it read "20.0 MB; the limit
+        expect(page.locator("#upload-message")).to_have_text(  # is 20 MB" for a file a little over
+            f"scan.jpg is {size} MB, over the upload limit of {limit >> 20} MB. Export a smaller JPEG.")
         page.click("#submit")
-        page.set_input_files("#image", str(ROOT / "tests" / "fixtures" / "formats" / "lesion.heic"))
-        expect(page.locator("#upload-message")).to_have_text(re.compile(r"^lesion\.heic is a HEIC photo, which this "
-                                                                         r"page does not read \(JPEG, PNG, .*JPEG first\.$"))
+        just_under = tmp_path / "just_under.jpg"  # the file fits, the request with the form's fields would not
+        lesion = lesion_fixtures("malignant")[0].read_bytes()
+        just_under.write_bytes(lesion + b"\0" * (limit - 100 - len(lesion)))
+        page.set_input_files("#image", str(just_under))
+        expect(page.locator("#upload-message")).to_have_text(re.compile(r"^just_under\.jpg is 20\.0 MB, over the "))
         page.click("#submit")
+        heic = ROOT / "tests" / "fixtures" / "formats" / "lesion.heic"
+        (tmp_path / "IMG_0001.HEIC").write_bytes(heic.read_bytes())  # as an iPhone names it: Chromium gives no type
+        for path in (heic, tmp_path / "IMG_0001.HEIC"):
+            name = path.name
+            page.set_input_files("#image", str(path))
+            expect(page.locator("#upload-message")).to_have_text(re.compile(
+                rf"^{re.escape(name)} is a HEIC photo, which this page does not read \(JPEG, PNG, .*JPEG first\.$"))
+            page.click("#submit")
         assert posts == [] and page.url == live_server + "/" and page.is_hidden("#preview")
         page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
         assert page.is_hidden("#upload-message")
@@ -230,6 +242,28 @@ def test_the_page_says_what_the_server_would_refuse_before_sending_it(live_serve
         assert posts == [live_server + "/predict"]
     finally:
         page.remove_listener("request", record)
+
+
+def test_the_zone_shows_no_broken_preview_and_no_choice_that_was_cleared(live_server, page, tmp_path):
+    """A TIFF (accepted, and judged) showed a broken-image icon, as Chromium cannot draw it; a choice cleared from the
+    input (a cancelled file chooser, in some browsers) stayed named and previewed in the zone."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    tiff = tmp_path / "lesion.tif"
+    Image.open(lesion_fixtures("benign")[0]).save(tiff)
+    page.goto(live_server + "/")
+    default = page.inner_text("#drop-text")
+    page.set_input_files("#image", str(lesion_fixtures("malignant")[0]))
+    expect(page.locator("#preview")).to_be_visible(timeout=5000)
+    page.set_input_files("#image", [])
+    expect(page.locator("#drop-text")).to_have_text(default)
+    expect(page.locator("#preview")).to_be_hidden()
+    page.set_input_files("#image", str(tiff))
+    expect(page.locator("#drop-text")).to_have_text("lesion.tif")
+    expect(page.locator("#preview")).to_be_hidden(timeout=5000)
+    page.click("#submit")
+    page.wait_for_selector("#verdict")  # judged all the same
 
 
 def test_back_from_the_result_the_page_shows_the_file_the_browser_kept(live_server, page):
@@ -277,6 +311,19 @@ def test_analyse_says_it_is_busy_and_is_ready_again_when_the_page_comes_back(liv
     page.click("#submit")
     expect(page.locator("#submit")).to_be_disabled()
     expect(page.locator("#submit")).to_have_text("Analysing…")
+    # the browser's Esc stops an upload and tells the page nothing: Analyse stayed disabled until a reload
+    page.keyboard.press("Escape")
+    expect(page.locator("#submit")).to_be_enabled()
+    page.evaluate("""() => document.querySelector('#upload-form').addEventListener(
+        'submit', (e) => e.preventDefault(), {once: true})""")
+    page.click("#submit")
+    expect(page.locator("#submit")).to_be_disabled()
+    page.set_input_files("#image", str(lesion_fixtures("benign")[0]))  # so does another image chosen
+    expect(page.locator("#submit")).to_be_enabled()
+    page.evaluate("""() => document.querySelector('#upload-form').addEventListener(
+        'submit', (e) => e.preventDefault(), {once: true})""")
+    page.click("#submit")
+    expect(page.locator("#submit")).to_be_disabled()
     # A browser that keeps the page whole in its back-forward cache brings it back as it was left, busy. (The app's
     # pages are no-store, so Chromium reloads them instead; the event is what such a browser sends.)
     page.evaluate("() => window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
@@ -295,6 +342,7 @@ def test_without_javascript_the_form_still_works_and_no_dead_print_button_shows(
         plain.wait_for_selector("#verdict")
         assert plain.inner_text("#verdict") == "Malignant — suspicious"
         assert plain.is_visible("a.button") and not plain.is_visible("#print-result")
+        assert not plain.is_visible(".scale")  # drawn without the script's width, the bar was full for every result
     finally:
         context.close()
 
