@@ -2,11 +2,12 @@
 
     python -m bench.largest [--model BUNDLE] [--out runs/bench_largest]     # about a minute on 2 cores
 
-Starts gunicorn as the README does (one worker) and sends it, one request after another, a single-colour lossless
-WebP of 8000x7999 pixels (just under the 64-megapixel limit; 2.5 kB on the wire), then a request of 16 of them (the
-API's file limit), and reads the worker's peak resident memory (VmHWM) after each. The uploads are the cheapest way
-for a client to make the server decode the most pixels; the gate refuses them as blank, after decoding. Writes
-largest.json.
+Starts gunicorn as the README does (one worker) and sends it, one request after another, images of 8000x7999 pixels
+(just under the 64-megapixel limit) that cost a few kB on the wire: a single-colour lossless WebP, then a request of
+16 of them (the API's file limit), then a 16-bit greyscale PNG of a gradient. Before each request the worker's peak
+resident memory is reset (/proc/PID/clear_refs) and after it read (VmHWM), so each row is that request's own peak.
+These are the cheapest ways for a client to make the server decode the most pixels; the gate refuses them, after
+decoding. Writes largest.json.
 """
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ from train.cli import writable_or_exit
 SIDE = (8000, 7999)
 
 
-def largest_upload() -> bytes:
+def largest_uploads() -> dict[str, bytes]:
+    """The uploads measured, by what they are."""
+    import numpy as np
     from PIL import Image
 
     assert SIDE[0] * SIDE[1] <= MAX_PIXELS
-    buf = io.BytesIO()
-    Image.new("RGB", SIDE, (180, 120, 100)).save(buf, format="WEBP", lossless=True)
-    return buf.getvalue()
+    colour, grey = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", SIDE, (180, 120, 100)).save(colour, format="WEBP", lossless=True)
+    ramp = np.broadcast_to(np.linspace(0, 65535, SIDE[0]).astype(np.uint16), (SIDE[1], SIDE[0]))
+    Image.fromarray(np.ascontiguousarray(ramp)).save(grey, format="PNG")
+    return {"colour WebP, lossless": colour.getvalue(), "16-bit greyscale PNG": grey.getvalue()}
 
 
 def post(port: int, files: list[bytes]) -> tuple[int, float]:
@@ -50,11 +55,23 @@ def post(port: int, files: list[bytes]) -> tuple[int, float]:
     return response.status, time.monotonic() - started
 
 
+def workers(master: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+
+
+def reset_peaks(master: int) -> None:
+    """Start each worker's peak resident memory afresh (Linux: 5 to /proc/PID/clear_refs)."""
+    for pid in workers(master):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
 def worker_peak_mb(master: int) -> float:
     """The largest peak resident memory (VmHWM) among the server's worker processes, in MiB."""
-    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
     peaks = [0]
-    for pid in workers:
+    for pid in workers(master):
         try:
             lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         except FileNotFoundError:
@@ -70,22 +87,25 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     bundle_or_exit(parser, args.model)  # before a server that cannot start is waited for
     writable_or_exit(parser, args.out)
-    upload = largest_upload()
+    uploads = largest_uploads()
+    cases = [("colour WebP, lossless", 1), ("colour WebP, lossless", 16), ("16-bit greyscale PNG", 1)]
     port = free_port()
     proc = start_server("app", args.model, port)
-    report = {"upload": {"pixels": f"{SIDE[0]}x{SIDE[1]}", "bytes": len(upload), "format": "WebP, lossless"}}
+    report = {"pixels": f"{SIDE[0]}x{SIDE[1]}", "requests": []}
     try:
         wait_ready(port)
         report["after_start_mb"] = worker_peak_mb(proc.pid)
-        for n in (1, 16):
-            status, seconds = post(port, [upload] * n)
-            report[f"{n}_files"] = {"status": status, "seconds": round(seconds, 1), "peak_mb": worker_peak_mb(proc.pid)}
+        for kind, n in cases:
+            reset_peaks(proc.pid)
+            status, seconds = post(port, [uploads[kind]] * n)
+            report["requests"].append({"upload": kind, "files": n, "bytes_sent": len(uploads[kind]) * n,
+                                       "status": status, "seconds": round(seconds, 1),
+                                       "peak_mb": worker_peak_mb(proc.pid)})
     finally:
         stop(proc)
-    print(f"worker's peak resident memory: {report['after_start_mb']:.0f} MiB after start")
-    for n in (1, 16):
-        r = report[f"{n}_files"]
-        print(f"  after a request of {n:>2} x {report['upload']['pixels']} ({len(upload) * n / 1024:.0f} kB sent): "
+    print(f"worker's peak resident memory: {report['after_start_mb']:.0f} MiB after start; in a request of")
+    for r in report["requests"]:
+        print(f"  {r['files']:>2} x {r['upload']} of {report['pixels']} ({r['bytes_sent'] / 1024:.0f} kB sent): "
               f"{r['peak_mb']:.0f} MiB (status {r['status']}, {r['seconds']} s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

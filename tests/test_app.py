@@ -550,6 +550,24 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     assert len(kept) == 1, "the new upload kept"
     assert "smith" not in kept[0].name and re.fullmatch(r"[0-9a-f]{32}\.png", kept[0].name)
     assert b"SecretCam" not in kept[0].read_bytes() and not Image.open(kept[0]).getexif()
+    # for the server's user alone: they were 644, in a folder of 755, readable by every user of the machine
+    assert kept[0].stat().st_mode & 0o777 == 0o600
+    fresh = tmp_path / "fresh"
+    app.config["UPLOAD_FOLDER"] = str(fresh / "kept")
+    assert upload(app.test_client(), "/api/v1/predict", [("b.jpg", tagged)]).status_code == 200
+    assert (fresh / "kept").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_result_page_carries_no_metadata_of_the_upload(client, malignant_jpeg):
+    """The preview in the page (printed or saved into a patient's record) kept a JPEG's comment, which some cameras
+    and PACS exports fill with the patient's name."""
+    import base64
+
+    commented = encode(Image.open(io.BytesIO(malignant_jpeg)), "JPEG", comment=b"Patient: Jane Roe, MRN 00412345")
+    html = upload(client, "/predict", [("lesion.jpg", commented)]).get_data(as_text=True)
+    [preview] = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)
+    shown = base64.b64decode(preview)
+    assert b"Jane Roe" not in shown and "comment" not in Image.open(io.BytesIO(shown)).info
 
 
 def test_an_upload_that_cannot_be_kept_still_gets_its_verdict_and_a_line_in_the_log(tmp_path, malignant_jpeg,

@@ -173,6 +173,7 @@ def set_tf_threads(threads) -> None:
 def data_url(image: Image.Image, max_side: int = 640) -> str:
     """A JPEG data: URL of the image (downscaled), so the result page needs no stored file."""
     preview = image.copy()
+    preview.info = {}  # no metadata in the page: a JPEG's comment (a patient's name, by some cameras) was kept
     preview.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     preview.save(buf, format="JPEG", quality=85)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -37,8 +38,9 @@ def purge_expired(folder: Path, retention_hours: float) -> int:
 
 def keep(image: Image.Image, folder: Path, retention_hours: float) -> Path:
     """Store a decoded upload as PNG under a random name. Re-encoding from pixels drops EXIF and all metadata."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # patients' images: for the server's user alone
     purge_expired(folder, retention_hours)
     path = folder / f"{secrets.token_hex(16)}.png"
-    Image.frombytes(image.mode, image.size, image.tobytes()).save(path, format="PNG")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:  # was 644: any local user
+        Image.frombytes(image.mode, image.size, image.tobytes()).save(f, format="PNG")
     return path
