@@ -23,8 +23,8 @@
   const label = submit.textContent;
   const maxBytes = Number(form.dataset.maxBytes);
   let refusal = "";
-  const FORM_BYTES = 4096;  // what the form adds to the file (its token, the part's headers): the limit is the
-  // request's
+  // the limit is the whole request's: the form adds its token and the part's headers to the file
+  const FORM_BYTES = 4096;
   function check(file) {
     if (maxBytes && file.size + FORM_BYTES > maxBytes) {  // its size rounded up: 20.0 MB read as within 20 MB
       return `${file.name} is ${(Math.ceil(file.size / 2 ** 20 * 10) / 10).toFixed(1)} MB, over the upload limit of ` +
