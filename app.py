@@ -52,7 +52,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         SECRET_KEY=None,
         LOG_LEVEL="INFO",
     )
-    app.config.from_pyfile("config.py", silent=True)
+    # instance/config.py: a bare "config.py" was looked for beside app.py, so settings put where the README says were
+    # dropped without a word
+    app.config.from_pyfile(str(Path(app.instance_path) / "config.py"), silent=True)
     app.config.from_prefixed_env("MELANOMA")
     if test_config:
         app.config.update(test_config)
@@ -86,6 +88,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         removed = uploads.purge_expired(Path(app.config["UPLOAD_FOLDER"]), app.config["UPLOAD_RETENTION_HOURS"])
         app.logger.info("keeping uploads in %s for %s h (%d expired removed)", app.config["UPLOAD_FOLDER"],
                         app.config["UPLOAD_RETENTION_HOURS"], removed)
+        uploads.purge_in_background(Path(app.config["UPLOAD_FOLDER"]), app.config["UPLOAD_RETENTION_HOURS"])
     return app
 
 

@@ -28,7 +28,7 @@
   function check(file) {
     if (maxBytes && file.size + FORM_BYTES > maxBytes) {  // its size rounded up: 20.0 MB read as within 20 MB
       return `${file.name} is ${(Math.ceil(file.size / 2 ** 20 * 10) / 10).toFixed(1)} MB, over the upload limit of ` +
-        `${Math.floor(maxBytes / 2 ** 20)} MB. Export a smaller JPEG.`;
+        `${form.dataset.maxSize}. Export a smaller JPEG.`;
     }
     // HEIC by its type or by its name: Chromium gives an iPhone's IMG_0001.HEIC no type at all
     if (/^image\/hei[cf]/.test(file.type) || /\.hei[cf]$/i.test(file.name)) {

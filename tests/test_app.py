@@ -552,6 +552,11 @@ def test_kept_uploads_have_random_names_and_no_exif(tmp_path, malignant_jpeg):
     assert b"SecretCam" not in kept[0].read_bytes() and not Image.open(kept[0]).getexif()
     # for the server's user alone: they were 644, in a folder of 755, readable by every user of the machine
     assert kept[0].stat().st_mode & 0o777 == 0o600
+    kept[0].unlink()
+    photo = encode(Image.open(io.BytesIO(malignant_jpeg)).resize((1600, 1200)), "JPEG")
+    assert upload(app.test_client(), "/api/v1/predict", [("photo.jpg", photo)]).status_code == 200
+    [whole] = list(folder.iterdir())
+    assert Image.open(whole).size == (1600, 1200)  # the upload kept as sent, not the network's 200x150 draft of it
     fresh = tmp_path / "fresh"
     app.config["UPLOAD_FOLDER"] = str(fresh / "kept")
     assert upload(app.test_client(), "/api/v1/predict", [("b.jpg", tagged)]).status_code == 200
@@ -568,6 +573,24 @@ def test_the_result_page_carries_no_metadata_of_the_upload(client, malignant_jpe
     [preview] = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)
     shown = base64.b64decode(preview)
     assert b"Jane Roe" not in shown and "comment" not in Image.open(io.BytesIO(shown)).info
+
+
+def test_kept_uploads_are_purged_when_their_time_is_up_without_another_upload(tmp_path, malignant_jpeg):
+    """They were purged only at start and when another upload was kept: a server that kept no new image kept the
+    old ones past the period the upload page states. Now every tenth of the period (at most every minute)."""
+    import os
+    import time
+
+    folder = tmp_path / "kept"
+    app = create_app({"TESTING": True, "KEEP_UPLOADS": True, "UPLOAD_FOLDER": str(folder),
+                      "UPLOAD_RETENTION_HOURS": 0.001})  # 3.6 s, looked at every 0.36 s
+    assert upload(app.test_client(), "/api/v1/predict", [("a.jpg", malignant_jpeg)]).status_code == 200
+    [kept] = list(folder.iterdir())
+    os.utime(kept, (time.time() - 60, time.time() - 60))  # its time is up
+    deadline = time.time() + 20
+    while kept.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not kept.exists()
 
 
 def test_an_upload_that_cannot_be_kept_still_gets_its_verdict_and_a_line_in_the_log(tmp_path, malignant_jpeg,
@@ -640,6 +663,26 @@ def test_an_upload_folder_that_cannot_be_written_stops_the_server_when_uploads_a
     assert str(stopped.value).startswith(f"error: MELANOMA_UPLOAD_FOLDER {tmp_path / 'a_file' / 'kept'} cannot be "
                                          f"written (")
     assert str(stopped.value).endswith("), and MELANOMA_KEEP_UPLOADS keeps the uploads there.")
+
+
+def test_settings_in_instance_config_py_are_read(tmp_path, monkeypatch):
+    """The README and app.py say settings come from instance/config.py; a bare "config.py" was looked for beside
+    app.py instead, and the file where they said was dropped without a word."""
+    import app as app_module
+
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / "config.py").write_text("MAX_FILES = 3\nMAX_CONTENT_LENGTH = 500_000\n")
+    monkeypatch.setattr(app_module, "ROOT", tmp_path)
+    configured = create_app({"TESTING": True})
+    assert configured.config["MAX_FILES"] == 3 and configured.config["MAX_CONTENT_LENGTH"] == 500_000
+    page = configured.test_client().get("/").get_data(as_text=True)
+    assert "up to 488 KB (export" in page  # a limit under 1 MB read "up to 0 MB"
+
+
+def test_size_limits_are_said_without_overstating_them():
+    from web.errors import human_size
+    assert [human_size(n) for n in (20 * 2**20, 1536 * 2**10, 2**20 - 1, 500_000)] == [
+        "20 MB", "1.5 MB", "1,023 KB", "488 KB"]
 
 
 def test_settings_in_words_are_read_as_meant(monkeypatch):

@@ -78,3 +78,26 @@ def test_full_queue_is_refused():
     with pytest.raises(Overloaded):
         batcher.submit(["one too many"])
     release.set()
+
+
+def test_a_request_that_waits_too_long_is_told_the_server_is_busy_and_is_not_judged_for_no_one():
+    """A request past its wait got Python's TimeoutError, a 500 with a traceback, and its images were judged anyway
+    once the batcher came to them. Now it is Overloaded (the app's 503 busy) and its job is dropped."""
+    release, judged = threading.Event(), []
+
+    def assess(items):
+        if items == ["hold"]:
+            release.wait(10)
+        judged.extend(items)
+        return [{"value": x} for x in items]
+
+    batcher = MicroBatcher(assess)
+    holder = threading.Thread(target=batcher.submit, args=(["hold"],))
+    holder.start()
+    time.sleep(0.1)  # the batcher is busy with the held request
+    with pytest.raises(Overloaded, match="The server is busy"):
+        batcher.submit(["late"], timeout=0.2)
+    release.set()
+    holder.join(10)
+    assert batcher.submit(["next"]) == [{"value": "next"}]  # the batcher goes on
+    assert judged == ["hold", "next"]  # the late request's image was not judged after it had left

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,11 @@ class MicroBatcher:
             self._queue.put_nowait((images, future))
         except queue.Full:
             raise Overloaded("The server is busy. Please try again in a moment.") from None
-        return future.result(timeout=timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:  # was a 500 with a traceback; and the images were still judged for no one
+            future.cancel()
+            raise Overloaded("The server is busy. Please try again in a moment.") from None
 
     def _take(self) -> list:
         jobs = [self._queue.get()]
@@ -50,7 +55,10 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while True:
-            jobs = self._take()
+            # a request that stopped waiting (submit's timeout) cancelled its job: not judged for no one
+            jobs = [(job, future) for job, future in self._take() if future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
             images = [im for job, _ in jobs for im in job]
             try:
                 results = self._assess(images)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -36,7 +37,11 @@ SERVER_LIMITS = {
 
 
 def human_size(n: int) -> str:
-    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n / 2**10:g} KB"
+    """A size limit in MB to one decimal, or in whole KB below 1 MB, rounded down so as never to overstate it (a limit
+    of 500,000 bytes read "0 MB" on the page and "488.281 KB" in the 413)."""
+    if n >= 2**20:
+        return f"{math.floor(n / 2**20 * 10) / 10:g} MB"
+    return f"{n // 2**10:,} KB"
 
 
 class ApiError(Exception):

@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,25 @@ def purge_expired(folder: Path, retention_hours: float) -> int:
         except FileNotFoundError:  # another worker removed it first
             pass
     return removed
+
+
+def purge_in_background(folder: Path, retention_hours: float) -> threading.Thread:
+    """Purge expired uploads every tenth of the retention period (at most every minute), in a daemon thread of this
+    process: they were purged only at start and when another upload was kept, so a server that kept no new image
+    kept the old ones past the period the upload page states, for as long as it ran."""
+    interval = min(60.0, retention_hours * 360.0)
+
+    def purge_for_ever():
+        while True:
+            time.sleep(interval)
+            try:
+                purge_expired(folder, retention_hours)
+            except OSError as exc:  # the folder unreadable for a moment: the next turn tries again
+                log.error("expired uploads in %s were not purged: %s", folder, exc)
+
+    thread = threading.Thread(target=purge_for_ever, name="purge-uploads", daemon=True)
+    thread.start()
+    return thread
 
 
 def keep(image: Image.Image, folder: Path, retention_hours: float) -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path, PurePath
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from model.cues import rare_in_training
+from model.preprocessing import decode
 from web import uploads
-from web.errors import ApiError
+from web.errors import ApiError, human_size
 from web.service import EXTENSION_KEY, NEXT_STEP, ModelService
 
 pages = Blueprint("pages", __name__)
@@ -105,7 +106,7 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
         for r in results:
             if r.upload is not None:  # decoded again, one at a time: the judging kept no full image
                 try:
-                    uploads.keep(service().predictor.decode(r.upload), folder,
+                    uploads.keep(decode(r.upload), folder,  # whole: the network's decode is a JPEG's draft
                                  current_app.config["UPLOAD_RETENTION_HOURS"])
                 except OSError as exc:  # a full disk: the clinician still gets the verdict; the log says what was lost
                     # not its file name, which may name the patient: kept uploads get random names for that reason
@@ -117,7 +118,8 @@ def judge_request(want_preview: bool, explain: bool, max_files: int):
 def index():
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     kept_hours = current_app.config["UPLOAD_RETENTION_HOURS"] if current_app.config["KEEP_UPLOADS"] else None
-    return render_template("index.html", accepted=ACCEPTED, max_mb=limit >> 20, max_bytes=limit, kept_hours=kept_hours)
+    return render_template("index.html", accepted=ACCEPTED, max_size=human_size(limit), max_bytes=limit,
+                           kept_hours=kept_hours)
 
 
 @pages.get("/predict")
