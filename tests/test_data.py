@@ -482,3 +482,15 @@ def test_copies_of_training_images_count_what_the_bundle_saw_and_not_its_test_im
     own = {"data": {"source": str(tmp_path / "gone"), "hash": dataset.data_hash()}}  # its own data: nothing to check
     assert copies_of_training_images(own, dataset, dataset.data_hash(), ALL) == (
         {"checked": True, "own_data": True, "copies": []}, set())
+
+
+def test_copies_are_not_said_to_be_checked_when_the_extra_training_data_is_gone(tiny_data, tmp_path):
+    """A bundle trained with --extra-train whose extra folder has moved: the check compared the images with its
+    --data alone and reported them checked, no copies, though they might be the extra images it trained on."""
+    from train.data import copies_of_training_images
+
+    card = {"data": {"source": str(tiny_data), "hash": "another"},
+            "training": {"arguments": {"seed": 42, "extra_train": str(tmp_path / "moved_away")}}}
+    report, copies = copies_of_training_images(card, discover(tiny_data), "this data's hash", "test")
+    assert report == {"checked": False, "why": f"the bundle's extra training data ({tmp_path / 'moved_away'}) is not "
+                                               f"on this machine"} and copies == set()

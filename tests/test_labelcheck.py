@@ -90,3 +90,14 @@ def test_a_file_it_cannot_use_gets_a_sentence_and_status_2(tmp_path, capsys, con
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and sentence in err and "Traceback" not in err
+
+
+def test_a_last_stretch_of_one_class_is_said_not_a_key_error(tmp_path, capsys):
+    """Sorted by file name, the images from some block to the end held one class only (10 benign then 45 malignant,
+    as another clinic's folder of --split all may): labelcheck stopped with KeyError: 0."""
+    names = [f"img_{i:03d}" for i in range(55)]
+    y = np.array([0] * 10 + [1] * 45)
+    p = np.linspace(0.1, 0.9, 55)
+    report = labelcheck.main(["--predictions", str(write(tmp_path, names, y, p)), "--per-block", "5"])
+    assert report["tails"][-1]["auc_as_mapped"] is None and len(report["tails"]) == len(report["blocks"])
+    assert "one class only" in capsys.readouterr().out

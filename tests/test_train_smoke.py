@@ -412,16 +412,20 @@ def test_calibrate_refits_the_operating_point_the_way_training_did(trained, tiny
     from model.bundle import copy_bundle, load_card
     from train import calibrate
 
-    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "copy" / "tiny.keras")
+    import shlex
+
+    bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "a copy" / "tiny.keras")  # a space in it
     before = load_card(bundle)
     calibrate.main(["--model", str(bundle), "--data", str(tiny_data)])
     same = load_card(bundle)
     assert abs(same["temperature"] - before["temperature"]) < 1e-3
     assert abs(same["threshold"] - before["threshold"]) < 1e-4
     assert same["threshold_rule"] == before["threshold_rule"]
-    assert same["calibration"]["command"] == f"python -m train.calibrate --model {bundle} --data {tiny_data}"
+    # quoted, so that it can be pasted back into a shell (the path was written bare)
+    assert shlex.split(same["calibration"]["command"]) == ["python", "-m", "train.calibrate", "--model", str(bundle),
+                                                           "--data", str(tiny_data)]
     assert same["calibration"]["before"]["threshold"] == before["threshold"]
-    assert "Refresh the test metrics" in capsys.readouterr().out
+    assert f"Refresh the test metrics with python -m train.evaluate --model '{bundle}'" in capsys.readouterr().out
     # a lower target sensitivity moves the threshold up, and the band moves with it
     calibrate.main(["--model", str(bundle), "--data", str(tiny_data), "--target-sensitivity", "0.5"])
     lower = load_card(bundle)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def recalibrate(model: str | Path, data: str | Path, target_sensitivity: float, 
         fraction = float(card.get("indeterminate_band_fraction_of_validation", 0.15))
         card["indeterminate_band"] = indeterminate_band(p_val, predictor.threshold, fraction)
     card["calibration"] = {
-        "command": command or f"python -m train.calibrate --model {model} --data {data} "
-                              f"--target-sensitivity {target_sensitivity} --calibration {calibration}",
+        "command": command or "python -m train.calibrate " + shlex.join(
+            ["--model", str(model), "--data", str(data), "--target-sensitivity", str(target_sensitivity),
+             "--calibration", calibration]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": str(data),
         "data_hash": dataset.data_hash(),
@@ -136,7 +138,7 @@ def main(argv=None) -> dict:
     if not Path(args.model).is_file():
         print(f"error: no bundle at {args.model}", file=sys.stderr)
         raise SystemExit(2)
-    command = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m train.calibrate " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         writable(Path(args.model).parent, "--model", card_path(args.model))  # its card, rewritten after the work
         card = recalibrate(args.model, args.data, args.target_sensitivity, args.images, args.seed, command,
@@ -148,7 +150,7 @@ def main(argv=None) -> dict:
     print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}, "
           f"logit bias {card['logit_bias']:.3f}, views {card.get('view_turns', [0.0])}; on validation: "
           f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}. Refresh the test metrics with "
-          f"python -m train.evaluate --model {args.model} --data {args.data} --update-card")
+          f"python -m train.evaluate {shlex.join(['--model', str(args.model), '--data', str(args.data)])} --update-card")
     return card
 
 

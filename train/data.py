@@ -512,7 +512,9 @@ def copies_of_training_images(card: dict, dataset: Dataset, data_hash: str,
     # what it trained or was validated on, however `--val-from-train` moved images between the two
     seen = trained.splits["train"].paths + trained.splits["val"].paths
     extra = arguments.get("extra_train")
-    if extra and Path(extra).exists():
+    if extra and not Path(extra).exists():  # was passed over: "checked", its images compared with nothing
+        return {"checked": False, "why": f"the bundle's extra training data ({extra}) is not on this machine"}, set()
+    if extra:
         seen += discover(extra, arguments.get("extra_images"), whole=True).split(ALL).paths
     evaluated = dataset.split(split, drop_duplicates=False).paths
     copies = copies_of(evaluated, seen)

@@ -122,12 +122,18 @@ def check(names: list[str], y: np.ndarray, p: np.ndarray, per_block: int = 20, n
     tails, start = [], 0
     for b in blocks:  # from each block's first image to the end, the mapping used against offsets within `near`
         aucs = offset_aucs(y, p, range(-near, near + 1), start)
-        best = max((k for k in aucs if k), key=aucs.get)
-        tails.append({"from": b["first"], "images": n - start, "auc_as_mapped": aucs[0],
-                      "best_other_auc": aucs[best], "best_other_offset": best})
+        moved = [k for k in aucs if k]
+        if 0 in aucs and moved:
+            best = max(moved, key=aucs.get)
+            tails.append({"from": b["first"], "images": n - start, "auc_as_mapped": aucs[0],
+                          "best_other_auc": aucs[best], "best_other_offset": best})
+        else:  # from here on one class only (was a KeyError): nothing to rank
+            tails.append({"from": b["first"], "images": n - start, "auc_as_mapped": None, "best_other_auc": None,
+                          "best_other_offset": None})
         b["best_offset_within"] = _best_local_offset(y, p, start, start + b["images"], near)
         start += b["images"]
-    wrong_tails = [t["from"] for t in tails if t["best_other_auc"] >= t["auc_as_mapped"]]
+    wrong_tails = [t["from"] for t in tails if t["auc_as_mapped"] is not None
+                   and t["best_other_auc"] >= t["auc_as_mapped"]]
     return {
         "images": int(n), "malignant": int(y.sum()),
         "auc_as_mapped": as_mapped,
@@ -160,8 +166,10 @@ def format_report(r: dict, source: str) -> str:
     for b, t in zip(r["blocks"], r["tails"]):
         auc = "one class only" if b["auc"] is None else f"{b['auc']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
         best = "-" if b["best_offset_within"] is None else f"{b['best_offset_within']:+d}"
+        tail = ("one class only" if t["auc_as_mapped"] is None else
+                f"{t['auc_as_mapped']:.3f}, {t['best_other_auc']:.3f} ({t['best_other_offset']:+d})")
         lines.append(f"  {b['first'] + '..' + b['last']:<29} {b['images']:>6} {b['malignant']:>6}  {auc:<22} "
-                     f"{best:>11}   {t['auc_as_mapped']:.3f}, {t['best_other_auc']:.3f} ({t['best_other_offset']:+d})")
+                     f"{best:>11}   {tail}")
     if r["consistent"]:
         lines.append("\nconsistent: the mapping used ranks above every other offset, over all images and from each "
                      "block on")

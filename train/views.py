@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
             changes = [r["views"][text]["auc_change"] for r in results.values()]
             print(f"view {text}: mean change {np.mean(changes):+.4f} over {len(changes)} bundles, higher than upright "
                   f"on {sum(c > 0 for c in changes)}")
-    report = {"command": "python -m train.views " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m train.views " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "split": args.split, "data": str(args.data), "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
