@@ -286,6 +286,11 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
     except (ValueError, OSError) as exc:
         raise BundleError(f"{path} is not a Keras model file this version can load ({exc})") from None
     check_gate_file(card, path)
+    size, shape = card["preprocessing"]["image_size"], tuple(model.input_shape[1:3])
+    if shape != (size, size) and None not in shape:  # was a Keras traceback at the first image judged
+        raise BundleError(f"{path} takes {shape[0]}x{shape[1]}-pixel inputs, but its model card "
+                          f"{card_path(path).name} says {size}x{size}: the two files are not a bundle; keep the .keras "
+                          f"file and the card that python -m train wrote together.")
     if card.get("weights_sha256") not in (None, weights_digest(model)):
         raise BundleError(f"{path} is not the network its model card {card_path(path).name} was written for (the "
                           "card's weights_sha256 differs from the file's weights): its threshold and calibration "

@@ -311,3 +311,22 @@ def test_a_bundle_file_this_user_may_not_read_is_one_sentence(tmp_path, monkeypa
     with pytest.raises(SystemExit) as stopped:  # the server said to set MELANOMA_MODEL_PATH to another bundle too
         create_app({"MODEL_PATH": str(bundle)})
     assert str(stopped.value) == f"error: {sentence}"
+
+
+def test_a_card_whose_input_size_is_not_the_networks_is_one_sentence(tmp_path):
+    """A card edited by hand (or sealed over another network) saying 128 px for a 256-px network loaded, and the
+    first image judged was a Keras traceback."""
+    import json
+    import shutil
+
+    from model.bundle import DEFAULT_BUNDLE, BundleError
+
+    for p in DEFAULT_BUNDLE.parent.iterdir():
+        shutil.copyfile(p, tmp_path / p.name)
+    bundle = tmp_path / DEFAULT_BUNDLE.name
+    card = json.loads(bundle.with_suffix(".json").read_text())
+    card["preprocessing"]["image_size"] = 128
+    bundle.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match=r"takes 256x256-pixel inputs, but its model card melanoma_efficientnet\.json "
+                                          r"says 128x128: the two files are not a bundle"):
+        load_bundle(bundle)

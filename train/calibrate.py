@@ -150,7 +150,8 @@ def main(argv=None) -> dict:
     print(f"threshold {card['threshold']:.4f}, temperature {card['temperature']:.3f}, "
           f"logit bias {card['logit_bias']:.3f}, views {card.get('view_turns', [0.0])}; on validation: "
           f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}. Refresh the test metrics with "
-          f"python -m train.evaluate {shlex.join(['--model', str(args.model), '--data', str(args.data)])} --update-card")
+          f"python -m train.evaluate {shlex.join(['--model', str(args.model), '--data', str(args.data)])} "
+          f"--update-card")
     return card
 
 
