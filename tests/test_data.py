@@ -494,3 +494,18 @@ def test_copies_are_not_said_to_be_checked_when_the_extra_training_data_is_gone(
     report, copies = copies_of_training_images(card, discover(tiny_data), "this data's hash", "test")
     assert report == {"checked": False, "why": f"the bundle's extra training data ({tmp_path / 'moved_away'}) is not "
                                                f"on this machine"} and copies == set()
+
+
+def test_a_cards_relative_data_path_is_found_from_where_training_ran(tiny_data, monkeypatch, tmp_path):
+    """Trained with --data data_split from one folder and evaluated from another: the check for copies of the
+    training images said the training data was not on this machine, and scored images the bundle had trained on."""
+    from train.data import copies_of_training_images
+
+    card = {"data": {"source": tiny_data.name, "hash": "another"},
+            "training": {"arguments": {"seed": 42}, "cwd": str(tiny_data.parent)}}
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    report, copies = copies_of_training_images(card, discover(tiny_data), "this data's hash", "train")
+    assert report["checked"] and report["source"] == str(tiny_data)
+    assert len(copies) == len(discover(tiny_data).splits["train"])  # its training images, scored again: all found
+    del card["training"]["cwd"]  # a card from before: looked for from here, and said so
+    assert copies_of_training_images(card, discover(tiny_data), "this data's hash", "train")[0]["checked"] is False

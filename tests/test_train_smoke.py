@@ -3,6 +3,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import re
 import shlex
 
@@ -171,6 +172,7 @@ def test_model_card_is_complete(trained, tiny_data, tiny_backbone):
     assert card["training"]["command"] == "python -m train " + shlex.join(
         trained_command(tiny_data, tiny_backbone, trained))
     assert card["training"]["cpu"] and card["training"]["cpu"] != "unknown"  # training time is read against it
+    assert card["training"]["cwd"] == os.getcwd()  # where its relative paths lead from
     assert card["training"]["code"] == code_version()  # the checkout's commit, or None outside one
     assert {"tensorflow", "keras", "numpy", "pillow"} <= set(card["libraries"])
     for key in ("roc_auc", "roc_auc_ci95", "sensitivity", "specificity", "ece", "brier", "accuracy", "macro"):
@@ -411,8 +413,6 @@ def test_evaluate_updates_the_card_only_for_the_bundles_own_test_split(trained, 
 def test_calibrate_refits_the_operating_point_the_way_training_did(trained, tiny_data, tmp_path, capsys):
     from model.bundle import copy_bundle, load_card
     from train import calibrate
-
-    import shlex
 
     bundle = copy_bundle(trained / "bundle" / "tiny.keras", tmp_path / "a copy" / "tiny.keras")  # a space in it
     before = load_card(bundle)

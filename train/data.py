@@ -503,25 +503,36 @@ def copies_of_training_images(card: dict, dataset: Dataset, data_hash: str,
     trained_on = card.get("data") or {}
     if data_hash == trained_on.get("hash"):  # its own data: the copies across its splits are dropped as usual
         return {"checked": True, "own_data": True, "copies": []}, set()
-    source = trained_on.get("source")
-    if not source or not Path(source).exists():
+    source = trained_path(card, trained_on.get("source"))
+    if not source or not source.exists():
         return {"checked": False, "why": f"the bundle's training data ({source or 'not named in its card'}) is not "
                                          f"on this machine"}, set()
     arguments = card.get("training", {}).get("arguments", {})
-    trained = discover(source, arguments.get("images"), seed=int(arguments.get("seed", 42)))
+    trained = discover(source, trained_path(card, arguments.get("images")), seed=int(arguments.get("seed", 42)))
     # what it trained or was validated on, however `--val-from-train` moved images between the two
     seen = trained.splits["train"].paths + trained.splits["val"].paths
-    extra = arguments.get("extra_train")
-    if extra and not Path(extra).exists():  # was passed over: "checked", its images compared with nothing
+    extra = trained_path(card, arguments.get("extra_train"))
+    if extra and not extra.exists():  # was passed over: "checked", its images compared with nothing
         return {"checked": False, "why": f"the bundle's extra training data ({extra}) is not on this machine"}, set()
     if extra:
-        seen += discover(extra, arguments.get("extra_images"), whole=True).split(ALL).paths
+        seen += discover(extra, trained_path(card, arguments.get("extra_images")), whole=True).split(ALL).paths
     evaluated = dataset.split(split, drop_duplicates=False).paths
     copies = copies_of(evaluated, seen)
     report = {"checked": True, "source": str(source), "images_compared": len(seen), "copies": [
         {"path": relative_path(evaluated[i], dataset.root),
          "copy_of": relative_path(copy, trained.root)} for i, copy in sorted(copies.items())]}
     return report, {str(evaluated[i]) for i in copies}
+
+
+def trained_path(card: dict, recorded) -> Path | None:
+    """A path a bundle's card records (its --data, --images, --extra-train), relative ones taken from the folder
+    training ran in (`training.cwd`; cards from before it: from here). Recorded as given, a relative path was looked
+    for from wherever the later command ran, and the check for copies of the training images said the data was not
+    on this machine."""
+    if not recorded:
+        return None
+    path, cwd = Path(recorded), card.get("training", {}).get("cwd")
+    return Path(cwd) / path if cwd and not path.is_absolute() else path
 
 
 def leave_out_copies_of_training_images(cards: dict[str, dict], dataset: Dataset, data_hash: str, split: str,
@@ -648,7 +659,8 @@ def dataset_as_trained(dataset: Dataset, card: dict, data) -> tuple[Dataset, int
         drawn, moved = with_validation_from_train(dataset, share, int(arguments["seed"]))
     if extra:
         try:
-            images, report = extra_training_images(arguments["extra_train"], arguments.get("extra_images"), drawn)
+            images, report = extra_training_images(trained_path(card, arguments["extra_train"]),
+                                                   trained_path(card, arguments.get("extra_images")), drawn)
             changed = None if report["hash"] == extra["hash"] else "other images"
         except DataError as exc:
             changed = str(exc)

@@ -989,6 +989,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> Bundle | N
         "training": {
             "command": command,
             "arguments": vars(args),
+            "cwd": os.getcwd(),  # where the arguments' relative paths (--data, --extra-train) lead from
             "epochs_run": len(history) - 1,
             **({"soup": soup} if soup else {}),
             **({"swa": swa} if swa else {}),
