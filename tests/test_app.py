@@ -35,10 +35,17 @@ def test_upload_page(client):
     assert "The image is analysed in memory and not stored." in html and "keeps a copy" not in html
 
 
+def test_the_about_page_says_when_the_server_averages_other_views_than_the_results_were_measured_with():
+    """With MELANOMA_TTA_VIEWS=8 the page described the 1-view results and their calibration as the server's."""
+    html = create_app({"TESTING": True, "TTA_VIEWS": 8}).test_client().get("/about").get_data(as_text=True)
+    assert 'id="tta-differs"' in html and "This server averages 8" in html and "measured with 1 view" in html
+    assert "python -m train.evaluate --tta 8" in html
+
+
 def test_about_page_shows_the_model_card(client, app):
     html = client.get("/about").get_data(as_text=True)
     card = app.extensions["melanoma_model"].card
-    assert f"{card['test']['roc_auc']:.3f}" in html
+    assert f"{card['test']['roc_auc']:.3f}" in html and 'id="tta-differs"' not in html  # the views it was measured with
     assert f"on the {card['validation']['n_malignant']} melanomas of" in html  # what the threshold rests on
     # the images it learnt from, not those of the training split: --val-from-train moves some to validation
     trained_on = card["data"].get("train_images_used") or sum(card["data"]["counts"]["train"].values())
